@@ -1,0 +1,341 @@
+"""The coordinator: load, decide, save, commit, then publish.
+
+Each entry point (start, a step reply, a timer) runs one transition under the saga's row lock
+and commits before anything is published. Commands are written to the saga row's outbox in the
+same transaction and cleared once published; the sweeper re-publishes any left behind by a crash
+between commit and publish.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from .definition import Saga, get_saga
+from .errors import DefinitionError, SagaConflict, SagaInputError
+from .machine import (
+    Decision,
+    Dispatch,
+    ErrorInfo,
+    Event,
+    Finished,
+    Parked,
+    Record,
+    Start,
+    StepFailed,
+    StepSucceeded,
+    WakeAt,
+    decide,
+    new_status,
+)
+from .messages import StepReply
+from .observability import escape, get_logger, metrics, saga_context
+from .payload import check_json, check_saga_id, validate_payload
+from .runtime import Runtime, get_runtime
+from .state import Action, HistoryKind, SagaState
+from .store import SagaRecord, SagaStatus, payload_hash
+from .transport import build_command, decode_command, encode_command, send_step, send_wake
+from .transport import still_wanted as _still_wanted
+
+log = get_logger("sagas.coordinator")
+
+EventFactory = Callable[[datetime, Saga[Any]], Event | None]
+
+
+# -- starting ------------------------------------------------------------------------------------
+
+
+def prepare_start(
+    name: object,
+    payload: Any,
+    saga_id: object = None,
+    correlation_id: object = None,
+    *,
+    rt: Runtime | None = None,
+) -> tuple[Saga[Any], dict[str, Any], str, str]:
+    """Validate a start request without writing anything; raise SagaInputError naming the field."""
+    rt = rt or get_runtime()
+    saga = get_saga(name)
+    sid = check_saga_id(saga_id) if saga_id is not None else uuid.uuid4().hex
+    cid = (
+        check_saga_id(correlation_id, field="correlation_id")
+        if correlation_id is not None
+        else uuid.uuid4().hex
+    )
+    data = validate_payload(
+        saga.payload_model,
+        payload,
+        saga=saga.name,
+        max_bytes=rt.settings.max_payload_bytes,
+        max_depth=rt.settings.max_payload_depth,
+    )
+    return saga, data, sid, cid
+
+
+def start(
+    name: str,
+    payload: Any,
+    *,
+    saga_id: str | None = None,
+    correlation_id: str | None = None,
+    rt: Runtime | None = None,
+) -> str:
+    """Create the saga and dispatch its first step. Idempotent on ``saga_id``."""
+    rt = rt or get_runtime()
+    saga, data, sid, cid = prepare_start(name, payload, saga_id, correlation_id, rt=rt)
+    for attempt in (1, 2):
+        try:
+            return _start(rt, saga, data, sid, cid)
+        except IntegrityError:
+            if attempt == 2:  # pragma: no cover - a second race on one id
+                raise
+            # Two starts raced on one new id: the loser retries and finds the winner's row.
+    raise AssertionError("unreachable")
+
+
+def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: str) -> str:
+    with saga_context(saga=saga.name, saga_id=sid, correlation_id=cid):
+        with rt.store.transaction() as tx:
+            now = tx.now()
+            deadline = None
+            if saga.deadline is not None:
+                from datetime import timedelta
+
+                deadline = now + timedelta(seconds=saga.deadline)
+            decision = decide(saga.plan, new_status(sid, saga.plan, deadline), Start(now))
+            outbox = _outbox(decision)
+            existing = tx.insert(
+                saga_id=sid,
+                name=saga.name,
+                version=saga.version,
+                payload=data,
+                correlation_id=cid,
+                status=decision.status,
+                history=decision.history,
+                outbox=outbox,
+            )
+        if existing is not None:
+            if existing.name != saga.name or existing.payload_hash != payload_hash(data):
+                metrics.inc("sagas_start_rejected_total", saga=saga.name, reason="SagaConflict")
+                raise SagaConflict(
+                    f"saga id {sid!r} already exists as a {existing.name!r} saga with a "
+                    "different payload",
+                    field="saga_id",
+                    saga=saga.name,
+                )
+            log.info("start is a duplicate of an existing saga; nothing to do")
+            return sid
+        metrics.inc("sagas_started_total", saga=saga.name)
+        log.info("saga started")
+        record = _fresh_record(sid, saga, data, cid, now)
+        _publish(rt, saga, record, decision.status, decision.commands, now)
+        if outbox:
+            rt.store.clear_outbox(sid, 1)
+        return sid
+
+
+def _fresh_record(
+    sid: str, saga: Saga[Any], data: dict[str, Any], cid: str, now: datetime
+) -> SagaRecord:
+    return SagaRecord(
+        id=sid,
+        name=saga.name,
+        version=saga.version,
+        state=SagaState.PENDING,
+        payload=data,
+        payload_hash=payload_hash(data),
+        correlation_id=cid,
+        created_at=now,
+        updated_at=now,
+        finished_at=None,
+        deadline_at=None,
+        wake_at=None,
+        outbox=None,
+        outbox_at=None,
+        parked=False,
+        lock_version=1,
+        failure=None,
+    )
+
+
+# -- transitions -------------------------------------------------------------------------------------
+
+
+def apply(
+    saga_id: str,
+    make_event: EventFactory,
+    *,
+    rt: Runtime | None = None,
+    skip_locked: bool = False,
+) -> Decision | None:
+    """Run one transition on ``saga_id``. Returns None if it does not exist (or is locked)."""
+    rt = rt or get_runtime()
+    with rt.store.transaction() as tx:
+        loaded = tx.lock(saga_id, skip_locked=skip_locked)
+        if loaded is None:
+            return None
+        record, status = loaded
+        saga = _definition(record, status)
+        now = tx.now()
+        with saga_context(
+            saga=record.name, saga_id=record.id, correlation_id=record.correlation_id
+        ):
+            event = make_event(now, saga)
+            if event is None:
+                return None
+            decision = decide(saga.plan, status, event)
+            if not decision.changed:
+                return decision
+            outbox = _outbox(decision)
+            parked = True if any(isinstance(c, Parked) for c in decision.commands) else None
+            version = tx.save(
+                record, status, decision.status, decision.history, outbox, parked=parked
+            )
+    with saga_context(saga=record.name, saga_id=record.id, correlation_id=record.correlation_id):
+        _log_history(decision.history)
+        _publish(rt, saga, record, decision.status, decision.commands, now)
+        if outbox:
+            rt.store.clear_outbox(saga_id, version)
+    return decision
+
+
+def handle_reply(reply: StepReply, *, rt: Runtime | None = None) -> Decision | None:
+    """Apply a participant's reply. Unknown sagas and steps are logged and counted."""
+
+    def event(now: datetime, saga: Saga[Any]) -> Event | None:
+        try:
+            index = saga.plan.index(reply.step)
+        except KeyError:
+            log.warning("reply for unknown step %s ignored", escape(reply.step))
+            metrics.inc("sagas_bad_replies_total", reason="unknown_step")
+            return StepSucceeded(step=-1, attempt=reply.attempt, action=reply.action, at=now)
+        if reply.ok:
+            try:
+                check_json(reply.result, field="result")
+            except SagaInputError as exc:
+                error = ErrorInfo("StepResultNotJSON", str(exc), False)
+                return StepFailed(index, reply.attempt, reply.action, now, error)
+            return StepSucceeded(index, reply.attempt, reply.action, now, reply.result)
+        error = ErrorInfo(
+            reply.error_type or "Error", reply.error_message or "", bool(reply.retryable)
+        )
+        return StepFailed(index, reply.attempt, reply.action, now, error)
+
+    decision = apply(reply.saga_id, event, rt=rt)
+    if decision is None:
+        log.warning("reply for unknown saga %s ignored", escape(reply.saga_id))
+        metrics.inc("sagas_bad_replies_total", reason="unknown_saga")
+    return decision
+
+
+def wake(saga_id: str, *, rt: Runtime | None = None, skip_locked: bool = False) -> Decision | None:
+    from .machine import Wake
+
+    return apply(saga_id, lambda now, _saga: Wake(now), rt=rt, skip_locked=skip_locked)
+
+
+def cancel(saga_id: str, reason: str, *, rt: Runtime | None = None) -> Decision | None:
+    from .machine import Cancel
+
+    return apply(saga_id, lambda now, _saga: Cancel(now, reason), rt=rt)
+
+
+def republish(saga_id: str, grace: float, *, rt: Runtime | None = None) -> int:
+    """Publish commands a crashed transition committed but never sent. Returns how many."""
+    rt = rt or get_runtime()
+    sent = 0
+    with rt.store.transaction() as tx:
+        loaded = tx.lock(saga_id, skip_locked=True)
+        if loaded is None:
+            return 0
+        record, status = loaded
+        if record.outbox_at is None or (tx.now() - record.outbox_at).total_seconds() < grace:
+            return 0
+        saga = _definition(record, status)
+        commands = [decode_command(c) for c in record.outbox or []]
+        wanted = [c for c in commands if not isinstance(c, Dispatch) or _still_wanted(c, status)]
+        with saga_context(
+            saga=record.name, saga_id=record.id, correlation_id=record.correlation_id
+        ):
+            _publish(rt, saga, record, status, tuple(wanted), tx.now())
+            sent = len(wanted)
+            log.warning("re-published %d command(s) left unsent by a crashed transition", sent)
+            history = [Record(HistoryKind.COMMANDS_REPUBLISHED, detail={"count": sent})]
+            tx.save(record, status, status, history, [], clear_outbox=True)
+    return sent
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _definition(record: SagaRecord, status: SagaStatus) -> Saga[Any]:
+    saga = get_saga(record.name)
+    names = tuple(s.name for s in saga.plan.steps)
+    if names != tuple(s.name for s in status.steps):
+        raise DefinitionError(
+            f"saga {record.name!r} id {record.id!r} was started with steps "
+            f"{[s.name for s in status.steps]} but this process defines {list(names)} "
+            f"(stored version {record.version}, defined version {saga.version})"
+        )
+    return saga
+
+
+def _outbox(decision: Decision) -> list[dict[str, Any]]:
+    return [encode_command(c) for c in decision.commands if isinstance(c, Dispatch | WakeAt)]
+
+
+def _publish(
+    rt: Runtime,
+    saga: Saga[Any],
+    record: SagaRecord,
+    status: SagaStatus,
+    commands: tuple[Any, ...],
+    now: datetime,
+) -> None:
+    app, queue = rt.celery, rt.settings.coordinator_queue
+    for cmd in commands:
+        if isinstance(cmd, Dispatch):
+            message = build_command(saga, record, status, cmd)
+            send_step(app, saga.steps[cmd.step], message, queue)
+        elif isinstance(cmd, WakeAt):
+            countdown = (cmd.at - now).total_seconds()
+            if countdown <= rt.settings.max_countdown:
+                send_wake(app, record.id, countdown, queue)
+        elif isinstance(cmd, Parked):
+            metrics.inc("sagas_parked_total", saga=saga.name)
+            log.error(
+                "compensation of step %s exhausted (%s: %s); saga parked for an operator",
+                saga.steps[cmd.step].name,
+                escape(cmd.error.type),
+                escape(cmd.error.message),
+            )
+        elif isinstance(cmd, Finished):
+            metrics.inc("sagas_finished_total", saga=saga.name, state=cmd.state.value)
+            log.info("saga %s", cmd.state.value)
+
+
+def _log_history(history: tuple[Record, ...]) -> None:
+    for h in history:
+        if h.kind is HistoryKind.REPLY_IGNORED:
+            metrics.inc("sagas_replies_ignored_total")
+            log.info("reply ignored: step %s attempt %s %s", h.step, h.attempt, h.detail)
+        elif h.kind in (HistoryKind.STEP_FAILED, HistoryKind.COMPENSATION_FAILED):
+            detail = h.detail or {}
+            log.warning(
+                "%s: step %s attempt %s: %s: %s",
+                h.kind.value,
+                h.step,
+                h.attempt,
+                escape(detail.get("type")),
+                escape(detail.get("message")),
+            )
+        else:
+            log.debug("%s step=%s attempt=%s", h.kind.value, h.step, h.attempt)
+
+
+def remote_action(action: str) -> Action:
+    return Action(action)

@@ -1,0 +1,338 @@
+"""Declaring sagas: ``Saga``, its steps, and the checks run when a definition loads.
+
+A local step is a function in the saga module, run by the owning service's worker. A remote step
+is an existing Celery task named by string in another codebase; the coordinator never imports it.
+
+    order = Saga("order_fulfillment", payload=Order, deadline=timedelta(hours=1))
+
+    def release_inventory(ctx: StepContext[Order]) -> None: ...
+
+    @order.step(queue="inventory", timeout=30, compensation=release_inventory)
+    def reserve_inventory(ctx: StepContext[Order]) -> dict: ...
+
+    order.remote_step("notify", task="notification.send", queue="notification",
+                      compensation=None)
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from .errors import DefinitionError, UnknownSaga
+from .machine import Plan, StepPlan
+from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
+from .state import Action
+
+P = TypeVar("P", bound=BaseModel)
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+QUEUE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+StepFn = Callable[["StepContext[Any]"], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StepContext(Generic[P]):
+    """What a step (or its compensation) is told when it runs."""
+
+    saga_id: str
+    saga_name: str
+    step: str
+    action: Action
+    attempt: int
+    payload: P
+    results: Mapping[str, Any]  # results of the steps before this one, by step name
+    idempotency_key: str  # stable across retries of this step's action
+    correlation_id: str
+    deadline_at: datetime | None
+    result: Any = None  # for a compensation: what the step returned (None if it timed out)
+
+
+@dataclass(frozen=True, slots=True)
+class StepDef:
+    saga: str
+    name: str
+    index: int
+    queue: str
+    timeout: float
+    retry: RetryPolicy
+    fn: StepFn | None = None  # local step
+    task: str | None = None  # remote step: a Celery task name
+    compensation_fn: StepFn | None = None
+    compensation_task: str | None = None
+    compensation_queue: str = ""
+    compensation_timeout: float = 0.0
+    compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
+    arguments: Callable[[StepContext[Any]], dict[str, Any]] | None = field(default=None)
+
+    @property
+    def compensable(self) -> bool:
+        return self.compensation_fn is not None or self.compensation_task is not None
+
+    @property
+    def is_remote(self) -> bool:
+        return self.task is not None
+
+    def task_name(self, action: Action) -> str:
+        """The Celery task name that carries this step's action."""
+        if action is Action.FORWARD:
+            return self.task or f"saga.{self.saga}.{self.name}"
+        return self.compensation_task or f"saga.{self.saga}.{self.name}.compensate"
+
+    def queue_for(self, action: Action) -> str:
+        return self.queue if action is Action.FORWARD else self.compensation_queue
+
+    def plan(self) -> StepPlan:
+        return StepPlan(
+            name=self.name,
+            timeout=self.timeout,
+            retry=self.retry,
+            compensable=self.compensable,
+            compensation_timeout=self.compensation_timeout,
+            compensation_retry=self.compensation_retry,
+        )
+
+
+class Saga(Generic[P]):
+    """A named, versioned, ordered list of steps over a pydantic payload model."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        payload: type[P],
+        version: int = 1,
+        deadline: timedelta | float | None = None,
+        register: bool = True,
+    ) -> None:
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise DefinitionError(f"saga name {name!r} must match {NAME_RE.pattern}")
+        if not (isinstance(payload, type) and issubclass(payload, BaseModel)):
+            raise DefinitionError(f"saga {name!r}: payload must be a pydantic model class")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise DefinitionError(f"saga {name!r}: version must be a positive int")
+        self.name = name
+        self.payload_model: type[P] = payload
+        self.version = version
+        self.deadline = _seconds(deadline, f"saga {name!r}: deadline") if deadline else None
+        self.steps: list[StepDef] = []
+        self._plan: Plan | None = None
+        if register:
+            _register(self)
+
+    def __repr__(self) -> str:
+        return f"<Saga {self.name} v{self.version} steps={[s.name for s in self.steps]}>"
+
+    # -- declaring steps -----------------------------------------------------------------------
+
+    def step(
+        self,
+        *,
+        queue: str,
+        timeout: timedelta | float = 30.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        compensation: StepFn | None = REQUIRED,
+        compensation_timeout: timedelta | float | None = None,
+        compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY,
+        name: str | None = None,
+    ) -> Callable[[StepFn], StepFn]:
+        """Declare a local step. ``compensation=None`` marks a step that needs none."""
+
+        def decorate(fn: StepFn) -> StepFn:
+            step_name = name or fn.__name__
+            if compensation is not None and compensation is not REQUIRED:
+                if not callable(compensation):
+                    raise DefinitionError(
+                        f"saga {self.name!r} step {step_name!r}: compensation must be a function"
+                    )
+            self._add(
+                step_name,
+                queue=queue,
+                timeout=timeout,
+                retry=retry,
+                fn=fn,
+                compensation_fn=compensation,
+                compensation_timeout=compensation_timeout,
+                compensation_retry=compensation_retry,
+                required=compensation is REQUIRED,
+            )
+            return fn
+
+        return decorate
+
+    def remote_step(
+        self,
+        name: str,
+        *,
+        task: str,
+        queue: str,
+        compensation: str | None = REQUIRED,
+        compensation_queue: str | None = None,
+        timeout: timedelta | float = 30.0,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        compensation_timeout: timedelta | float | None = None,
+        compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY,
+        arguments: Callable[[StepContext[Any]], dict[str, Any]] | None = None,
+    ) -> StepDef:
+        """Declare a step carried out by an existing Celery task in another codebase.
+
+        The task is sent by name with keyword arguments ``arguments(ctx)`` (default:
+        ``payload=<dict>, saga=<context dict>``); its return value is the step's result and any
+        exception it ends with is a failure (retried per ``retry``).
+        """
+        for label, value in (("task", task), ("compensation", compensation)):
+            if value is not None and value is not REQUIRED and not _is_task_name(value):
+                raise DefinitionError(
+                    f"saga {self.name!r} step {name!r}: {label} must be a Celery task name"
+                )
+        return self._add(
+            name,
+            queue=queue,
+            timeout=timeout,
+            retry=retry,
+            task=task,
+            compensation_task=compensation,
+            compensation_queue=compensation_queue,
+            compensation_timeout=compensation_timeout,
+            compensation_retry=compensation_retry,
+            arguments=arguments,
+            required=compensation is REQUIRED,
+        )
+
+    def _add(
+        self,
+        name: str,
+        *,
+        queue: str,
+        timeout: timedelta | float,
+        retry: RetryPolicy,
+        required: bool,
+        compensation_timeout: timedelta | float | None,
+        compensation_queue: str | None = None,
+        **kwargs: Any,
+    ) -> StepDef:
+        where = f"saga {self.name!r} step {name!r}"
+        if self._plan is not None:
+            raise DefinitionError(f"{where}: declared after the saga was first used")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise DefinitionError(f"{where}: step name must match {NAME_RE.pattern}")
+        if any(s.name == name for s in self.steps):
+            raise DefinitionError(f"{where}: duplicate step name")
+        if required:
+            raise DefinitionError(
+                f"{where}: needs a compensation, or compensation=None to mark that it needs none"
+            )
+        for label, q in (("queue", queue), ("compensation_queue", compensation_queue)):
+            if q is not None and (not isinstance(q, str) or not QUEUE_RE.fullmatch(q)):
+                raise DefinitionError(f"{where}: {label} {q!r} is not a valid queue name")
+        if not isinstance(retry, RetryPolicy) or not isinstance(
+            kwargs.get("compensation_retry", DEFAULT_COMPENSATION_RETRY), RetryPolicy
+        ):
+            raise DefinitionError(f"{where}: retry policies must be RetryPolicy instances")
+        step_timeout = _seconds(timeout, f"{where}: timeout")
+        comp_timeout = (
+            _seconds(compensation_timeout, f"{where}: compensation_timeout")
+            if compensation_timeout is not None
+            else step_timeout
+        )
+        step = StepDef(
+            saga=self.name,
+            name=name,
+            index=len(self.steps),
+            queue=queue,
+            timeout=step_timeout,
+            retry=retry,
+            compensation_queue=compensation_queue or queue,
+            compensation_timeout=comp_timeout,
+            **kwargs,
+        )
+        self.steps.append(step)
+        if step.fn is not None:
+            from .tasks import bind_local_step  # Celery stays out of the definition module
+
+            bind_local_step(self, step)
+        return step
+
+    # -- using it -----------------------------------------------------------------------------
+
+    @property
+    def plan(self) -> Plan:
+        """The pure core's view of this saga; freezes the definition on first use."""
+        if self._plan is None:
+            if not self.steps:
+                raise DefinitionError(f"saga {self.name!r} has no steps")
+            self._plan = Plan(tuple(s.plan() for s in self.steps))
+        return self._plan
+
+    def step_def(self, name_or_index: str | int) -> StepDef:
+        if isinstance(name_or_index, int):
+            return self.steps[name_or_index]
+        for s in self.steps:
+            if s.name == name_or_index:
+                return s
+        raise KeyError(f"saga {self.name!r} has no step {name_or_index!r}")
+
+    def start(
+        self,
+        payload: P | dict[str, Any],
+        *,
+        saga_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> str:
+        """Start this saga now, in this process (needs the store); returns the saga id."""
+        from .coordinator import start
+
+        return start(self.name, payload, saga_id=saga_id, correlation_id=correlation_id)
+
+
+# -- registry: saga names -> definitions, like Celery's task registry -----------------------------
+
+_REGISTRY: dict[str, Saga[Any]] = {}
+
+
+def _register(saga: Saga[Any]) -> None:
+    existing = _REGISTRY.get(saga.name)
+    if existing is not None and existing is not saga:
+        raise DefinitionError(f"saga {saga.name!r} is defined twice")
+    _REGISTRY[saga.name] = saga
+
+
+def get_saga(name: object) -> Saga[Any]:
+    saga = _REGISTRY.get(name) if isinstance(name, str) else None
+    if saga is None:
+        known = ", ".join(sorted(_REGISTRY)) or "none registered in this process"
+        raise UnknownSaga(f"unknown saga {name!r} (known: {known})", field="name")
+    return saga
+
+
+def registered_sagas() -> dict[str, Saga[Any]]:
+    return dict(_REGISTRY)
+
+
+def _seconds(value: timedelta | float | int, what: str) -> float:
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        raise DefinitionError(f"{what} must be seconds or a timedelta, got {value!r}")
+    if not seconds > 0:
+        raise DefinitionError(f"{what} must be positive, got {value!r}")
+    return seconds
+
+
+def _is_task_name(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", value) is not None

@@ -1,0 +1,80 @@
+"""One exception root, typed by what happens next.
+
+- ``TransientError``: the step failed but may succeed later; retried per its policy.
+- ``PermanentError``: the step failed for good; no retry, the saga compensates.
+- ``DefinitionError``: a saga is declared wrongly; raised when its module loads.
+- ``SagaInputError`` (and subclasses): a caller sent bad input; nothing was written.
+- ``SagaNotFound``: an id that names no saga.
+"""
+
+from __future__ import annotations
+
+
+class SagaError(Exception):
+    """Root of every error sagas raises on purpose."""
+
+
+# -- raised by step code ---------------------------------------------------------------------
+
+
+class StepError(SagaError):
+    """Base for errors a step raises to say how the engine should react."""
+
+
+class TransientError(StepError):
+    """Retry this step per its retry policy (network blip, lock timeout, 503...)."""
+
+
+class PermanentError(StepError):
+    """Do not retry: the step cannot succeed (card declined, out of stock). Compensate."""
+
+
+# -- declared wrongly --------------------------------------------------------------------------
+
+
+class DefinitionError(SagaError):
+    """A saga or step definition is invalid; the message names the saga and step."""
+
+
+# -- bad input -------------------------------------------------------------------------------------
+
+
+class SagaInputError(SagaError, ValueError):
+    """Input rejected before anything was written. ``field`` names the offending field."""
+
+    def __init__(self, message: str, *, field: str | None = None, saga: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.saga = saga
+
+
+class UnknownSaga(SagaInputError):
+    """No saga of that name is registered in this process."""
+
+
+class PayloadInvalid(SagaInputError):
+    """The payload failed validation against the saga's payload model."""
+
+
+class PayloadNotJSON(SagaInputError):
+    """The payload (or a step result) holds a value JSON cannot represent faithfully."""
+
+
+class PayloadTooLarge(SagaInputError):
+    """The payload's JSON encoding exceeds the configured size limit."""
+
+
+class InvalidSagaId(SagaInputError):
+    """A saga id that is empty, too long or has characters outside [A-Za-z0-9._:-]."""
+
+
+class SagaConflict(SagaInputError):
+    """A saga with this id already exists with a different name or payload."""
+
+
+class SagaNotFound(SagaError, LookupError):
+    """No saga with this id exists in the store."""
+
+
+class StoreUnavailable(SagaError):
+    """The saga store cannot be reached (wrong URL, server down)."""

@@ -1,0 +1,514 @@
+"""The pure core: ``decide(plan, saga, event) -> Decision``.
+
+No I/O, no clock, no randomness: time arrives inside events (the database's clock), jitter is
+derived from the saga id. The coordinator loads a ``SagaStatus``, calls ``decide``, persists the
+new status and history in one transaction, and only then publishes the commands.
+
+Rules, in one place:
+
+- Forward: steps run one at a time in order. A reply is accepted only for the step's current
+  attempt while that attempt is open; anything else (duplicate, stale, late) is recorded as
+  ``reply_ignored`` and changes nothing.
+- A retryable failure or a timeout with attempts left waits ``RetryPolicy.interval`` and retries.
+- A permanent failure, exhausted retries, the saga deadline or a cancel start compensation: every
+  step that succeeded, or whose outcome is unknown because it timed out, is compensated one at a
+  time, newest first. Steps known to have failed, or never started, are not.
+- A compensation that fails is retried per its policy; past it the step is parked
+  (``compensation_failed``) and the saga stays ``compensating`` for an operator.
+- ``completed`` and ``failed`` are absorbing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from .retry import RetryPolicy
+from .state import (
+    SAGA_TRANSITIONS,
+    STEP_TRANSITIONS,
+    Action,
+    HistoryKind,
+    SagaState,
+    StepState,
+)
+
+TIMEOUT_ERROR = "StepTimeout"
+DEADLINE_ERROR = "SagaDeadlineExceeded"
+CANCELLED_ERROR = "SagaCancelled"
+
+
+# -- the plan: what the definition says, as plain data ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StepPlan:
+    name: str
+    timeout: float  # seconds per forward attempt
+    retry: RetryPolicy
+    compensable: bool
+    compensation_timeout: float
+    compensation_retry: RetryPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    steps: tuple[StepPlan, ...]
+
+    def index(self, name: str) -> int:
+        for i, step in enumerate(self.steps):
+            if step.name == name:
+                return i
+        raise KeyError(name)
+
+
+# -- status: what the store holds ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    type: str
+    message: str
+    retryable: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"type": self.type, "message": self.message, "retryable": self.retryable}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> ErrorInfo | None:
+        if data is None:
+            return None
+        return cls(str(data["type"]), str(data["message"]), bool(data["retryable"]))
+
+
+@dataclass(frozen=True, slots=True)
+class StepStatus:
+    name: str
+    state: StepState = StepState.PENDING
+    attempt: int = 0  # forward attempts dispatched so far
+    compensation_attempt: int = 0
+    result: Any = None
+    error: ErrorInfo | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    deadline_at: datetime | None = None  # set while an attempt is in flight
+    next_attempt_at: datetime | None = None  # set while waiting to retry
+
+    @property
+    def in_flight(self) -> bool:
+        return self.deadline_at is not None
+
+
+@dataclass(frozen=True, slots=True)
+class SagaStatus:
+    id: str
+    state: SagaState
+    steps: tuple[StepStatus, ...]
+    deadline_at: datetime | None = None
+    failure: ErrorInfo | None = None  # why compensation began
+
+    def step(self, index: int) -> StepStatus:
+        return self.steps[index]
+
+
+def new_status(saga_id: str, plan: Plan, deadline_at: datetime | None) -> SagaStatus:
+    return SagaStatus(
+        id=saga_id,
+        state=SagaState.STARTED,
+        steps=tuple(StepStatus(name=s.name) for s in plan.steps),
+        deadline_at=deadline_at,
+    )
+
+
+# -- events: what happened ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StepSucceeded:
+    step: int
+    attempt: int
+    action: Action
+    at: datetime
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class StepFailed:
+    step: int
+    attempt: int
+    action: Action
+    at: datetime
+    error: ErrorInfo = field(default_factory=lambda: ErrorInfo("Error", "", True))
+
+
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Time passed: fire every timer (retry, step timeout, saga deadline) due at ``at``."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    at: datetime
+    reason: str = ""
+
+
+Event = Start | StepSucceeded | StepFailed | Wake | Cancel
+
+
+# -- commands and history: what to do and what to record ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Send attempt ``attempt`` of step ``step``'s ``action`` to its queue."""
+
+    step: int
+    attempt: int
+    action: Action
+    deadline_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class WakeAt:
+    """Ask for a ``Wake`` at ``at`` (a countdown message; the sweeper is the backstop)."""
+
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """A compensation is exhausted: dead-letter it and flag the saga for an operator."""
+
+    step: int
+    error: ErrorInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    state: SagaState
+
+
+Command = Dispatch | WakeAt | Parked | Finished
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: HistoryKind
+    step: str | None = None
+    attempt: int | None = None
+    detail: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    status: SagaStatus
+    commands: tuple[Command, ...] = ()
+    history: tuple[Record, ...] = ()
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.history)
+
+
+# -- the decision function --------------------------------------------------------------------
+
+
+def decide(plan: Plan, saga: SagaStatus, event: Event) -> Decision:
+    """Apply ``event`` to ``saga`` and return the new status, commands and history."""
+    b = _Builder(plan, saga)
+    if saga.state.terminal:
+        if isinstance(event, StepSucceeded | StepFailed):
+            b.ignore(event, "saga already " + saga.state.value)
+        return b.build()
+    match event:
+        case Start(at=at):
+            if saga.state is SagaState.STARTED and saga.steps[0].state is StepState.PENDING:
+                b.record(HistoryKind.SAGA_STARTED)
+                b.set_saga(SagaState.PENDING)
+                b.dispatch(0, Action.FORWARD, at)
+        case StepSucceeded() if event.action is Action.FORWARD:
+            _forward_succeeded(b, event)
+        case StepFailed() if event.action is Action.FORWARD:
+            _forward_failed(b, event)
+        case StepSucceeded():
+            _compensation_succeeded(b, event)
+        case StepFailed():
+            _compensation_failed(b, event)
+        case Wake(at=at):
+            _wake(b, at)
+        case Cancel(at=at, reason=reason):
+            if b.saga.state in (SagaState.STARTED, SagaState.PENDING):
+                b.record(HistoryKind.CANCEL_REQUESTED, detail={"reason": reason})
+                _begin_compensation(b, ErrorInfo(CANCELLED_ERROR, reason, False), at)
+    return b.build()
+
+
+def next_wakeup(saga: SagaStatus) -> datetime | None:
+    """The earliest time at which a ``Wake`` could change this saga (None: nothing pending)."""
+    if saga.state.terminal:
+        return None
+    times = [t for s in saga.steps for t in (s.deadline_at, s.next_attempt_at) if t is not None]
+    if saga.deadline_at is not None and saga.state in (SagaState.STARTED, SagaState.PENDING):
+        times.append(saga.deadline_at)
+    return min(times, default=None)
+
+
+# -- forward path -----------------------------------------------------------------------------
+
+
+def _open_attempt(b: _Builder, step: int, attempt: int, running: StepState) -> str | None:
+    """Why a reply for (step, attempt) cannot be accepted, or None when it can."""
+    if not 0 <= step < len(b.saga.steps):
+        return "unknown step"
+    s = b.saga.steps[step]
+    current = s.attempt if running is StepState.RUNNING else s.compensation_attempt
+    if s.state is not running:
+        return f"step is {s.state.value}"
+    if attempt != current:
+        return f"stale attempt {attempt} (current {current})"
+    if not s.in_flight:
+        return f"attempt {attempt} already settled"
+    return None
+
+
+def _forward_succeeded(b: _Builder, ev: StepSucceeded) -> None:
+    why = _open_attempt(b, ev.step, ev.attempt, StepState.RUNNING)
+    if why is None and b.saga.state is not SagaState.PENDING:
+        why = "saga is " + b.saga.state.value
+    if why is not None:
+        b.ignore(ev, why)
+        return
+    b.set_step(
+        ev.step,
+        state=StepState.SUCCEEDED,
+        result=ev.result,
+        error=None,
+        finished_at=ev.at,
+        deadline_at=None,
+    )
+    b.record(HistoryKind.STEP_SUCCEEDED, ev.step, ev.attempt)
+    if ev.step + 1 < len(b.plan.steps):
+        b.dispatch(ev.step + 1, Action.FORWARD, ev.at)
+    else:
+        b.set_saga(SagaState.COMPLETED)
+        b.record(HistoryKind.SAGA_COMPLETED)
+        b.commands.append(Finished(SagaState.COMPLETED))
+
+
+def _forward_failed(b: _Builder, ev: StepFailed) -> None:
+    why = _open_attempt(b, ev.step, ev.attempt, StepState.RUNNING)
+    if why is None and b.saga.state is not SagaState.PENDING:
+        why = "saga is " + b.saga.state.value
+    if why is not None:
+        b.ignore(ev, why)
+        return
+    b.record(HistoryKind.STEP_FAILED, ev.step, ev.attempt, ev.error.as_json())
+    _after_forward_failure(b, ev.step, ev.error, ev.at)
+
+
+def _after_forward_failure(b: _Builder, index: int, error: ErrorInfo, at: datetime) -> None:
+    """Retry if the policy allows, else stop forward progress and compensate."""
+    step, policy = b.saga.steps[index], b.plan.steps[index].retry
+    retryable = error.retryable and policy.is_retryable(error.type)
+    if retryable and step.attempt < policy.max_attempts:
+        wait = policy.interval(step.attempt, f"{b.saga.id}:{step.name}")
+        when = at + timedelta(seconds=wait)
+        b.set_step(
+            index, state=StepState.PENDING, error=error, deadline_at=None, next_attempt_at=when
+        )
+        b.record(
+            HistoryKind.RETRY_SCHEDULED,
+            index,
+            step.attempt + 1,
+            {"at": when.isoformat(), "interval": round(wait, 6)},
+        )
+        b.commands.append(WakeAt(when))
+        return
+    final = StepState.TIMED_OUT if error.type == TIMEOUT_ERROR else StepState.FAILED
+    b.set_step(index, state=final, error=error, deadline_at=None, finished_at=at)
+    _begin_compensation(b, error, at)
+
+
+def _begin_compensation(b: _Builder, reason: ErrorInfo, at: datetime) -> None:
+    # Settle every forward step first: in flight means outcome unknown (compensate it);
+    # waiting to retry after a timeout is also unknown; after a reported failure, known failed.
+    for i, s in enumerate(b.saga.steps):
+        if s.state is StepState.RUNNING:
+            b.set_step(i, state=StepState.TIMED_OUT, deadline_at=None, finished_at=at)
+        elif s.state is StepState.PENDING and s.attempt > 0:
+            in_doubt = s.error is not None and s.error.type == TIMEOUT_ERROR
+            final = StepState.TIMED_OUT if in_doubt else StepState.FAILED
+            b.set_step(i, state=final, next_attempt_at=None, finished_at=at)
+        elif s.state is StepState.PENDING:
+            b.set_step(i, state=StepState.SKIPPED)
+    b.saga = replace(b.saga, failure=reason)
+    b.set_saga(SagaState.COMPENSATING)
+    b.record(HistoryKind.COMPENSATION_STARTED, detail=reason.as_json())
+    _next_compensation(b, at)
+
+
+def _next_compensation(b: _Builder, at: datetime) -> None:
+    """Dispatch the newest step still to compensate, or finish the saga as failed."""
+    for i in range(len(b.saga.steps) - 1, -1, -1):
+        s = b.saga.steps[i]
+        if s.state in (StepState.SUCCEEDED, StepState.TIMED_OUT) and b.plan.steps[i].compensable:
+            b.dispatch(i, Action.COMPENSATE, at)
+            return
+        if s.state in (StepState.COMPENSATING, StepState.COMPENSATION_FAILED):
+            return  # one at a time; a parked one blocks older ones until an operator acts
+    b.set_saga(SagaState.FAILED)
+    b.record(HistoryKind.SAGA_FAILED, detail=b.saga.failure.as_json() if b.saga.failure else None)
+    b.commands.append(Finished(SagaState.FAILED))
+
+
+# -- compensation path --------------------------------------------------------------------------
+
+
+def _compensation_succeeded(b: _Builder, ev: StepSucceeded) -> None:
+    why = _open_attempt(b, ev.step, ev.attempt, StepState.COMPENSATING)
+    if why is not None:
+        b.ignore(ev, why)
+        return
+    b.set_step(ev.step, state=StepState.COMPENSATED, deadline_at=None, finished_at=ev.at)
+    b.record(HistoryKind.STEP_COMPENSATED, ev.step, ev.attempt)
+    _next_compensation(b, ev.at)
+
+
+def _compensation_failed(b: _Builder, ev: StepFailed) -> None:
+    why = _open_attempt(b, ev.step, ev.attempt, StepState.COMPENSATING)
+    if why is not None:
+        b.ignore(ev, why)
+        return
+    b.record(HistoryKind.COMPENSATION_FAILED, ev.step, ev.attempt, ev.error.as_json())
+    _after_compensation_failure(b, ev.step, ev.error, ev.at)
+
+
+def _after_compensation_failure(b: _Builder, index: int, error: ErrorInfo, at: datetime) -> None:
+    step, policy = b.saga.steps[index], b.plan.steps[index].compensation_retry
+    retryable = error.retryable and policy.is_retryable(error.type)
+    if retryable and step.compensation_attempt < policy.max_attempts:
+        wait = policy.interval(step.compensation_attempt, f"{b.saga.id}:{step.name}:undo")
+        when = at + timedelta(seconds=wait)
+        b.set_step(index, error=error, deadline_at=None, next_attempt_at=when)
+        b.record(
+            HistoryKind.RETRY_SCHEDULED,
+            index,
+            step.compensation_attempt + 1,
+            {"at": when.isoformat(), "interval": round(wait, 6), "action": "compensate"},
+        )
+        b.commands.append(WakeAt(when))
+        return
+    b.set_step(index, state=StepState.COMPENSATION_FAILED, error=error, deadline_at=None)
+    b.record(HistoryKind.COMPENSATION_PARKED, index, step.compensation_attempt, error.as_json())
+    b.commands.append(Parked(index, error))
+
+
+# -- timers -----------------------------------------------------------------------------------
+
+
+def _wake(b: _Builder, at: datetime) -> None:
+    saga = b.saga
+    forward = saga.state in (SagaState.STARTED, SagaState.PENDING)
+    if forward and saga.deadline_at is not None and saga.deadline_at <= at:
+        b.record(HistoryKind.DEADLINE_EXCEEDED, detail={"deadline": saga.deadline_at.isoformat()})
+        _begin_compensation(b, ErrorInfo(DEADLINE_ERROR, "saga deadline passed", False), at)
+        return
+    for i, s in enumerate(saga.steps):
+        if s.deadline_at is not None and s.deadline_at <= at:
+            timeout = ErrorInfo(TIMEOUT_ERROR, "no reply before the step's deadline", True)
+            if s.state is StepState.RUNNING:
+                b.record(HistoryKind.STEP_TIMED_OUT, i, s.attempt)
+                _after_forward_failure(b, i, timeout, at)
+            elif s.state is StepState.COMPENSATING:
+                b.record(
+                    HistoryKind.STEP_TIMED_OUT, i, s.compensation_attempt, {"action": "compensate"}
+                )
+                _after_compensation_failure(b, i, timeout, at)
+        elif s.next_attempt_at is not None and s.next_attempt_at <= at:
+            action = Action.FORWARD if s.state is StepState.PENDING else Action.COMPENSATE
+            b.dispatch(i, action, at)
+
+
+# -- a small mutable builder so each rule reads as a few lines ------------------------------------
+
+
+class _Builder:
+    def __init__(self, plan: Plan, saga: SagaStatus) -> None:
+        self.plan = plan
+        self.saga = saga
+        self.commands: list[Command] = []
+        self.history: list[Record] = []
+
+    def build(self) -> Decision:
+        return Decision(self.saga, tuple(self.commands), tuple(self.history))
+
+    def record(
+        self,
+        kind: HistoryKind,
+        step: int | None = None,
+        attempt: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        name = self.saga.steps[step].name if step is not None else None
+        self.history.append(Record(kind, name, attempt, detail))
+
+    def ignore(self, ev: StepSucceeded | StepFailed, why: str) -> None:
+        ok = isinstance(ev, StepSucceeded)
+        name = (
+            self.saga.steps[ev.step].name if 0 <= ev.step < len(self.saga.steps) else str(ev.step)
+        )
+        detail = {"action": ev.action.value, "outcome": "ok" if ok else "error", "why": why}
+        self.history.append(Record(HistoryKind.REPLY_IGNORED, name, ev.attempt, detail))
+
+    def set_saga(self, state: SagaState) -> None:
+        if state is not self.saga.state:
+            if state not in SAGA_TRANSITIONS[self.saga.state]:
+                raise AssertionError(f"illegal saga transition {self.saga.state} -> {state}")
+            self.saga = replace(self.saga, state=state)
+
+    def set_step(self, index: int, **changes: Any) -> None:
+        old = self.saga.steps[index]
+        new_state = changes.get("state", old.state)
+        if new_state is not old.state and new_state not in STEP_TRANSITIONS[old.state]:
+            raise AssertionError(f"illegal step transition {old.state} -> {new_state}")
+        steps: Sequence[StepStatus] = self.saga.steps
+        self.saga = replace(
+            self.saga,
+            steps=(*steps[:index], replace(old, **changes), *steps[index + 1 :]),
+        )
+
+    def dispatch(self, index: int, action: Action, at: datetime) -> None:
+        old, plan = self.saga.steps[index], self.plan.steps[index]
+        if action is Action.FORWARD:
+            attempt = old.attempt + 1
+            deadline = at + timedelta(seconds=plan.timeout)
+            self.set_step(
+                index,
+                state=StepState.RUNNING,
+                attempt=attempt,
+                started_at=old.started_at or at,
+                deadline_at=deadline,
+                next_attempt_at=None,
+            )
+            self.record(HistoryKind.STEP_DISPATCHED, index, attempt)
+        else:
+            attempt = old.compensation_attempt + 1
+            deadline = at + timedelta(seconds=plan.compensation_timeout)
+            self.set_step(
+                index,
+                state=StepState.COMPENSATING,
+                compensation_attempt=attempt,
+                deadline_at=deadline,
+                next_attempt_at=None,
+            )
+            self.record(HistoryKind.COMPENSATION_DISPATCHED, index, attempt)
+        self.commands.append(Dispatch(index, attempt, action, deadline))

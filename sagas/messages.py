@@ -1,0 +1,58 @@
+"""What travels on the broker between the coordinator and participants (JSON only).
+
+Every message is validated with these models on receipt; a message that fails is logged, counted
+and dropped without touching any saga (its deadline recovers the saga).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .state import Action
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StepCommand(_Message):
+    """Run one attempt of one side of a step."""
+
+    saga_id: str = Field(max_length=128)
+    saga: str = Field(max_length=64)
+    version: int
+    step: str = Field(max_length=64)
+    action: Action
+    attempt: int = Field(ge=1)
+    correlation_id: str = Field(max_length=128)
+    deadline_at: datetime | None = None
+    payload: dict[str, Any]
+    results: dict[str, Any] = Field(default_factory=dict)
+    result: Any = None  # compensation only: what the step returned
+
+    def describe(self) -> str:
+        """What Flower shows instead of the payload: which saga, step and attempt."""
+        side = "" if self.action is Action.FORWARD else " (compensate)"
+        return f"saga={self.saga} id={self.saga_id} step={self.step}{side} attempt={self.attempt}"
+
+
+class StepReply(_Message):
+    """The structured outcome of one attempt."""
+
+    saga_id: str = Field(max_length=128)
+    step: str = Field(max_length=64)
+    action: Action
+    attempt: int = Field(ge=1)
+    ok: bool
+    result: Any = None
+    error_type: str | None = Field(None, max_length=200)
+    error_message: str | None = Field(None, max_length=4000)
+    retryable: bool = True
+
+    def describe(self) -> str:
+        side = "" if self.action is Action.FORWARD else " (compensate)"
+        outcome = "ok" if self.ok else f"error={self.error_type}"
+        return f"id={self.saga_id} step={self.step}{side} attempt={self.attempt} {outcome}"

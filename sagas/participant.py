@@ -1,0 +1,92 @@
+"""The participant side: run one attempt of a step in the owning service's worker.
+
+``run_step`` turns a ``StepCommand`` into a ``StepReply``: it validates the payload, builds the
+``StepContext``, calls the user's function and classifies the outcome. It does no messaging; the
+Celery task in ``sagas.tasks`` sends the reply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .definition import Saga, StepContext, StepDef, StepFn, get_saga
+from .errors import PermanentError, SagaInputError, TransientError
+from .messages import StepCommand, StepReply
+from .observability import escape, get_logger, saga_context
+from .payload import check_json
+from .transport import idempotency_key
+
+log = get_logger("sagas.participant")
+
+MAX_ERROR_MESSAGE = 2000
+
+
+def context_from_command(command: StepCommand, saga: Saga[Any] | None = None) -> StepContext[Any]:
+    saga = saga or get_saga(command.saga)
+    return StepContext(
+        saga_id=command.saga_id,
+        saga_name=command.saga,
+        step=command.step,
+        action=command.action,
+        attempt=command.attempt,
+        payload=saga.payload_model.model_validate(command.payload),
+        results=dict(command.results),
+        idempotency_key=idempotency_key(command.saga_id, command.step, command.action),
+        correlation_id=command.correlation_id,
+        deadline_at=command.deadline_at,
+        result=command.result,
+    )
+
+
+def run_step(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -> StepReply:
+    """Execute the user's function once and describe what happened."""
+    with saga_context(
+        saga=command.saga, saga_id=command.saga_id, correlation_id=command.correlation_id
+    ):
+        log.info("running %s", command.describe())
+        try:
+            ctx = context_from_command(command, saga)
+            result = fn(ctx)
+            check_json(result, field=f"{step.name} result")
+        except PermanentError as exc:
+            return _error(command, exc, retryable=False)
+        except TransientError as exc:
+            return _error(command, exc, retryable=True)
+        except SagaInputError as exc:
+            # A result (or stored payload) JSON cannot carry: retrying would not change it.
+            return _error(command, exc, retryable=False, type_name="StepResultNotJSON")
+        except Exception as exc:  # noqa: BLE001 - any other error follows the retry policy
+            log.exception("step %s raised %s", step.name, type(exc).__name__)
+            return _error(command, exc, retryable=True)
+        return StepReply(
+            saga_id=command.saga_id,
+            step=command.step,
+            action=command.action,
+            attempt=command.attempt,
+            ok=True,
+            result=result,
+        )
+
+
+def _error(
+    command: StepCommand, exc: BaseException, *, retryable: bool, type_name: str | None = None
+) -> StepReply:
+    name = type_name or type(exc).__name__
+    message = str(exc)[:MAX_ERROR_MESSAGE]
+    log.warning(
+        "%s failed: %s: %s%s",
+        command.describe(),
+        name,
+        escape(message),
+        "" if retryable else " (permanent)",
+    )
+    return StepReply(
+        saga_id=command.saga_id,
+        step=command.step,
+        action=command.action,
+        attempt=command.attempt,
+        ok=False,
+        error_type=name,
+        error_message=message,
+        retryable=retryable,
+    )

@@ -1,0 +1,104 @@
+"""The saga tables (SQLAlchemy 2 declarative). Alembic migrations must match these exactly;
+``tests/unit/test_migrations.py`` checks that on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only autoincrements INTEGER PRIMARY KEY; PostgreSQL gets a bigint identity.
+BigIntId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSONType}
+
+
+class SagaRow(Base):
+    __tablename__ = "saga"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    correlation_id: Mapped[str] = mapped_column(String(128))
+    failure: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    deadline_at: Mapped[datetime | None]
+    # Earliest due timer (retry, step timeout, saga deadline); NULL when none. The sweeper's
+    # only scan is an index range on it, so finished sagas cost it nothing.
+    wake_at: Mapped[datetime | None]
+    # Commands committed but not yet confirmed published (the dual-write guard).
+    outbox: Mapped[list[Any] | None] = mapped_column(JSONType, nullable=True)
+    outbox_at: Mapped[datetime | None]
+    parked: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    lock_version: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+
+    __table_args__ = (
+        Index("ix_saga_wake_at", "wake_at"),
+        Index("ix_saga_outbox_at", "outbox_at"),
+        Index("ix_saga_state_updated", "state", "updated_at"),
+        Index("ix_saga_name_created", "name", "created_at"),
+        Index("ix_saga_correlation_id", "correlation_id"),
+    )
+
+
+class SagaStepRow(Base):
+    __tablename__ = "saga_step"
+
+    saga_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("saga.id", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(24))
+    attempt: Mapped[int] = mapped_column(Integer)
+    compensation_attempt: Mapped[int] = mapped_column(Integer)
+    result: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    deadline_at: Mapped[datetime | None]
+    next_attempt_at: Mapped[datetime | None]
+
+
+class SagaEventRow(Base):
+    """Append-only history: one row per thing that happened to a saga."""
+
+    __tablename__ = "saga_event"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    saga_id: Mapped[str] = mapped_column(String(128), ForeignKey("saga.id", ondelete="CASCADE"))
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32))
+    step: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+    __table_args__ = (Index("ix_saga_event_saga_id", "saga_id", "id"),)
+
+
+saga_table = SagaRow.__table__
+step_table = SagaStepRow.__table__
+event_table = SagaEventRow.__table__

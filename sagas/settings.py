@@ -1,0 +1,66 @@
+"""Configuration, read once from the environment at the edge (CLI, worker start).
+
+Everything inside the engine takes a ``Settings`` explicitly.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///sagas.db"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SAGAS_", extra="ignore", frozen=True)
+
+    database_url: str = Field(
+        DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL of the saga store (PostgreSQL in production).",
+    )
+    broker_url: str | None = Field(
+        None,
+        validation_alias="CELERY_BROKER_URL",
+        description="Celery broker; unset means the embedded in-process default.",
+    )
+    coordinator_queue: str = Field("sagas", description="Queue of the coordinator's tasks.")
+    max_payload_bytes: int = Field(256 * 1024, gt=0, description="Largest accepted payload (JSON).")
+    max_payload_depth: int = Field(32, gt=0, description="Deepest accepted payload nesting.")
+    sweep_interval: float = Field(5.0, gt=0, description="Seconds between sweeper passes (beat).")
+    outbox_grace: float = Field(
+        10.0, gt=0, description="Seconds before the sweeper re-publishes unsent commands."
+    )
+    max_countdown: float = Field(
+        300.0,
+        gt=0,
+        description="Longest wake-up sent as a countdown message; longer timers wait for the "
+        "sweeper (Redis redelivers unacked messages after its visibility timeout).",
+    )
+    sweep_batch: int = Field(200, gt=0, description="Sagas handled per sweeper pass.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_has_scheme(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError("must be a SQLAlchemy URL such as postgresql+psycopg://host/db")
+        return value
+
+    @property
+    def database_url_sqlalchemy(self) -> str:
+        # Plain postgresql:// URLs mean psycopg 3 here (psycopg2 is not a dependency).
+        url = self.database_url
+        if url.startswith("postgresql://") or url.startswith("postgres://"):
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+        return url
+
+
+def mask_url(url: str | None) -> str:
+    """A URL safe to log: the password replaced by ***."""
+    if not url or "://" not in url:
+        return str(url)
+    scheme, rest = url.split("://", 1)
+    if "@" not in rest:
+        return url
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

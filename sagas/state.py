@@ -1,0 +1,89 @@
+"""Saga and step states: the only place they are spelled.
+
+Queries, the core and the CLI all use these enums; the stored value is the enum's string value.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class SagaState(StrEnum):
+    STARTED = "started"  # accepted, first step not yet dispatched
+    PENDING = "pending"  # running forward
+    COMPENSATING = "compensating"  # undoing completed steps, newest first
+    COMPLETED = "completed"  # every step succeeded
+    FAILED = "failed"  # a step failed for good and everything done was compensated
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_SAGA_STATES
+
+
+TERMINAL_SAGA_STATES = frozenset({SagaState.COMPLETED, SagaState.FAILED})
+ACTIVE_SAGA_STATES = frozenset(set(SagaState) - TERMINAL_SAGA_STATES)
+
+# Allowed saga transitions; the core asserts every change it makes is in this table.
+SAGA_TRANSITIONS: dict[SagaState, frozenset[SagaState]] = {
+    SagaState.STARTED: frozenset({SagaState.PENDING, SagaState.COMPENSATING, SagaState.FAILED}),
+    SagaState.PENDING: frozenset({SagaState.COMPLETED, SagaState.COMPENSATING, SagaState.FAILED}),
+    SagaState.COMPENSATING: frozenset({SagaState.FAILED}),
+    SagaState.COMPLETED: frozenset(),
+    SagaState.FAILED: frozenset(),
+}
+
+
+class StepState(StrEnum):
+    PENDING = "pending"  # not started, or waiting for its next attempt (next_attempt_at)
+    RUNNING = "running"  # an attempt is dispatched and its deadline is running
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # failed for good; its effect is known not to exist
+    TIMED_OUT = "timed_out"  # last attempt timed out: outcome unknown, so it is compensated
+    COMPENSATING = "compensating"  # compensation dispatched or waiting for its next attempt
+    COMPENSATED = "compensated"
+    COMPENSATION_FAILED = "compensation_failed"  # exhausted: dead-lettered for an operator
+    SKIPPED = "skipped"  # never ran because the saga stopped before it
+
+
+STEP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
+    StepState.PENDING: frozenset({StepState.RUNNING, StepState.SKIPPED}),
+    StepState.RUNNING: frozenset(
+        {StepState.PENDING, StepState.SUCCEEDED, StepState.FAILED, StepState.TIMED_OUT}
+    ),
+    StepState.SUCCEEDED: frozenset({StepState.COMPENSATING}),
+    StepState.TIMED_OUT: frozenset({StepState.COMPENSATING}),
+    StepState.FAILED: frozenset(),
+    StepState.COMPENSATING: frozenset({StepState.COMPENSATED, StepState.COMPENSATION_FAILED}),
+    StepState.COMPENSATED: frozenset(),
+    StepState.COMPENSATION_FAILED: frozenset({StepState.COMPENSATING}),
+    StepState.SKIPPED: frozenset(),
+}
+
+
+class Action(StrEnum):
+    """Which side of a step a command or reply is about."""
+
+    FORWARD = "forward"
+    COMPENSATE = "compensate"
+
+
+class HistoryKind(StrEnum):
+    """What a row of the append-only history records."""
+
+    SAGA_STARTED = "saga_started"
+    STEP_DISPATCHED = "step_dispatched"
+    STEP_SUCCEEDED = "step_succeeded"
+    STEP_FAILED = "step_failed"
+    STEP_TIMED_OUT = "step_timed_out"
+    RETRY_SCHEDULED = "retry_scheduled"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCEL_REQUESTED = "cancel_requested"
+    COMPENSATION_STARTED = "compensation_started"
+    COMPENSATION_DISPATCHED = "compensation_dispatched"
+    STEP_COMPENSATED = "step_compensated"
+    COMPENSATION_FAILED = "compensation_failed"
+    COMPENSATION_PARKED = "compensation_parked"
+    REPLY_IGNORED = "reply_ignored"
+    COMMANDS_REPUBLISHED = "commands_republished"
+    SAGA_COMPLETED = "saga_completed"
+    SAGA_FAILED = "saga_failed"

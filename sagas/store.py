@@ -1,0 +1,420 @@
+"""The saga store: every read and write of the saga tables, and nothing else.
+
+``Store.transaction()`` yields a ``Tx`` whose ``lock`` takes the saga row (``SELECT ... FOR
+UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` serialises writers on SQLite). Time comes from the
+database clock on PostgreSQL so a skewed worker clock cannot move deadlines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, insert, select, text, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from .errors import SagaNotFound, StoreUnavailable
+from .machine import ErrorInfo, Record, SagaStatus, StepStatus, next_wakeup
+from .payload import encode
+from .schema import event_table, saga_table, step_table
+from .settings import mask_url
+from .state import ACTIVE_SAGA_STATES, SagaState, StepState
+
+
+@dataclass(frozen=True, slots=True)
+class SagaRecord:
+    """A saga row without its steps: identity, payload and bookkeeping."""
+
+    id: str
+    name: str
+    version: int
+    state: SagaState
+    payload: dict[str, Any]
+    payload_hash: str
+    correlation_id: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    deadline_at: datetime | None
+    wake_at: datetime | None
+    outbox: list[dict[str, Any]] | None
+    outbox_at: datetime | None
+    parked: bool
+    lock_version: int
+    failure: ErrorInfo | None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    id: int
+    at: datetime
+    kind: str
+    step: str | None
+    attempt: int | None
+    detail: dict[str, Any] | None
+
+
+def payload_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(encode(payload).encode()).hexdigest()
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything in sagas is aware UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        memory = url in ("sqlite://", "sqlite:///:memory:")
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=StaticPool if memory else None,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below take effect
+            cur = dbapi_conn.cursor()
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # Take the write lock up front: this is SQLite's stand-in for SELECT ... FOR UPDATE.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+class Store:
+    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+        self.url = url
+        self.engine = engine or make_engine(url)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+
+    def __repr__(self) -> str:
+        return f"<Store {mask_url(self.url)}>"
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        try:
+            with self.engine.begin() as conn:
+                yield Tx(conn, self.is_postgres)
+        except OperationalError as exc:
+            raise StoreUnavailable(
+                f"saga store {mask_url(self.url)} unavailable: {exc.orig}"
+            ) from exc
+
+    def ping(self) -> None:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(
+                f"saga store {mask_url(self.url)} unreachable: {getattr(exc, 'orig', exc)}"
+            ) from exc
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # -- reads for operators and the sweeper --------------------------------------------------
+
+    def get(self, saga_id: str) -> tuple[SagaRecord, SagaStatus, list[HistoryEntry]]:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(saga_table).where(saga_table.c.id == saga_id)).first()
+            if row is None:
+                raise SagaNotFound(f"no saga with id {saga_id!r}")
+            record = _record(row)
+            status = _status(record, _steps(conn, saga_id))
+            events = conn.execute(
+                select(event_table)
+                .where(event_table.c.saga_id == saga_id)
+                .order_by(event_table.c.id)
+            ).all()
+        history = [
+            HistoryEntry(e.id, utc(e.at) or e.at, e.kind, e.step, e.attempt, e.detail)
+            for e in events
+        ]
+        return record, status, history
+
+    def list(
+        self,
+        *,
+        state: SagaState | None = None,
+        name: str | None = None,
+        limit: int = 50,
+    ) -> list[SagaRecord]:
+        query = select(saga_table).order_by(saga_table.c.created_at.desc()).limit(limit)
+        if state is not None:
+            query = query.where(saga_table.c.state == state.value)
+        if name is not None:
+            query = query.where(saga_table.c.name == name)
+        with self.engine.connect() as conn:
+            return [_record(r) for r in conn.execute(query)]
+
+    def due(self, limit: int) -> list[str]:
+        """Ids of sagas with a timer due now (database clock)."""
+        with self.engine.connect() as conn:
+            now = _db_now(conn, self.is_postgres)
+            rows = conn.execute(
+                select(saga_table.c.id)
+                .where(saga_table.c.wake_at <= now)
+                .order_by(saga_table.c.wake_at)
+                .limit(limit)
+            )
+            return [r.id for r in rows]
+
+    def unsent(self, grace: float, limit: int) -> list[str]:
+        """Ids of sagas whose committed commands were not confirmed published in time."""
+        with self.engine.connect() as conn:
+            cutoff = _db_now(conn, self.is_postgres) - timedelta(seconds=grace)
+            rows = conn.execute(
+                select(saga_table.c.id)
+                .where(saga_table.c.outbox_at <= cutoff)
+                .order_by(saga_table.c.outbox_at)
+                .limit(limit)
+            )
+            return [r.id for r in rows]
+
+    def clear_outbox(self, saga_id: str, lock_version: int) -> None:
+        """Mark the commands of transition ``lock_version`` published (a no-op if superseded)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(saga_table)
+                .where(saga_table.c.id == saga_id, saga_table.c.lock_version == lock_version)
+                .values(outbox=None, outbox_at=None)
+            )
+
+
+class Tx:
+    """One open transaction on the saga tables."""
+
+    def __init__(self, conn: Connection, is_postgres: bool) -> None:
+        self.conn = conn
+        self.is_postgres = is_postgres
+        self._now: datetime | None = None
+
+    def now(self) -> datetime:
+        if self._now is None:
+            self._now = _db_now(self.conn, self.is_postgres)
+        return self._now
+
+    def insert(
+        self,
+        *,
+        saga_id: str,
+        name: str,
+        version: int,
+        payload: dict[str, Any],
+        correlation_id: str,
+        status: SagaStatus,
+        history: Sequence[Record],
+        outbox: Sequence[dict[str, Any]],
+    ) -> SagaRecord | None:
+        """Create a saga; returns the existing record instead if the id is taken."""
+        existing = self.lock(saga_id)
+        if existing is not None:
+            return existing[0]
+        now = self.now()
+        self.conn.execute(
+            insert(saga_table).values(
+                id=saga_id,
+                name=name,
+                version=version,
+                state=status.state.value,
+                payload=payload,
+                payload_hash=payload_hash(payload),
+                correlation_id=correlation_id,
+                failure=None,
+                created_at=now,
+                updated_at=now,
+                finished_at=None,
+                deadline_at=status.deadline_at,
+                wake_at=next_wakeup(status),
+                outbox=list(outbox) or None,
+                outbox_at=now if outbox else None,
+                parked=False,
+                lock_version=1,
+            )
+        )
+        self.conn.execute(
+            insert(step_table), [_step_values(saga_id, i, s) for i, s in enumerate(status.steps)]
+        )
+        self._append(saga_id, history, now)
+        return None
+
+    def lock(
+        self, saga_id: str, *, skip_locked: bool = False
+    ) -> tuple[SagaRecord, SagaStatus] | None:
+        """Lock and load a saga; None if it does not exist (or is locked and skip_locked)."""
+        query = select(saga_table).where(saga_table.c.id == saga_id)
+        if self.is_postgres:
+            query = query.add_columns(func.now().label("db_now")).with_for_update(
+                skip_locked=skip_locked
+            )
+        row = self.conn.execute(query).first()
+        if row is None:
+            return None
+        if self.is_postgres:
+            self._now = utc(row.db_now)
+        record = _record(row)
+        return record, _status(record, _steps(self.conn, saga_id))
+
+    def save(
+        self,
+        record: SagaRecord,
+        old: SagaStatus,
+        new: SagaStatus,
+        history: Sequence[Record],
+        outbox: Sequence[dict[str, Any]],
+        *,
+        parked: bool | None = None,
+        clear_outbox: bool = False,
+    ) -> int:
+        """Persist a transition; returns the new lock_version."""
+        now = self.now()
+        version = record.lock_version + 1
+        pending = [*(record.outbox or []), *outbox]
+        values: dict[str, Any] = {
+            "state": new.state.value,
+            "failure": new.failure.as_json() if new.failure else None,
+            "updated_at": now,
+            "wake_at": next_wakeup(new),
+            "lock_version": version,
+        }
+        if clear_outbox:
+            values.update(outbox=None, outbox_at=None)
+        elif outbox:
+            values.update(outbox=pending, outbox_at=now)
+        if new.state.terminal and not old.state.terminal:
+            values["finished_at"] = now
+        if parked is not None:
+            values["parked"] = parked
+        self.conn.execute(update(saga_table).where(saga_table.c.id == record.id).values(values))
+        for i, (before, after) in enumerate(zip(old.steps, new.steps, strict=True)):
+            if before != after:
+                self.conn.execute(
+                    update(step_table)
+                    .where(step_table.c.saga_id == record.id, step_table.c.idx == i)
+                    .values(_step_values(record.id, i, after))
+                )
+        self._append(record.id, history, now)
+        return version
+
+    def record_only(self, saga_id: str, history: Sequence[Record]) -> None:
+        self._append(saga_id, history, self.now())
+
+    def _append(self, saga_id: str, history: Sequence[Record], now: datetime) -> None:
+        if history:
+            self.conn.execute(
+                insert(event_table),
+                [
+                    {
+                        "saga_id": saga_id,
+                        "at": now,
+                        "kind": h.kind.value,
+                        "step": h.step,
+                        "attempt": h.attempt,
+                        "detail": h.detail,
+                        "message": None,
+                    }
+                    for h in history
+                ],
+            )
+
+
+# -- row mapping --------------------------------------------------------------------------------
+
+
+def _db_now(conn: Connection, is_postgres: bool) -> datetime:
+    if is_postgres:
+        value = conn.execute(select(func.now())).scalar_one()
+        return utc(value) or value
+    return datetime.now(UTC)
+
+
+def _steps(conn: Connection, saga_id: str) -> list[Any]:
+    return list(
+        conn.execute(
+            select(step_table).where(step_table.c.saga_id == saga_id).order_by(step_table.c.idx)
+        )
+    )
+
+
+def _record(row: Any) -> SagaRecord:
+    return SagaRecord(
+        id=row.id,
+        name=row.name,
+        version=row.version,
+        state=SagaState(row.state),
+        payload=row.payload,
+        payload_hash=row.payload_hash,
+        correlation_id=row.correlation_id,
+        created_at=utc(row.created_at) or row.created_at,
+        updated_at=utc(row.updated_at) or row.updated_at,
+        finished_at=utc(row.finished_at),
+        deadline_at=utc(row.deadline_at),
+        wake_at=utc(row.wake_at),
+        outbox=row.outbox,
+        outbox_at=utc(row.outbox_at),
+        parked=bool(row.parked),
+        lock_version=row.lock_version,
+        failure=ErrorInfo.from_json(row.failure),
+    )
+
+
+def _status(record: SagaRecord, steps: Sequence[Any]) -> SagaStatus:
+    return SagaStatus(
+        id=record.id,
+        state=record.state,
+        deadline_at=record.deadline_at,
+        failure=record.failure,
+        steps=tuple(
+            StepStatus(
+                name=s.name,
+                state=StepState(s.state),
+                attempt=s.attempt,
+                compensation_attempt=s.compensation_attempt,
+                result=s.result,
+                error=ErrorInfo.from_json(s.error),
+                started_at=utc(s.started_at),
+                finished_at=utc(s.finished_at),
+                deadline_at=utc(s.deadline_at),
+                next_attempt_at=utc(s.next_attempt_at),
+            )
+            for s in steps
+        ),
+    )
+
+
+def _step_values(saga_id: str, index: int, s: StepStatus) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "idx": index,
+        "name": s.name,
+        "state": s.state.value,
+        "attempt": s.attempt,
+        "compensation_attempt": s.compensation_attempt,
+        "result": s.result,
+        "error": s.error.as_json() if s.error else None,
+        "started_at": s.started_at,
+        "finished_at": s.finished_at,
+        "deadline_at": s.deadline_at,
+        "next_attempt_at": s.next_attempt_at,
+    }
+
+
+ACTIVE_STATES = tuple(s.value for s in ACTIVE_SAGA_STATES)

@@ -1,0 +1,178 @@
+"""Every Celery task sagas registers. The only module (with ``transport``) that knows Celery.
+
+Coordinator tasks run on the coordinator queue; step tasks (one pair per local step, named
+``saga.<saga>.<step>`` and ``saga.<saga>.<step>.compensate``) run on the owning service's queue.
+All are ``acks_late`` with ``reject_on_worker_lost``: a killed worker's message is redelivered,
+and the database (attempt numbers, deadlines) decides what a redelivery may still change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+from celery.signals import worker_process_init
+from pydantic import ValidationError
+
+from . import coordinator, sweeper
+from .definition import Saga, StepDef, get_saga
+from .errors import SagaInputError
+from .messages import StepCommand, StepReply
+from .observability import escape, get_logger, metrics, saga_context
+from .participant import run_step
+from .runtime import get_runtime
+from .state import Action
+from .transport import send_reply
+
+log = get_logger("sagas.tasks")
+
+RELIABLE: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+
+
+@worker_process_init.connect(weak=False)
+def _after_fork(**_: Any) -> None:
+    # A prefork child must not reuse the parent's pooled database connections.
+    from . import runtime
+
+    if runtime._runtime is not None:
+        runtime._runtime.store.engine.dispose(close=False)
+
+
+class _StartSagaTask(Task):  # type: ignore[misc]
+    """``start_saga.delay(...)`` validates in the caller when it knows the saga, so a web
+    request gets the typed error at once instead of a failed task in the coordinator."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        args, kwargs = list(args or ()), dict(kwargs or {})
+        name = args[0] if args else kwargs.get("name")
+        from .definition import registered_sagas
+
+        if isinstance(name, str) and name in registered_sagas():
+            payload = args[1] if len(args) > 1 else kwargs.get("payload")
+            coordinator.prepare_start(
+                name,
+                payload,
+                args[2] if len(args) > 2 else kwargs.get("saga_id"),
+                args[3] if len(args) > 3 else kwargs.get("correlation_id"),
+            )
+        options.setdefault("argsrepr", f"saga={escape(name)} id={escape(kwargs.get('saga_id'))}")
+        options.setdefault("kwargsrepr", "{}")
+        return super().apply_async(args, kwargs, **options)
+
+
+@shared_task(name="sagas.start_saga", base=_StartSagaTask, queue="sagas", **RELIABLE)
+def start_saga(
+    name: str,
+    payload: dict[str, Any],
+    saga_id: str | None = None,
+    correlation_id: str | None = None,
+) -> str:
+    """Start saga ``name`` with ``payload``. Idempotent on ``saga_id``; returns the saga id."""
+    try:
+        return coordinator.start(name, payload, saga_id=saga_id, correlation_id=correlation_id)
+    except SagaInputError as exc:
+        reason = type(exc).__name__
+        metrics.inc("sagas_start_rejected_total", saga=escape(name), reason=reason)
+        with saga_context(saga=escape(name), saga_id=escape(saga_id) if saga_id else None):
+            log.error("start rejected: %s (field %s)", escape(exc), exc.field)
+        raise
+
+
+@shared_task(name="sagas.step_reply", queue="sagas", **RELIABLE)
+def step_reply(reply: dict[str, Any]) -> None:
+    try:
+        parsed = StepReply.model_validate(reply)
+    except ValidationError as exc:
+        metrics.inc("sagas_bad_replies_total", reason="schema")
+        log.error("malformed step reply dropped: %s", escape(exc.errors()[:3]))
+        return
+    coordinator.handle_reply(parsed)
+
+
+@shared_task(name="sagas.remote_reply", queue="sagas", **RELIABLE)
+def remote_reply(
+    result: Any, *, saga_id: str, step: str, attempt: int, action: str, correlation_id: str = ""
+) -> None:
+    """Link callback of a remote step: its return value is the step's result."""
+    coordinator.handle_reply(
+        StepReply(
+            saga_id=saga_id,
+            step=step,
+            attempt=attempt,
+            action=Action(action),
+            ok=True,
+            result=result,
+        )
+    )
+
+
+@shared_task(name="sagas.remote_failed", bind=True, queue="sagas", **RELIABLE)
+def remote_failed(
+    self: Task,
+    task_id: str,
+    *,
+    saga_id: str,
+    step: str,
+    attempt: int,
+    action: str,
+    correlation_id: str = "",
+) -> None:
+    """Error callback of a remote step. The error's type comes from the result backend when the
+    app has one; without one it is reported as RemoteTaskFailed (retried per the policy)."""
+    error_type, message = "RemoteTaskFailed", f"remote task {task_id} failed"
+    try:
+        exc = self.app.AsyncResult(task_id).result
+        if isinstance(exc, BaseException):
+            error_type, message = type(exc).__name__, str(exc)
+    except Exception:  # noqa: BLE001 - no result backend: keep the generic error
+        pass
+    coordinator.handle_reply(
+        StepReply(
+            saga_id=saga_id,
+            step=step,
+            attempt=attempt,
+            action=Action(action),
+            ok=False,
+            error_type=error_type,
+            error_message=message[:2000],
+            retryable=True,
+        )
+    )
+
+
+@shared_task(name="sagas.wake", queue="sagas", **RELIABLE)
+def wake(saga_id: str) -> None:
+    coordinator.wake(saga_id)
+
+
+@shared_task(name="sagas.sweep", queue="sagas", ignore_result=True)
+def sweep() -> dict[str, int]:
+    """Beat-scheduled: fire due timers, re-publish unsent commands. Safe to run twice at once."""
+    return sweeper.sweep(get_runtime()).as_dict()
+
+
+def bind_local_step(saga: Saga[Any], step: StepDef) -> None:
+    """Register the Celery tasks that run a local step and its compensation."""
+    for action, fn in ((Action.FORWARD, step.fn), (Action.COMPENSATE, step.compensation_fn)):
+        if fn is not None:
+            _register_step_task(saga.name, step.name, action, step.task_name(action))
+
+
+def _register_step_task(saga_name: str, step_name: str, action: Action, task_name: str) -> None:
+    def run(self: Task, command: dict[str, Any]) -> None:
+        try:
+            parsed = StepCommand.model_validate(command)
+        except ValidationError as exc:
+            metrics.inc("sagas_bad_commands_total", reason="schema")
+            log.error("malformed step command for %s dropped: %s", task_name, escape(exc))
+            return
+        saga = get_saga(saga_name)
+        step = saga.step_def(step_name)
+        fn = step.fn if action is Action.FORWARD else step.compensation_fn
+        assert fn is not None
+        reply = run_step(saga, step, fn, parsed)
+        rt = get_runtime()
+        send_reply(self.app, reply, parsed.correlation_id, rt.settings.coordinator_queue)
+
+    run.__name__ = run.__qualname__ = task_name.replace(".", "_")
+    shared_task(name=task_name, bind=True, **RELIABLE)(run)
