@@ -1,0 +1,102 @@
+"""Plain-text views of sagas for the CLI and the demo: a list table and a step timeline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from .machine import SagaStatus
+from .observability import escape
+from .state import HistoryKind
+from .store import HistoryEntry, SagaRecord
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
+    out = [line.rstrip(), "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(out)
+
+
+def saga_list(records: Sequence[SagaRecord]) -> str:
+    if not records:
+        return "no sagas"
+    rows = [
+        [
+            r.id,
+            r.name,
+            r.state.value + (" (parked)" if r.parked else ""),
+            _ts(r.created_at),
+            _duration(r.created_at, r.finished_at or r.updated_at),
+            r.correlation_id,
+        ]
+        for r in records
+    ]
+    return table(["ID", "NAME", "STATE", "CREATED", "DURATION", "CORRELATION"], rows)
+
+
+def timeline(record: SagaRecord, status: SagaStatus, history: Sequence[HistoryEntry]) -> str:
+    head = [
+        f"saga {record.id}  {record.name} v{record.version}  state={record.state.value}"
+        + ("  PARKED (needs an operator)" if record.parked else ""),
+        f"correlation={record.correlation_id}  started={_ts(record.created_at)}"
+        + (f"  finished={_ts(record.finished_at)}" if record.finished_at else "")
+        + f"  took={_duration(record.created_at, record.finished_at or record.updated_at)}",
+    ]
+    if record.failure:
+        head.append(f"failure: {record.failure.type}: {escape(record.failure.message)}")
+    steps = [
+        [
+            str(i + 1),
+            s.name,
+            s.state.value,
+            str(s.attempt),
+            str(s.compensation_attempt) if s.compensation_attempt else "-",
+            _duration(s.started_at, s.finished_at) if s.started_at and s.finished_at else "-",
+            escape(f"{s.error.type}: {s.error.message}")[:60] if s.error else "",
+        ]
+        for i, s in enumerate(status.steps)
+    ]
+    body = table(["#", "STEP", "STATE", "ATTEMPTS", "UNDO", "TOOK", "LAST ERROR"], steps)
+    start = history[0].at if history else record.created_at
+    events = [
+        [
+            f"+{(h.at - start).total_seconds():.3f}s",
+            h.kind,
+            h.step or "",
+            str(h.attempt) if h.attempt is not None else "",
+            _detail(h),
+        ]
+        for h in history
+    ]
+    return "\n".join(
+        [*head, "", body, "", table(["T", "EVENT", "STEP", "ATTEMPT", "DETAIL"], events)]
+    )
+
+
+def _detail(h: HistoryEntry) -> str:
+    d = h.detail or {}
+    if h.kind in (HistoryKind.STEP_FAILED, HistoryKind.COMPENSATION_FAILED):
+        kind = "retryable" if d.get("retryable") else "permanent"
+        return escape(f"{d.get('type')}: {d.get('message')} ({kind})")[:80]
+    if h.kind == HistoryKind.RETRY_SCHEDULED:
+        return f"wait {d.get('interval', 0):.3f}s"
+    if h.kind == HistoryKind.REPLY_IGNORED:
+        return escape(f"{d.get('action')} {d.get('outcome')}: {d.get('why')}")[:80]
+    if h.kind in (HistoryKind.COMPENSATION_STARTED, HistoryKind.SAGA_FAILED) and d:
+        return escape(f"{d.get('type')}: {d.get('message')}")[:80]
+    return escape(", ".join(f"{k}={v}" for k, v in d.items()))[:80]
+
+
+def _ts(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def _duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None or end is None:
+        return "-"
+    seconds = (end - start).total_seconds()
+    return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"

@@ -1,0 +1,1 @@
+"""The example deployment: a Celery app and the services of the order-fulfillment saga."""

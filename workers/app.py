@@ -1,0 +1,27 @@
+"""The Celery app every example worker runs (``celery -A workers.app worker -Q <queue>``).
+
+Configuration comes from ``celeryconfig.py`` (environment variables with safe defaults).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+from celery.signals import after_setup_logger
+
+import sagas
+from sagas.observability import SagaContextFilter
+
+app = Celery("sagas_example")
+app.config_from_object("celeryconfig")
+# Each worker imports the saga definitions (the coordinator needs them; services run their
+# steps) and the plain Celery task of the notification service.
+app.conf.imports = ["workers.order_fulfillment", "workers.notification"]
+sagas.configure(app=app)
+
+
+@after_setup_logger.connect(weak=False)
+def _saga_log_fields(logger: logging.Logger, **_: object) -> None:
+    for handler in logger.handlers:
+        handler.addFilter(SagaContextFilter())
