@@ -1,0 +1,7 @@
+from __future__ import annotations
+
+import os
+
+# Tests never read a developer's real configuration by accident.
+for _var in ("SAGAS_DATABASE_URL", "CELERY_BROKER_URL"):
+    os.environ.pop(_var, None)
