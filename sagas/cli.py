@@ -82,7 +82,8 @@ def db() -> None:
 @_one_line_errors
 def upgrade() -> None:
     """Apply the saga tables' migrations (idempotent)."""
-    from .migrate import current_revision, upgrade as run_upgrade
+    from .migrate import current_revision
+    from .migrate import upgrade as run_upgrade
 
     store = _store()
     run_upgrade(store.engine)

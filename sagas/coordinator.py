@@ -25,6 +25,7 @@ from .machine import (
     Finished,
     Parked,
     Record,
+    SagaStatus,
     Start,
     StepFailed,
     StepSucceeded,
@@ -37,7 +38,7 @@ from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json, check_saga_id, validate_payload
 from .runtime import Runtime, get_runtime
 from .state import Action, HistoryKind, SagaState
-from .store import SagaRecord, SagaStatus, payload_hash
+from .store import SagaRecord, payload_hash
 from .transport import build_command, decode_command, encode_command, send_step, send_wake
 from .transport import still_wanted as _still_wanted
 

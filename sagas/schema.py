@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -15,6 +15,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     text,
 )
@@ -99,6 +100,6 @@ class SagaEventRow(Base):
     __table_args__ = (Index("ix_saga_event_saga_id", "saga_id", "id"),)
 
 
-saga_table = SagaRow.__table__
-step_table = SagaStepRow.__table__
-event_table = SagaEventRow.__table__
+saga_table = cast(Table, SagaRow.__table__)
+step_table = cast(Table, SagaStepRow.__table__)
+event_table = cast(Table, SagaEventRow.__table__)

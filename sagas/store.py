@@ -7,6 +7,7 @@ database clock on PostgreSQL so a skewed worker clock cannot move deadlines.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -132,7 +133,7 @@ class Store:
 
     # -- reads for operators and the sweeper --------------------------------------------------
 
-    def get(self, saga_id: str) -> tuple[SagaRecord, SagaStatus, list[HistoryEntry]]:
+    def get(self, saga_id: str) -> tuple[SagaRecord, SagaStatus, builtins.list[HistoryEntry]]:
         with self.engine.connect() as conn:
             row = conn.execute(select(saga_table).where(saga_table.c.id == saga_id)).first()
             if row is None:
@@ -156,7 +157,7 @@ class Store:
         state: SagaState | None = None,
         name: str | None = None,
         limit: int = 50,
-    ) -> list[SagaRecord]:
+    ) -> builtins.list[SagaRecord]:
         query = select(saga_table).order_by(saga_table.c.created_at.desc()).limit(limit)
         if state is not None:
             query = query.where(saga_table.c.state == state.value)
@@ -165,7 +166,7 @@ class Store:
         with self.engine.connect() as conn:
             return [_record(r) for r in conn.execute(query)]
 
-    def due(self, limit: int) -> list[str]:
+    def due(self, limit: int) -> builtins.list[str]:
         """Ids of sagas with a timer due now (database clock)."""
         with self.engine.connect() as conn:
             now = _db_now(conn, self.is_postgres)
@@ -177,7 +178,7 @@ class Store:
             )
             return [r.id for r in rows]
 
-    def unsent(self, grace: float, limit: int) -> list[str]:
+    def unsent(self, grace: float, limit: int) -> builtins.list[str]:
         """Ids of sagas whose committed commands were not confirmed published in time."""
         with self.engine.connect() as conn:
             cutoff = _db_now(conn, self.is_postgres) - timedelta(seconds=grace)

@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,11 +26,12 @@ from typing import Any
 import click
 
 import sagas
-from sagas import report, sweeper
+from sagas import report
 from sagas.migrate import upgrade
 from sagas.runtime import Runtime
 from sagas.settings import Settings, mask_url
 from sagas.store import Store
+from sagas.testing import embedded, wait_for
 
 QUEUES = ("sagas", "inventory", "payment", "shipping", "notification")
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,13 +70,13 @@ def run(*, spawn_workers: bool = True) -> None:
     upgrade(store.engine)
     from workers.app import app
 
-    rt = sagas.configure(settings=settings, store=store, app=app)
     run_id = datetime.now(UTC).strftime("%H%M%S") + f"{os.getpid() % 1000:03d}"
     if settings.broker_url:
         click.echo(
             f"server mode: store {mask_url(settings.database_url)}, "
             f"broker {mask_url(settings.broker_url)}"
         )
+        rt = sagas.configure(settings=settings, store=store, app=app)
         context = _worker_processes(settings) if spawn_workers else _nothing()
         with context:
             ids = _start_all(rt, run_id, via_celery=True)
@@ -86,9 +86,7 @@ def run(*, spawn_workers: bool = True) -> None:
             f"embedded mode: store {mask_url(settings.database_url)}, in-memory broker, "
             "in-process worker"
         )
-        app.conf.broker_url = "memory://"
-        app.conf.broker_transport_options = {"polling_interval": 0.01}
-        with _in_process_worker(app), _in_process_sweeper(rt, 0.25):
+        with embedded(app, settings=settings, sweep_interval=0.25) as rt:
             ids = _start_all(rt, run_id, via_celery=False)
             _wait(store, ids, timeout=60)
     for saga_id in ids:
@@ -114,56 +112,13 @@ def _start_all(rt: Runtime, run_id: str, *, via_celery: bool) -> list[str]:
 
 def _wait(store: Store, ids: list[str], *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    pending = set(ids)
-    while pending and time.monotonic() < deadline:
-        for saga_id in list(pending):
-            try:
-                record = store.get(saga_id)[0]
-            except sagas.SagaNotFound:
-                continue  # start_saga not consumed yet
-            if record.state.terminal:
-                pending.discard(saga_id)
-        time.sleep(0.1)
-    if pending:
-        raise sagas.SagaError(f"sagas did not finish within {timeout:.0f}s: {sorted(pending)}")
+    for saga_id in ids:
+        wait_for(store, saga_id, timeout=max(deadline - time.monotonic(), 0.1))
 
 
 @contextmanager
 def _nothing() -> Iterator[None]:
     yield
-
-
-@contextmanager
-def _in_process_worker(app: Any) -> Iterator[None]:
-    from celery.contrib.testing.worker import start_worker
-
-    with start_worker(
-        app,
-        pool="threads",
-        concurrency=4,
-        perform_ping_check=False,
-        queues=list(QUEUES),
-        loglevel="WARNING",
-        shutdown_timeout=30,
-    ):
-        yield
-
-
-@contextmanager
-def _in_process_sweeper(rt: Runtime, interval: float) -> Iterator[None]:
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(interval):
-            sweeper.sweep(rt)
-
-    thread = threading.Thread(target=loop, name="sagas-sweeper", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(5)
 
 
 @contextmanager
@@ -175,16 +130,36 @@ def _worker_processes(settings: Settings) -> Iterator[None]:
     for queue in QUEUES:
         procs.append(
             subprocess.Popen(
-                [*celery, "worker", "-Q", queue, "-n", f"{queue}-demo@%h", "-c", "1",
-                 "--loglevel", "WARNING"],
-                cwd=ROOT, env=env, start_new_session=True,
+                [
+                    *celery,
+                    "worker",
+                    "-Q",
+                    queue,
+                    "-n",
+                    f"{queue}-demo@%h",
+                    "-c",
+                    "1",
+                    "--loglevel",
+                    "WARNING",
+                ],
+                cwd=ROOT,
+                env=env,
+                start_new_session=True,
             )
         )
     procs.append(
         subprocess.Popen(
-            [*celery, "beat", "--loglevel", "WARNING", "-s",
-             str(Path(os.environ.get("TMPDIR", "/tmp")) / f"sagas-demo-beat-{os.getpid()}")],
-            cwd=ROOT, env=env, start_new_session=True,
+            [
+                *celery,
+                "beat",
+                "--loglevel",
+                "WARNING",
+                "-s",
+                str(Path(os.environ.get("TMPDIR", "/tmp")) / f"sagas-demo-beat-{os.getpid()}"),
+            ],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,
         )
     )
     try:
