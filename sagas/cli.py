@@ -13,6 +13,7 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from . import report
 from .errors import SagaError
@@ -30,6 +31,10 @@ def _one_line_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except SagaError as exc:
             click.echo(f"error: {exc}".splitlines()[0], err=True)
+            sys.exit(1)
+        except SQLAlchemyError as exc:
+            hint = " (run `saga db upgrade`?)" if "saga" in str(exc.orig or exc) else ""
+            click.echo(f"error: database: {str(exc.orig or exc).splitlines()[0]}{hint}", err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]

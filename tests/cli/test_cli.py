@@ -1,0 +1,105 @@
+"""The ``saga`` command, run as a user runs it: the installed console script in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.services import scratch_database
+
+ROOT = Path(__file__).resolve().parents[2]
+SAGA = str(Path(sys.executable).with_name("saga"))
+
+
+def run(
+    *args: str, db: str | None = None, cwd: Path = ROOT, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("SAGAS_DATABASE_URL", "CELERY_BROKER_URL")
+    }
+    if db:
+        env["SAGAS_DATABASE_URL"] = db
+    return subprocess.run(
+        [SAGA, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_db(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """Run the README's demo once on a fresh SQLite file; share its output with the tests."""
+    db = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'demo.db'}"
+    result = run("demo", db=db)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return db, result.stdout
+
+
+def test_demo_runs_three_sagas_with_the_expected_outcomes(demo_db: tuple[str, str]) -> None:
+    _, out = demo_db
+    assert "embedded mode" in out
+    blocks = out.split("=" * 100)[1:]
+    assert len(blocks) == 3
+    completes, declined, flaky = blocks
+    assert "state=completed" in completes and "saga_completed" in completes
+    assert "state=failed" in declined and "CardDeclined" in declined
+    assert "step_compensated         reserve_inventory" in declined
+    assert "state=completed" in flaky
+    assert flaky.count("retry_scheduled") == 2
+    assert "create_shipment    succeeded  3" in flaky
+
+
+def test_list_filters_by_state_and_name(demo_db: tuple[str, str]) -> None:
+    db, _ = demo_db
+    failed = run("list", "--state", "failed", db=db)
+    assert failed.returncode == 0
+    assert "card-declined" in failed.stdout and "completes" not in failed.stdout
+    named = run("list", "--name", "order_fulfillment", db=db)
+    assert named.stdout.count("order_fulfillment") == 3
+    none = run("list", "--name", "nothing_here", db=db)
+    assert none.returncode == 0 and none.stdout.strip() == "no sagas"
+
+
+def test_show_prints_the_step_timeline(demo_db: tuple[str, str]) -> None:
+    db, _ = demo_db
+    saga_id = next(
+        line.split()[0]
+        for line in run("list", db=db).stdout.splitlines()
+        if "carrier-flaky" in line
+    )
+    result = run("show", saga_id, db=db)
+    assert result.returncode == 0
+    out = result.stdout
+    assert f"saga {saga_id}" in out and "correlation=" in out
+    assert "CarrierUnavailable: carrier API unavailable (attempt 1) (retryable)" in out
+    assert "wait " in out  # retry intervals are shown
+
+
+@pytest.mark.parametrize("bad_id", ["does-not-exist", "bad id with spaces"])
+def test_show_bad_id_is_one_line_and_nonzero(demo_db: tuple[str, str], bad_id: str) -> None:
+    db, _ = demo_db
+    result = run("show", bad_id, db=db)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+
+
+def test_unreachable_database_is_one_line_and_nonzero() -> None:
+    result = run("list", db="postgresql+psycopg://nobody:secret@127.0.0.1:1/nothing")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unreachable" in lines[0]
+    assert "secret" not in result.stderr  # the password is masked
+
+
+def test_db_upgrade_on_postgresql_is_idempotent() -> None:
+    with scratch_database() as url:
+        first = run("db", "upgrade", db=url)
+        assert first.returncode == 0, first.stderr
+        assert "revision 0001" in first.stdout
+        second = run("db", "upgrade", db=url)
+        assert second.returncode == 0 and "revision 0001" in second.stdout
+        assert run("list", db=url).stdout.strip() == "no sagas"
