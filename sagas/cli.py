@@ -33,8 +33,9 @@ def _one_line_errors(fn: F) -> F:
             click.echo(f"error: {exc}".splitlines()[0], err=True)
             sys.exit(1)
         except SQLAlchemyError as exc:
-            hint = " (run `saga db upgrade`?)" if "saga" in str(exc.orig or exc) else ""
-            click.echo(f"error: database: {str(exc.orig or exc).splitlines()[0]}{hint}", err=True)
+            text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+            hint = " (run `saga db upgrade`?)" if "saga" in text else ""
+            click.echo(f"error: database: {text}{hint}", err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
