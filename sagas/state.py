@@ -46,7 +46,11 @@ class StepState(StrEnum):
 
 
 STEP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
-    StepState.PENDING: frozenset({StepState.RUNNING, StepState.SKIPPED}),
+    # A step waiting to retry settles as FAILED (last attempt reported failure) or TIMED_OUT
+    # (last attempt timed out) when compensation begins.
+    StepState.PENDING: frozenset(
+        {StepState.RUNNING, StepState.SKIPPED, StepState.FAILED, StepState.TIMED_OUT}
+    ),
     StepState.RUNNING: frozenset(
         {StepState.PENDING, StepState.SUCCEEDED, StepState.FAILED, StepState.TIMED_OUT}
     ),

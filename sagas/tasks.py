@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from . import coordinator, sweeper
 from .definition import Saga, StepDef, get_saga
-from .errors import SagaInputError
+from .errors import SagaInputError, StoreUnavailable
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, metrics, saga_context
 from .participant import run_step
@@ -27,6 +27,16 @@ from .transport import send_reply
 log = get_logger("sagas.tasks")
 
 RELIABLE: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+# Coordinator tasks ride out a database blip by retrying the message (each transition is
+# idempotent) instead of losing the reply and waiting for the step's timeout.
+COORDINATOR: dict[str, Any] = {
+    **RELIABLE,
+    "queue": "sagas",
+    "autoretry_for": (StoreUnavailable,),
+    "retry_backoff": 0.5,
+    "retry_backoff_max": 30,
+    "max_retries": 8,
+}
 
 
 @worker_process_init.connect(weak=False)
@@ -60,7 +70,7 @@ class _StartSagaTask(Task):  # type: ignore[misc]
         return super().apply_async(args, kwargs, **options)
 
 
-@shared_task(name="sagas.start_saga", base=_StartSagaTask, queue="sagas", **RELIABLE)
+@shared_task(name="sagas.start_saga", base=_StartSagaTask, **COORDINATOR)
 def start_saga(
     name: str,
     payload: dict[str, Any],
@@ -73,12 +83,16 @@ def start_saga(
     except SagaInputError as exc:
         reason = type(exc).__name__
         metrics.inc("sagas_start_rejected_total", saga=escape(name), reason=reason)
-        with saga_context(saga=escape(name), saga_id=escape(saga_id) if saga_id else None):
+        with saga_context(
+            saga=escape(name),
+            saga_id=escape(saga_id) if saga_id else None,
+            correlation_id=escape(correlation_id) if correlation_id else None,
+        ):
             log.error("start rejected: %s (field %s)", escape(exc), exc.field)
         raise
 
 
-@shared_task(name="sagas.step_reply", queue="sagas", **RELIABLE)
+@shared_task(name="sagas.step_reply", **COORDINATOR)
 def step_reply(reply: dict[str, Any]) -> None:
     try:
         parsed = StepReply.model_validate(reply)
@@ -89,7 +103,7 @@ def step_reply(reply: dict[str, Any]) -> None:
     coordinator.handle_reply(parsed)
 
 
-@shared_task(name="sagas.remote_reply", queue="sagas", **RELIABLE)
+@shared_task(name="sagas.remote_reply", **COORDINATOR)
 def remote_reply(
     result: Any, *, saga_id: str, step: str, attempt: int, action: str, correlation_id: str = ""
 ) -> None:
@@ -106,7 +120,7 @@ def remote_reply(
     )
 
 
-@shared_task(name="sagas.remote_failed", bind=True, queue="sagas", **RELIABLE)
+@shared_task(name="sagas.remote_failed", bind=True, **COORDINATOR)
 def remote_failed(
     self: Task,
     task_id: str,
@@ -140,7 +154,7 @@ def remote_failed(
     )
 
 
-@shared_task(name="sagas.wake", queue="sagas", **RELIABLE)
+@shared_task(name="sagas.wake", **COORDINATOR)
 def wake(saga_id: str) -> None:
     coordinator.wake(saga_id)
 
