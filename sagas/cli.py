@@ -98,8 +98,9 @@ def upgrade() -> None:
 
 @main.command()
 @click.option("--workers/--no-workers", default=True, help="Spawn worker processes (server mode).")
+@click.option("--choreography", is_flag=True, help="Run the event-driven version of the example.")
 @_one_line_errors
-def demo(workers: bool) -> None:
+def demo(workers: bool, choreography: bool) -> None:
     """Run the order-fulfillment example end to end and print each saga's timeline.
 
     With no configuration: SQLite and an in-process worker. With SAGAS_DATABASE_URL and
@@ -108,4 +109,4 @@ def demo(workers: bool) -> None:
     sys.path.insert(0, os.getcwd())  # like `celery -A`, find the example from the checkout
     from workers.demo import run
 
-    run(spawn_workers=workers)
+    run(spawn_workers=workers, choreography=choreography)

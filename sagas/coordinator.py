@@ -87,6 +87,13 @@ def start(
 ) -> str:
     """Create the saga and dispatch its first step. Idempotent on ``saga_id``."""
     rt = rt or get_runtime()
+    definition: Any = get_saga(name)
+    if getattr(definition, "kind", "") == "choreographed":
+        from .eventbus import start_choreography  # start_saga.delay works for both patterns
+
+        return start_choreography(
+            definition, payload, saga_id=saga_id, correlation_id=correlation_id, rt=rt
+        )
     saga, data, sid, cid = prepare_start(name, payload, saga_id, correlation_id, rt=rt)
     for attempt in (1, 2):
         try:

@@ -86,7 +86,7 @@ def _detail(h: HistoryEntry) -> str:
         return f"wait {d.get('interval', 0):.3f}s"
     if h.kind == HistoryKind.REPLY_IGNORED:
         return escape(f"{d.get('action')} {d.get('outcome')}: {d.get('why')}")[:80]
-    if h.kind in (HistoryKind.COMPENSATION_STARTED, HistoryKind.SAGA_FAILED) and d:
+    if h.kind in (HistoryKind.COMPENSATION_STARTED, HistoryKind.SAGA_FAILED) and "type" in d:
         return escape(f"{d.get('type')}: {d.get('message')}")[:80]
     return escape(", ".join(f"{k}={v}" for k, v in d.items()))[:80]
 

@@ -36,6 +36,7 @@ class SagaRow(Base):
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     name: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), server_default=text("'orchestrated'"))
     version: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))
     payload: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -100,6 +101,33 @@ class SagaEventRow(Base):
     __table_args__ = (Index("ix_saga_event_saga_id", "saga_id", "id"),)
 
 
+class SagaHandledRow(Base):
+    """Choreography's idempotency ledger: one row per (saga, handler, event) processed."""
+
+    __tablename__ = "saga_handled"
+
+    saga_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("saga.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    at: Mapped[datetime]
+
+
+class SagaOrphanEventRow(Base):
+    """Events naming a saga id the store does not know: kept for an operator, not dropped."""
+
+    __tablename__ = "saga_orphan_event"
+
+    event_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    service: Mapped[str] = mapped_column(String(128), primary_key=True)
+    saga_id: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(100))
+    at: Mapped[datetime]
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
 saga_table = cast(Table, SagaRow.__table__)
 step_table = cast(Table, SagaStepRow.__table__)
 event_table = cast(Table, SagaEventRow.__table__)
+handled_table = cast(Table, SagaHandledRow.__table__)
+orphan_table = cast(Table, SagaOrphanEventRow.__table__)

@@ -89,5 +89,9 @@ class HistoryKind(StrEnum):
     COMPENSATION_PARKED = "compensation_parked"
     REPLY_IGNORED = "reply_ignored"
     COMMANDS_REPUBLISHED = "commands_republished"
+    EVENT_PUBLISHED = "event_published"  # choreography: an event of this saga went out
+    EVENT_DUPLICATE = "event_duplicate"  # a handler saw an event it already processed
+    EVENT_IGNORED = "event_ignored"  # an event arrived after the saga ended (or too late)
+    SAGA_STUCK = "saga_stuck"  # an expected event did not arrive in time
     SAGA_COMPLETED = "saga_completed"
     SAGA_FAILED = "saga_failed"

@@ -23,7 +23,7 @@ from sqlalchemy.pool import StaticPool
 from .errors import SagaNotFound, StoreUnavailable
 from .machine import ErrorInfo, Record, SagaStatus, StepStatus, next_wakeup
 from .payload import encode
-from .schema import event_table, saga_table, step_table
+from .schema import event_table, handled_table, orphan_table, saga_table, step_table
 from .settings import mask_url
 from .state import ACTIVE_SAGA_STATES, SagaState, StepState
 
@@ -49,6 +49,7 @@ class SagaRecord:
     parked: bool
     lock_version: int
     failure: ErrorInfo | None
+    kind: str = "orchestrated"  # or "choreographed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,25 @@ class Store:
             )
             return [r.id for r in rows]
 
+    def due_kinds(self, limit: int) -> builtins.list[tuple[str, str]]:
+        """(id, kind) of sagas with a timer due now (database clock)."""
+        with self.engine.connect() as conn:
+            now = _db_now(conn, self.is_postgres)
+            rows = conn.execute(
+                select(saga_table.c.id, saga_table.c.kind)
+                .where(saga_table.c.wake_at <= now)
+                .order_by(saga_table.c.wake_at)
+                .limit(limit)
+            )
+            return [(r.id, r.kind) for r in rows]
+
+    def orphans(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(orphan_table).order_by(orphan_table.c.at.desc()).limit(limit)
+            )
+            return [dict(r._mapping) for r in rows]
+
     def unsent(self, grace: float, limit: int) -> builtins.list[str]:
         """Ids of sagas whose committed commands were not confirmed published in time."""
         with self.engine.connect() as conn:
@@ -224,6 +244,7 @@ class Tx:
         status: SagaStatus,
         history: Sequence[Record],
         outbox: Sequence[dict[str, Any]],
+        kind: str = "orchestrated",
     ) -> SagaRecord | None:
         """Create a saga; returns the existing record instead if the id is taken."""
         existing = self.lock(saga_id)
@@ -234,6 +255,7 @@ class Tx:
             insert(saga_table).values(
                 id=saga_id,
                 name=name,
+                kind=kind,
                 version=version,
                 state=status.state.value,
                 payload=payload,
@@ -315,6 +337,41 @@ class Tx:
         self._append(record.id, history, now)
         return version
 
+    def claim(self, saga_id: str, key: str) -> bool:
+        """Take an idempotency key for this saga; False if already taken (commits with the tx)."""
+        taken = self.conn.execute(
+            select(handled_table.c.key).where(
+                handled_table.c.saga_id == saga_id, handled_table.c.key == key
+            )
+        ).first()
+        if taken is not None:
+            return False
+        self.conn.execute(insert(handled_table).values(saga_id=saga_id, key=key, at=self.now()))
+        return True
+
+    def orphan(
+        self, *, event_id: str, service: str, saga_id: str, name: str, detail: dict[str, Any]
+    ) -> bool:
+        """Keep an event for an unknown saga; False if this service already recorded it."""
+        exists = self.conn.execute(
+            select(orphan_table.c.event_id).where(
+                orphan_table.c.event_id == event_id, orphan_table.c.service == service
+            )
+        ).first()
+        if exists is not None:
+            return False
+        self.conn.execute(
+            insert(orphan_table).values(
+                event_id=event_id,
+                service=service,
+                saga_id=saga_id,
+                name=name,
+                at=self.now(),
+                detail=detail,
+            )
+        )
+        return True
+
     def record_only(self, saga_id: str, history: Sequence[Record]) -> None:
         self._append(saga_id, history, self.now())
 
@@ -374,6 +431,7 @@ def _record(row: Any) -> SagaRecord:
         parked=bool(row.parked),
         lock_version=row.lock_version,
         failure=ErrorInfo.from_json(row.failure),
+        kind=row.kind,
     )
 
 

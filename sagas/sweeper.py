@@ -28,9 +28,15 @@ class SweepReport:
 
 def sweep(rt: Runtime) -> SweepReport:
     report = SweepReport()
-    for saga_id in rt.store.due(rt.settings.sweep_batch):
+    for saga_id, kind in rt.store.due_kinds(rt.settings.sweep_batch):
         try:
-            if coordinator.wake(saga_id, rt=rt, skip_locked=True):
+            if kind == "choreographed":
+                from . import eventbus
+
+                woke = eventbus.wake(saga_id, rt=rt)
+            else:
+                woke = coordinator.wake(saga_id, rt=rt, skip_locked=True) is not None
+            if woke:
                 report.woken += 1
         except SagaError as exc:
             report.errors += 1

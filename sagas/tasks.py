@@ -159,6 +159,14 @@ def wake(saga_id: str) -> None:
     coordinator.wake(saga_id)
 
 
+@shared_task(name="choreography.event", **{**COORDINATOR, "queue": None})
+def choreography_event(message: dict[str, Any]) -> None:
+    """A domain event of a choreographed saga: run this worker's handlers for it."""
+    from . import eventbus
+
+    eventbus.deliver(message)
+
+
 @shared_task(name="sagas.sweep", queue="sagas", ignore_result=True)
 def sweep() -> dict[str, int]:
     """Beat-scheduled: fire due timers, re-publish unsent commands. Safe to run twice at once."""

@@ -28,8 +28,14 @@ from .store import SagaRecord, Store
 
 def saga_queues(coordinator_queue: str = "sagas") -> list[str]:
     """Every queue the registered sagas use, plus the coordinator's."""
+    from .choreography import Choreography
+    from .eventbus import COMBINED_QUEUE
+
     queues = {coordinator_queue}
     for saga in registered_sagas().values():
+        if isinstance(saga, Choreography):
+            queues.add(COMBINED_QUEUE)  # one in-process worker: one combined event queue
+            continue
         for step in saga.steps:
             queues.update((step.queue, step.compensation_queue))
     return sorted(queues)
@@ -56,6 +62,15 @@ def embedded(
     # memory:// polls; the default one-second poll would add a second to every hop.
     app.conf.broker_transport_options = {"polling_interval": 0.01}
     app.conf.task_always_eager = False
+    from .eventbus import event_queues
+
+    # Choreography events reach the single worker through one queue bound to every event.
+    combined = event_queues(combined=True)
+    known = {q.name for q in app.conf.task_queues or ()}
+    app.conf.task_queues = [
+        *(app.conf.task_queues or ()),
+        *(q for q in combined if q.name not in known),
+    ]
     rt = configure(settings=settings, store=store, app=app)
     with start_worker(
         app,

@@ -11,13 +11,21 @@ from celery import Celery
 from celery.signals import after_setup_logger
 
 import sagas
+from sagas.eventbus import event_queues
 from sagas.observability import SagaContextFilter
 
 app = Celery("sagas_example")
 app.config_from_object("celeryconfig")
 # Each worker imports the saga definitions (the coordinator needs them; services run their
 # steps) and the plain Celery task of the notification service.
-app.conf.imports = ["workers.order_fulfillment", "workers.notification"]
+app.conf.imports = [
+    "workers.order_fulfillment",
+    "workers.order_choreography",
+    "workers.notification",
+]
+app.loader.import_default_modules()
+# Each service's choreography event queue, bound to the topic exchange per event it handles.
+app.conf.task_queues = [*app.conf.task_queues, *event_queues()]
 sagas.configure(app=app)
 
 

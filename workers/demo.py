@@ -33,11 +33,13 @@ from sagas.settings import Settings, mask_url
 from sagas.store import Store
 from sagas.testing import embedded, wait_for
 
-QUEUES = ("sagas", "inventory", "payment", "shipping", "notification")
+SERVICES = ("inventory", "payment", "shipping", "notification")
+# One coordinator worker; one worker per service consuming its step queue and its event queue.
+QUEUES = ("sagas", *(f"{s},sagas.events.{s}" for s in SERVICES))
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def orders(run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
+def orders(run_id: str, choreography: bool = False) -> list[tuple[str, str, dict[str, Any]]]:
     base: dict[str, Any] = {
         "email": "ada@example.com",
         "card_number": "4242424242424242",
@@ -59,11 +61,17 @@ def orders(run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
             f"demo-{run_id}-carrier-flaky",
             "carrier fails twice (transient), then ships",
             {**base, "order_id": f"C-{run_id}", "simulate": {"carrier_outages": 2}},
+        )
+        if not choreography
+        else (
+            f"demo-{run_id}-undeliverable",
+            "shipment fails (permanent): payment refunded, then inventory released",
+            {**base, "order_id": f"C-{run_id}", "simulate": {"undeliverable": True}},
         ),
     ]
 
 
-def run(*, spawn_workers: bool = True) -> None:
+def run(*, spawn_workers: bool = True, choreography: bool = False) -> None:
     settings = Settings()
     store = Store(settings.database_url_sqlalchemy)
     store.ping()
@@ -79,7 +87,7 @@ def run(*, spawn_workers: bool = True) -> None:
         rt = sagas.configure(settings=settings, store=store, app=app)
         context = _worker_processes(settings) if spawn_workers else _nothing()
         with context:
-            ids = _start_all(rt, run_id, via_celery=True)
+            ids = _start_all(rt, run_id, via_celery=True, choreography=choreography)
             _wait(store, ids, timeout=90)
     else:
         click.echo(
@@ -87,7 +95,7 @@ def run(*, spawn_workers: bool = True) -> None:
             "in-process worker"
         )
         with embedded(app, settings=settings, sweep_interval=0.25) as rt:
-            ids = _start_all(rt, run_id, via_celery=False)
+            ids = _start_all(rt, run_id, via_celery=False, choreography=choreography)
             _wait(store, ids, timeout=60)
     for saga_id in ids:
         click.echo("")
@@ -97,15 +105,16 @@ def run(*, spawn_workers: bool = True) -> None:
     click.echo(report.saga_list([store.get(i)[0] for i in ids]))
 
 
-def _start_all(rt: Runtime, run_id: str, *, via_celery: bool) -> list[str]:
+def _start_all(rt: Runtime, run_id: str, *, via_celery: bool, choreography: bool) -> list[str]:
     ids = []
-    for saga_id, label, payload in orders(run_id):
-        click.echo(f"starting {saga_id}: {label}")
+    name = "order_choreography" if choreography else "order_fulfillment"
+    for saga_id, label, payload in orders(run_id, choreography):
+        click.echo(f"starting {saga_id} ({name}): {label}")
         if via_celery:
             # Exactly what a Django/Flask app does.
-            sagas.start_saga.delay("order_fulfillment", payload, saga_id=saga_id)
+            sagas.start_saga.delay(name, payload, saga_id=saga_id)
         else:
-            sagas.get_saga("order_fulfillment").start(payload, saga_id=saga_id)
+            sagas.get_saga(name).start(payload, saga_id=saga_id)
         ids.append(saga_id)
     return ids
 

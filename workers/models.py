@@ -18,9 +18,10 @@ class Address(BaseModel):
 
 
 class Simulation(BaseModel):
-    """Knobs for the demo: how many times the carrier API fails before it works."""
+    """Knobs for the demo: how often the carrier API fails, or whether it refuses the address."""
 
     carrier_outages: int = Field(0, ge=0, le=10)
+    undeliverable: bool = False
 
 
 class Order(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from sagas import StepContext, TransientError
+from sagas import PermanentError, StepContext, TransientError
 
 from .models import Order
 
@@ -15,8 +15,14 @@ class CarrierUnavailable(TransientError):
     """The carrier's API is down for a moment: retry with backoff."""
 
 
+class Undeliverable(PermanentError):
+    """The carrier refuses the address: retrying will not help."""
+
+
 def create_shipment(ctx: StepContext[Order]) -> dict[str, object]:
     order = ctx.payload
+    if order.simulate.undeliverable:
+        raise Undeliverable(f"carrier cannot deliver to {order.ship_to.city}")
     # The example simulates a flaky carrier: its first `carrier_outages` calls fail.
     if ctx.attempt <= order.simulate.carrier_outages:
         raise CarrierUnavailable(f"carrier API unavailable (attempt {ctx.attempt})")

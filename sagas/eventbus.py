@@ -1,0 +1,554 @@
+"""The choreography event bus on the project's broker, and the handler runner.
+
+Mapping onto Celery/kombu:
+
+- one durable **topic exchange** ``sagas.events``; an event is a Celery task message
+  ``choreography.event`` published to it with the **routing key = the event name**;
+- one durable **queue per service**, ``sagas.events.<service>``, bound to the exchange once per
+  event name that service's handlers and compensations react to, so every subscribing service
+  gets its own copy of each event; the service's worker consumes it (``-Q <service>,
+  sagas.events.<service>``) and runs the handler as that Celery task, ``acks_late``;
+- retries go straight to the handler's service queue (default exchange) with a countdown;
+- the embedded default binds one combined queue ``sagas.events`` to every event, consumed by its
+  single in-process worker.
+
+Each handler runs under the saga's row lock and records its outcome, the idempotency key
+(saga id, handler, event id) and the events it emits in one transaction; events are published
+after commit. A redelivered or duplicated event finds the key taken and changes nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from kombu.entity import Exchange, Queue, binding
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .choreography import (
+    COMPENSATED_EVENT,
+    EVENT_RE,
+    Choreography,
+    HandlerSpec,
+    Outcome,
+    compensation_done,
+    event_seen,
+    handler_done,
+    may_compensate,
+    new_choreo_status,
+    timed_out,
+)
+from .definition import StepContext, registered_sagas
+from .errors import PermanentError, SagaConflict, SagaInputError, TransientError
+from .machine import ErrorInfo, Record, SagaStatus
+from .observability import escape, get_logger, metrics, saga_context
+from .payload import check_json, check_saga_id, validate_payload
+from .retry import DEFAULT_COMPENSATION_RETRY
+from .runtime import Runtime, get_runtime
+from .state import Action, HistoryKind, StepState
+from .store import SagaRecord, payload_hash
+
+log = get_logger("sagas.eventbus")
+
+EXCHANGE = Exchange("sagas.events", type="topic", durable=True)
+EVENT_TASK = "choreography.event"
+COMBINED_QUEUE = "sagas.events"
+_NAMESPACE = uuid.UUID("6f1c3a52-5d0e-4c39-9a57-3f1f2b0c9e11")
+
+
+class EventMessage(BaseModel):
+    """A domain event on the bus. ``handler``/``attempt`` are set only on retries."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(max_length=100, pattern=EVENT_RE.pattern)
+    saga_id: str = Field(min_length=1, max_length=128)
+    event_id: str = Field(min_length=1, max_length=64)
+    choreography: str = Field(max_length=64)
+    correlation_id: str = Field(max_length=128)
+    data: Any = None
+    handler: str | None = None
+    action: Action = Action.FORWARD
+    attempt: int = Field(1, ge=1)
+
+    def describe(self) -> str:
+        extra = f" handler={self.handler} attempt={self.attempt}" if self.handler else ""
+        return f"event={self.name} saga={self.choreography} id={self.saga_id}{extra}"
+
+
+def choreographies() -> list[Choreography[Any]]:
+    found: list[object] = list(registered_sagas().values())
+    return [s for s in found if isinstance(s, Choreography)]
+
+
+def event_queues(*, combined: bool = False) -> list[Queue]:
+    """Queues to declare and consume: one per service (or one combined), bound per event."""
+    subs: dict[str, set[str]] = {}
+    for choreo in choreographies():
+        for service, keys in choreo.subscriptions().items():
+            subs.setdefault(
+                COMBINED_QUEUE if combined else f"sagas.events.{service}", set()
+            ).update(keys)
+    return [
+        Queue(name, bindings=[binding(EXCHANGE, routing_key=k) for k in sorted(keys)], durable=True)
+        for name, keys in sorted(subs.items())
+    ]
+
+
+def event_id_for(saga_id: str, name: str, cause: str) -> str:
+    """Deterministic: a handler re-run after a crash emits the same event id (deduplicated)."""
+    return uuid.uuid5(_NAMESPACE, f"{saga_id}|{name}|{cause}").hex
+
+
+# -- starting ------------------------------------------------------------------------------------
+
+
+def start_choreography(
+    choreo: Choreography[Any],
+    payload: Any,
+    *,
+    saga_id: str | None = None,
+    correlation_id: str | None = None,
+    rt: Runtime | None = None,
+) -> str:
+    rt = rt or get_runtime()
+    sid = check_saga_id(saga_id) if saga_id is not None else uuid.uuid4().hex
+    cid = (
+        check_saga_id(correlation_id, field="correlation_id")
+        if correlation_id is not None
+        else uuid.uuid4().hex
+    )
+    data = validate_payload(
+        choreo.payload_model,
+        payload,
+        saga=choreo.name,
+        max_bytes=rt.settings.max_payload_bytes,
+        max_depth=rt.settings.max_payload_depth,
+    )
+    with saga_context(saga=choreo.name, saga_id=sid, correlation_id=cid):
+        with rt.store.transaction() as tx:
+            now = tx.now()
+            outcome = event_seen(choreo, new_choreo_status(choreo, sid), choreo.starts_on, now)
+            history = (Record(HistoryKind.SAGA_STARTED), *outcome.history)
+            existing = tx.insert(
+                saga_id=sid,
+                name=choreo.name,
+                version=choreo.version,
+                payload=data,
+                correlation_id=cid,
+                status=outcome.status,
+                history=history,
+                outbox=[],
+                kind=choreo.kind,
+            )
+        if existing is not None:
+            if existing.name != choreo.name or existing.payload_hash != payload_hash(data):
+                raise SagaConflict(
+                    f"saga id {sid!r} already exists with a different name or payload",
+                    field="saga_id",
+                    saga=choreo.name,
+                )
+            return sid
+        metrics.inc("sagas_started_total", saga=choreo.name)
+        log.info("choreography started")
+        publish(rt, choreo, sid, cid, choreo.starts_on, data, cause="start")
+    return sid
+
+
+# -- publishing ----------------------------------------------------------------------------------
+
+
+def publish(
+    rt: Runtime,
+    choreo: Choreography[Any],
+    saga_id: str,
+    correlation_id: str,
+    name: str,
+    data: Any,
+    *,
+    cause: str,
+) -> None:
+    message = EventMessage(
+        name=name,
+        saga_id=saga_id,
+        event_id=event_id_for(saga_id, name, cause),
+        choreography=choreo.name,
+        correlation_id=correlation_id,
+        data=data,
+    )
+    rt.celery.send_task(
+        EVENT_TASK,
+        args=[message.model_dump(mode="json")],
+        exchange=EXCHANGE,
+        routing_key=name,
+        # Declaring the bound queues on publish means no event is lost because a subscriber's
+        # worker has not started yet.
+        declare=[*event_queues(), *event_queues(combined=True)],
+        headers={"saga_correlation_id": correlation_id, "saga_id": saga_id},
+        argsrepr=message.describe(),
+        kwargsrepr="{}",
+    )
+
+
+def _retry(
+    rt: Runtime, message: EventMessage, h: HandlerSpec, action: Action, countdown: float
+) -> None:
+    again = message.model_copy(
+        update={"handler": h.name, "action": action, "attempt": message.attempt + 1}
+    )
+    queue = _local_queue_for(rt, h)
+    rt.celery.send_task(
+        EVENT_TASK,
+        args=[again.model_dump(mode="json")],
+        queue=queue,
+        countdown=countdown,
+        headers={"saga_correlation_id": message.correlation_id, "saga_id": message.saga_id},
+        argsrepr=again.describe(),
+        kwargsrepr="{}",
+    )
+
+
+def _local_queue_for(rt: Runtime, h: HandlerSpec) -> str:
+    consumed = _consumed_queues(rt.celery)
+    if consumed is not None and COMBINED_QUEUE in consumed and h.queue not in consumed:
+        return COMBINED_QUEUE
+    return h.queue
+
+
+# -- receiving -----------------------------------------------------------------------------------
+
+
+def deliver(raw: Any, *, rt: Runtime | None = None, consumed: Iterable[str] | None = None) -> None:
+    """Run this worker's handlers for one event message. Bad messages are counted and dropped."""
+    rt = rt or get_runtime()
+    try:
+        message = EventMessage.model_validate(raw)
+        check_json(message.data, field="data")
+        choreo = registered_sagas().get(message.choreography)
+        if not isinstance(choreo, Choreography):
+            raise SagaInputError(
+                f"unknown choreography {message.choreography!r}", field="choreography"
+            )
+        if message.name not in choreo.events() and message.name != COMPENSATED_EVENT:
+            raise SagaInputError(f"unknown event {message.name!r}", field="name")
+    except (ValidationError, SagaInputError) as exc:
+        metrics.inc("sagas_bad_events_total")
+        log.error("malformed event dropped: %s", escape(_brief(exc)))
+        return
+    services = _local_services(
+        choreo, consumed if consumed is not None else _consumed_queues(rt.celery)
+    )
+    with saga_context(
+        saga=choreo.name, saga_id=message.saga_id, correlation_id=message.correlation_id
+    ):
+        for h in choreo.handlers:
+            if h.service not in services or (message.handler and message.handler != h.name):
+                continue
+            if message.action is Action.FORWARD and h.on == message.name:
+                _run_forward(rt, choreo, h, message)
+            if h.compensation is not None and (
+                message.action is Action.COMPENSATE
+                or message.name in h.compensate_on
+                or message.name == COMPENSATED_EVENT
+            ):
+                _run_compensation(rt, choreo, h, message)
+
+
+def _run_forward(rt: Runtime, choreo: Choreography[Any], h: HandlerSpec, msg: EventMessage) -> None:
+    key = f"{h.name}:{msg.event_id}"
+    try:
+        with rt.store.transaction() as tx:
+            loaded = _lock_or_orphan(rt, tx, h, msg)
+            if loaded is None:
+                return
+            record, status = loaded
+            step = status.steps[h.index]
+            if status.state.terminal or step.state is not StepState.RUNNING:
+                kind = (
+                    HistoryKind.EVENT_DUPLICATE
+                    if step.state is not StepState.PENDING
+                    else HistoryKind.EVENT_IGNORED
+                )
+                if status.state.terminal:
+                    kind = HistoryKind.EVENT_IGNORED
+                _note(
+                    tx,
+                    record,
+                    h,
+                    msg,
+                    kind,
+                    f"{h.name} is {step.state.value}, saga {status.state.value}",
+                )
+                return
+            if not tx.claim(record.id, key):
+                _note(tx, record, h, msg, HistoryKind.EVENT_DUPLICATE, "already processed")
+                return
+            result = h.fn(_context(choreo, record, status, h, msg, Action.FORWARD))
+            check_json(result, field=f"{h.name} result")
+            outcome = handler_done(choreo, status, h, tx.now(), result=result, attempt=msg.attempt)
+            emitted = _apply_events(choreo, outcome, tx.now())
+            tx.save(record, status, emitted.status, emitted.history, [])
+    except (PermanentError, SagaInputError) as exc:
+        _failed(rt, choreo, h, msg, exc, retryable=False)
+        return
+    except Exception as exc:  # noqa: BLE001 - transient or unexpected: per the retry policy
+        if isinstance(exc, TransientError) or h.retry.is_retryable(type(exc).__name__):
+            _failed(rt, choreo, h, msg, exc, retryable=True)
+            return
+        _failed(rt, choreo, h, msg, exc, retryable=False)
+        return
+    _publish_all(rt, choreo, record, emitted.publish, cause=f"{h.name}:{msg.event_id}", data=result)
+
+
+def _failed(
+    rt: Runtime,
+    choreo: Choreography[Any],
+    h: HandlerSpec,
+    msg: EventMessage,
+    exc: BaseException,
+    *,
+    retryable: bool,
+) -> None:
+    error = ErrorInfo(type(exc).__name__, str(exc)[:2000], retryable)
+    log.warning(
+        "handler %s attempt %d failed: %s: %s",
+        h.name,
+        msg.attempt,
+        error.type,
+        escape(error.message),
+    )
+    with rt.store.transaction() as tx:
+        loaded = tx.lock(msg.saga_id)
+        if loaded is None:
+            return
+        record, status = loaded
+        if status.steps[h.index].state is not StepState.RUNNING:
+            return
+        if retryable and msg.attempt < h.retry.max_attempts:
+            wait = h.retry.interval(msg.attempt, f"{record.id}:{h.name}")
+            tx.record_only(
+                record.id,
+                [
+                    Record(HistoryKind.STEP_FAILED, h.name, msg.attempt, error.as_json()),
+                    Record(
+                        HistoryKind.RETRY_SCHEDULED,
+                        h.name,
+                        msg.attempt + 1,
+                        {"interval": round(wait, 6)},
+                    ),
+                ],
+            )
+            retry_in: float | None = wait
+            emitted = None
+        else:
+            retry_in = None
+            outcome = handler_done(choreo, status, h, tx.now(), error=error, attempt=msg.attempt)
+            emitted = _apply_events(choreo, outcome, tx.now())
+            tx.save(record, status, emitted.status, emitted.history, [])
+    if retry_in is not None:
+        _retry(rt, msg, h, Action.FORWARD, retry_in)
+    elif emitted is not None:
+        _publish_all(
+            rt,
+            choreo,
+            record,
+            emitted.publish,
+            cause=f"{h.name}:{msg.event_id}",
+            data=error.as_json(),
+        )
+
+
+def _run_compensation(
+    rt: Runtime, choreo: Choreography[Any], h: HandlerSpec, msg: EventMessage
+) -> None:
+    assert h.compensation is not None
+    try:
+        with rt.store.transaction() as tx:
+            loaded = tx.lock(msg.saga_id)
+            if loaded is None:
+                return
+            record, status = loaded
+            if not may_compensate(status, h):
+                return  # not this one's turn (or done): a later sagas.compensated wakes it
+            if not tx.claim(record.id, f"{h.name}:compensate"):
+                return
+            h.compensation(_context(choreo, record, status, h, msg, Action.COMPENSATE))
+            outcome = compensation_done(choreo, status, h, tx.now())
+            tx.save(record, status, outcome.status, outcome.history, [])
+    except Exception as exc:  # noqa: BLE001 - compensations are retried until they succeed
+        _compensation_failed(rt, h, msg, exc)
+        return
+    _publish_all(rt, choreo, record, outcome.publish, cause=f"{h.name}:compensated", data=None)
+
+
+def _compensation_failed(
+    rt: Runtime, h: HandlerSpec, msg: EventMessage, exc: BaseException
+) -> None:
+    policy = DEFAULT_COMPENSATION_RETRY
+    error = ErrorInfo(type(exc).__name__, str(exc)[:2000], not isinstance(exc, PermanentError))
+    attempt = msg.attempt if msg.action is Action.COMPENSATE else 1
+    with rt.store.transaction() as tx:
+        loaded = tx.lock(msg.saga_id)
+        if loaded is None:
+            return
+        record, status = loaded
+        history = [Record(HistoryKind.COMPENSATION_FAILED, h.name, attempt, error.as_json())]
+        if error.retryable and attempt < policy.max_attempts:
+            tx.record_only(record.id, history)
+            retry_in: float | None = policy.interval(attempt, f"{record.id}:{h.name}:undo")
+        else:
+            retry_in = None
+            steps = list(status.steps)
+            steps[h.index] = replace(
+                steps[h.index], state=StepState.COMPENSATION_FAILED, error=error
+            )
+            new = replace(status, steps=tuple(steps))
+            history.append(
+                Record(HistoryKind.COMPENSATION_PARKED, h.name, attempt, error.as_json())
+            )
+            tx.save(record, status, new, history, [], parked=True)
+            metrics.inc("sagas_parked_total", saga=record.name)
+    if retry_in is not None:
+        retry_msg = msg.model_copy(update={"attempt": attempt})
+        _retry(rt, retry_msg, h, Action.COMPENSATE, retry_in)
+
+
+def wake(saga_id: str, *, rt: Runtime | None = None) -> bool:
+    """Sweeper: flag handlers awaited past their timeout; publish declared failure events."""
+    rt = rt or get_runtime()
+    with rt.store.transaction() as tx:
+        loaded = tx.lock(saga_id, skip_locked=True)
+        if loaded is None:
+            return False
+        record, status = loaded
+        choreo = registered_sagas().get(record.name)
+        if not isinstance(choreo, Choreography):
+            return False
+        outcome = timed_out(choreo, status, tx.now())
+        if not outcome.changed:
+            return False
+        emitted = _apply_events(choreo, outcome, tx.now())
+        stuck = not emitted.publish
+        tx.save(record, status, emitted.status, emitted.history, [], parked=True if stuck else None)
+    with saga_context(saga=record.name, saga_id=record.id, correlation_id=record.correlation_id):
+        log.warning("choreographed saga stuck: %s", [h.detail for h in outcome.history])
+        metrics.inc("sagas_stuck_total", saga=record.name)
+        _publish_all(rt, choreo, record, emitted.publish, cause="timeout", data=None)
+    return True
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _apply_events(choreo: Choreography[Any], outcome: Outcome, at: datetime) -> Outcome:
+    """Fold the events an outcome publishes into the saga's derived state (same transaction)."""
+    status, history = outcome.status, list(outcome.history)
+    publish = list(outcome.publish)
+    for name in outcome.publish:
+        if name == COMPENSATED_EVENT:
+            continue
+        seen = event_seen(choreo, status, name, at)
+        status = seen.status
+        history.extend(seen.history)
+    return Outcome(status, tuple(history), tuple(publish))
+
+
+def _publish_all(
+    rt: Runtime,
+    choreo: Choreography[Any],
+    record: SagaRecord,
+    names: Iterable[str],
+    *,
+    cause: str,
+    data: Any,
+) -> None:
+    for name in names:
+        publish(rt, choreo, record.id, record.correlation_id, name, data, cause=cause)
+
+
+def _lock_or_orphan(
+    rt: Runtime, tx: Any, h: HandlerSpec, msg: EventMessage
+) -> tuple[SagaRecord, SagaStatus] | None:
+    loaded = tx.lock(msg.saga_id)
+    if loaded is None:
+        if tx.orphan(
+            event_id=msg.event_id,
+            service=h.service,
+            saga_id=msg.saga_id,
+            name=msg.name,
+            detail={"choreography": msg.choreography, "correlation_id": msg.correlation_id},
+        ):
+            metrics.inc("sagas_orphan_events_total")
+            log.warning("event %s for unknown saga recorded as orphaned", msg.name)
+        return None
+    record, status = loaded
+    if record.name != msg.choreography:
+        log.error(
+            "event names choreography %s but saga is %s; ignored", msg.choreography, record.name
+        )
+        return None
+    result: tuple[SagaRecord, SagaStatus] = loaded
+    return result
+
+
+def _note(
+    tx: Any, record: SagaRecord, h: HandlerSpec, msg: EventMessage, kind: HistoryKind, why: str
+) -> None:
+    metrics.inc("sagas_events_ignored_total", kind=kind.value)
+    tx.record_only(
+        record.id,
+        [
+            Record(
+                kind, h.name, msg.attempt, {"event": msg.name, "event_id": msg.event_id, "why": why}
+            )
+        ],
+    )
+
+
+def _context(
+    choreo: Choreography[Any],
+    record: SagaRecord,
+    status: SagaStatus,
+    h: HandlerSpec,
+    msg: EventMessage,
+    action: Action,
+) -> StepContext[Any]:
+    return StepContext(
+        saga_id=record.id,
+        saga_name=choreo.name,
+        step=h.name,
+        action=action,
+        attempt=msg.attempt,
+        payload=choreo.payload_model.model_validate(record.payload),
+        results={s.name: s.result for s in status.steps if s.result is not None},
+        idempotency_key=f"{record.id}:{h.name}"
+        + (":compensate" if action is Action.COMPENSATE else ""),
+        correlation_id=record.correlation_id,
+        deadline_at=status.steps[h.index].deadline_at,
+        result=status.steps[h.index].result,
+    )
+
+
+def _consumed_queues(app: Any) -> set[str] | None:
+    consume_from = getattr(app.amqp.queues, "consume_from", None)
+    return set(consume_from) if consume_from else None
+
+
+def _local_services(choreo: Choreography[Any], consumed: Iterable[str] | None) -> set[str]:
+    services = {h.service for h in choreo.handlers}
+    if consumed is None:
+        return services
+    names = set(consumed)
+    if COMBINED_QUEUE in names:
+        return services
+    return {s for s in services if f"sagas.events.{s}" in names}
+
+
+def _brief(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"field {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(exc)
