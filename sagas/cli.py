@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import report
 from .errors import SagaError
+from .observability import escape
 from .settings import Settings
 from .state import SagaState
 from .store import Store
@@ -77,6 +78,109 @@ def show(saga_id: str) -> None:
 
     check_saga_id(saga_id, field="ID")
     click.echo(report.timeline(*_store().get(saga_id)))
+
+
+@main.command()
+@click.option("--older-than", default=300.0, show_default=True, help="Seconds without progress.")
+@_one_line_errors
+def stuck(older_than: float) -> None:
+    """Sagas needing attention: dead-lettered, no progress, or unsent commands."""
+    found = _store().stuck(older_than)
+    if not found:
+        click.echo("no stuck sagas")
+        return
+    rows = [[r.id, r.name, r.state.value, report.ts(r.updated_at), why] for r, why in found]
+    click.echo(report.table(["ID", "NAME", "STATE", "LAST PROGRESS", "WHY"], rows))
+
+
+_APP_OPTION = click.option(
+    "--app",
+    "app_path",
+    envvar="SAGAS_CELERY_APP",
+    default="workers.app",
+    show_default=True,
+    help="module:attribute of the Celery app that imports your saga definitions",
+)
+_REASON = click.option("--reason", required=True, help="Recorded in the saga's history.")
+
+
+@main.command()
+@click.argument("saga_id")
+@_REASON
+@_APP_OPTION
+@_one_line_errors
+def retry(saga_id: str, reason: str, app_path: str) -> None:
+    """Re-drive a saga from its open step or its dead-lettered compensation."""
+    from . import coordinator
+
+    decision = coordinator.retry(saga_id, reason, rt=_operator_runtime(app_path))
+    click.echo(f"saga {saga_id}: retry dispatched ({decision.status.state.value})")
+
+
+@main.command()
+@click.argument("saga_id")
+@_REASON
+@_APP_OPTION
+@_one_line_errors
+def cancel(saga_id: str, reason: str, app_path: str) -> None:
+    """Stop a running saga and compensate what it did, newest first."""
+    from . import coordinator
+
+    decision = coordinator.cancel(saga_id, reason, rt=_operator_runtime(app_path))
+    click.echo(f"saga {saga_id}: cancelled, now {decision.status.state.value}")
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter list: compensations that exhausted their retries."""
+
+
+@dlq.command("list")
+@_one_line_errors
+def dlq_list() -> None:
+    """Parked sagas and the compensation each is waiting on."""
+    rows = [
+        [
+            r.id,
+            r.name,
+            step.name,
+            str(step.compensation_attempt),
+            escape(f"{step.error.type}: {step.error.message}")[:70] if step.error else "",
+        ]
+        for r, step in _store().dead_letters()
+    ]
+    click.echo(
+        report.table(["ID", "NAME", "STEP", "ATTEMPTS", "LAST ERROR"], rows)
+        if rows
+        else "dead-letter list is empty"
+    )
+
+
+@dlq.command("retry")
+@click.argument("saga_id")
+@_REASON
+@_APP_OPTION
+@_one_line_errors
+def dlq_retry(saga_id: str, reason: str, app_path: str) -> None:
+    """Try a dead-lettered compensation again."""
+    from . import coordinator
+
+    store = _store()
+    if not any(r.id == saga_id for r, _ in store.dead_letters(limit=100000)):
+        raise SagaError(f"saga {saga_id!r} is not on the dead-letter list")
+    coordinator.retry(saga_id, reason, rt=_operator_runtime(app_path))
+    click.echo(f"saga {saga_id}: compensation re-dispatched")
+
+
+def _operator_runtime(app_path: str) -> Any:
+    import importlib
+
+    from .runtime import configure
+
+    sys.path.insert(0, os.getcwd())
+    module, _, attr = app_path.partition(":")
+    app = getattr(importlib.import_module(module), attr or "app")
+    return configure(settings=Settings(), store=_store(), app=app)
 
 
 @main.group()

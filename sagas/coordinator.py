@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.exc import IntegrityError
 
 from .definition import Saga, get_saga
-from .errors import DefinitionError, SagaConflict, SagaInputError
+from .errors import DefinitionError, SagaConflict, SagaError, SagaInputError, SagaNotFound
 from .machine import (
     Decision,
     Dispatch,
@@ -37,7 +37,7 @@ from .messages import StepReply
 from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json, check_saga_id, validate_payload
 from .runtime import Runtime, get_runtime
-from .state import Action, HistoryKind, SagaState
+from .state import Action, HistoryKind, SagaState, StepState
 from .store import SagaRecord, payload_hash
 from .transport import build_command, decode_command, encode_command, send_step, send_wake
 from .transport import still_wanted as _still_wanted
@@ -199,7 +199,8 @@ def apply(
             if not decision.changed:
                 return decision
             outbox = _outbox(decision)
-            parked = True if any(isinstance(c, Parked) for c in decision.commands) else None
+            # Parked while any compensation is dead-lettered; an operator retry clears it.
+            parked = any(st.state is StepState.COMPENSATION_FAILED for st in decision.status.steps)
             version = tx.save(
                 record, status, decision.status, decision.history, outbox, parked=parked
             )
@@ -246,10 +247,28 @@ def wake(saga_id: str, *, rt: Runtime | None = None, skip_locked: bool = False) 
     return apply(saga_id, lambda now, _saga: Wake(now), rt=rt, skip_locked=skip_locked)
 
 
-def cancel(saga_id: str, reason: str, *, rt: Runtime | None = None) -> Decision | None:
+def cancel(saga_id: str, reason: str, *, rt: Runtime | None = None) -> Decision:
+    """Operator: stop forward progress and compensate now."""
     from .machine import Cancel
 
-    return apply(saga_id, lambda now, _saga: Cancel(now, reason), rt=rt)
+    return _operator(saga_id, lambda now, _saga: Cancel(now, reason), "cancel", rt)
+
+
+def retry(saga_id: str, reason: str, *, rt: Runtime | None = None) -> Decision:
+    """Operator: re-drive the open step, or the parked (dead-lettered) compensation, now."""
+    from .machine import Retry
+
+    return _operator(saga_id, lambda now, _saga: Retry(now, reason), "retry", rt)
+
+
+def _operator(saga_id: str, make: EventFactory, what: str, rt: Runtime | None) -> Decision:
+    decision = apply(saga_id, make, rt=rt)
+    if decision is None:
+        raise SagaNotFound(f"no saga with id {saga_id!r}")
+    if not decision.changed:
+        raise SagaError(f"nothing to {what}: saga {saga_id!r} is {decision.status.state.value}")
+    metrics.inc("sagas_operator_actions_total", action=what)
+    return decision
 
 
 def republish(saga_id: str, grace: float, *, rt: Runtime | None = None) -> int:

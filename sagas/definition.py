@@ -16,6 +16,7 @@ is an existing Celery task named by string in another codebase; the coordinator 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -127,7 +128,9 @@ class Saga(Generic[P]):
         self.name = name
         self.payload_model: type[P] = payload
         self.version = version
-        self.deadline = _seconds(deadline, f"saga {name!r}: deadline") if deadline else None
+        self.deadline = (
+            _seconds(deadline, f"saga {name!r}: deadline") if deadline is not None else None
+        )
         self.steps: list[StepDef] = []
         self._plan: Plan | None = None
         if register:
@@ -194,7 +197,8 @@ class Saga(Generic[P]):
         exception it ends with is a failure (retried per ``retry``).
         """
         for label, value in (("task", task), ("compensation", compensation)):
-            if value is not None and value is not REQUIRED and not _is_task_name(value):
+            optional = label == "compensation" and (value is None or value is REQUIRED)
+            if not optional and not _is_task_name(value):
                 raise DefinitionError(
                     f"saga {self.name!r} step {name!r}: {label} must be a Celery task name"
                 )
@@ -236,7 +240,9 @@ class Saga(Generic[P]):
                 f"{where}: needs a compensation, or compensation=None to mark that it needs none"
             )
         for label, q in (("queue", queue), ("compensation_queue", compensation_queue)):
-            if q is not None and (not isinstance(q, str) or not QUEUE_RE.fullmatch(q)):
+            if (q is not None or label == "queue") and (
+                not isinstance(q, str) or not QUEUE_RE.fullmatch(q)
+            ):
                 raise DefinitionError(f"{where}: {label} {q!r} is not a valid queue name")
         if not isinstance(retry, RetryPolicy) or not isinstance(
             kwargs.get("compensation_retry", DEFAULT_COMPENSATION_RETRY), RetryPolicy
@@ -329,8 +335,8 @@ def _seconds(value: timedelta | float | int, what: str) -> float:
         seconds = float(value)
     else:
         raise DefinitionError(f"{what} must be seconds or a timedelta, got {value!r}")
-    if not seconds > 0:
-        raise DefinitionError(f"{what} must be positive, got {value!r}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise DefinitionError(f"{what} must be positive and finite, got {value!r}")
     return seconds
 
 

@@ -161,7 +161,16 @@ class Cancel:
     reason: str = ""
 
 
-Event = Start | StepSucceeded | StepFailed | Wake | Cancel
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """An operator re-drives a saga: the open step's next attempt, or a parked compensation,
+    is dispatched now (one more attempt; on failure it is parked again)."""
+
+    at: datetime
+    reason: str = ""
+
+
+Event = Start | StepSucceeded | StepFailed | Wake | Cancel | Retry
 
 
 # -- commands and history: what to do and what to record ----------------------------------------
@@ -249,6 +258,8 @@ def decide(plan: Plan, saga: SagaStatus, event: Event) -> Decision:
             if b.saga.state in (SagaState.STARTED, SagaState.PENDING):
                 b.record(HistoryKind.CANCEL_REQUESTED, detail={"reason": reason})
                 _begin_compensation(b, ErrorInfo(CANCELLED_ERROR, reason, False), at)
+        case Retry(at=at, reason=reason):
+            _operator_retry(b, at, reason)
     return b.build()
 
 
@@ -410,6 +421,31 @@ def _after_compensation_failure(b: _Builder, index: int, error: ErrorInfo, at: d
     b.set_step(index, state=StepState.COMPENSATION_FAILED, error=error, deadline_at=None)
     b.record(HistoryKind.COMPENSATION_PARKED, index, step.compensation_attempt, error.as_json())
     b.commands.append(Parked(index, error))
+
+
+def _operator_retry(b: _Builder, at: datetime, reason: str) -> None:
+    for i, s in enumerate(b.saga.steps):
+        if b.saga.state is SagaState.COMPENSATING and s.state in (
+            StepState.COMPENSATION_FAILED,
+            StepState.COMPENSATING,
+        ):
+            action = Action.COMPENSATE
+        elif b.saga.state is SagaState.PENDING and s.state in (
+            StepState.RUNNING,
+            StepState.PENDING,
+        ):
+            if s.state is StepState.PENDING and s.attempt == 0:
+                continue
+            action = Action.FORWARD
+        else:
+            continue
+        b.record(HistoryKind.OPERATOR_RETRY, i, detail={"reason": reason, "was": s.state.value})
+        if s.state is StepState.RUNNING:
+            b.set_step(i, state=StepState.PENDING, deadline_at=None)  # the old attempt is stale
+        elif s.state is StepState.COMPENSATION_FAILED:
+            b.set_step(i, state=StepState.COMPENSATING)
+        b.dispatch(i, action, at)
+        return
 
 
 # -- timers -----------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def saga_list(records: Sequence[SagaRecord]) -> str:
             r.id,
             r.name,
             r.state.value + (" (parked)" if r.parked else ""),
-            _ts(r.created_at),
+            ts(r.created_at),
             _duration(r.created_at, r.finished_at or r.updated_at),
             r.correlation_id,
         ]
@@ -42,8 +42,8 @@ def timeline(record: SagaRecord, status: SagaStatus, history: Sequence[HistoryEn
     head = [
         f"saga {record.id}  {record.name} v{record.version}  state={record.state.value}"
         + ("  PARKED (needs an operator)" if record.parked else ""),
-        f"correlation={record.correlation_id}  started={_ts(record.created_at)}"
-        + (f"  finished={_ts(record.finished_at)}" if record.finished_at else "")
+        f"correlation={record.correlation_id}  started={ts(record.created_at)}"
+        + (f"  finished={ts(record.finished_at)}" if record.finished_at else "")
         + f"  took={_duration(record.created_at, record.finished_at or record.updated_at)}",
     ]
     if record.failure:
@@ -91,7 +91,7 @@ def _detail(h: HistoryEntry) -> str:
     return escape(", ".join(f"{k}={v}" for k, v in d.items()))[:80]
 
 
-def _ts(value: datetime | None) -> str:
+def ts(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 

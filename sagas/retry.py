@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -32,6 +33,16 @@ class RetryPolicy:
             problems.append("max_attempts must be an int")
         elif self.max_attempts < 1:
             problems.append("max_attempts must be >= 1")
+        for label in ("initial", "backoff", "max_interval", "jitter"):
+            value = getattr(self, label)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise DefinitionError(f"invalid RetryPolicy: {label} must be a number")
+            if not math.isfinite(value):
+                problems.append(f"{label} must be finite")
+        if isinstance(self.non_retryable, str | type) or not isinstance(
+            self.non_retryable, Iterable
+        ):
+            problems.append("non_retryable must be a list of exception classes or names")
         if not self.initial > 0:
             problems.append("initial must be > 0 seconds")
         if not self.backoff >= 1:
@@ -71,7 +82,10 @@ class RetryPolicy:
         Jitter is derived from ``seed`` (saga id, step, attempt) so the core stays deterministic
         and a replayed decision schedules the same time.
         """
-        base = min(self.initial * self.backoff ** (attempt - 1), self.max_interval)
+        try:
+            base = min(self.initial * self.backoff ** (attempt - 1), self.max_interval)
+        except OverflowError:  # backoff ** attempt past float range: long since capped
+            base = self.max_interval
         if not self.jitter:
             return base
         digest = hashlib.blake2b(f"{seed}:{attempt}".encode(), digest_size=8).digest()

@@ -82,6 +82,7 @@ class HistoryKind(StrEnum):
     RETRY_SCHEDULED = "retry_scheduled"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCEL_REQUESTED = "cancel_requested"
+    OPERATOR_RETRY = "operator_retry"
     COMPENSATION_STARTED = "compensation_started"
     COMPENSATION_DISPATCHED = "compensation_dispatched"
     STEP_COMPENSATED = "step_compensated"

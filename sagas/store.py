@@ -191,6 +191,57 @@ class Store:
             )
             return [(r.id, r.kind) for r in rows]
 
+    def stuck(self, older_than: float, limit: int = 100) -> builtins.list[tuple[SagaRecord, str]]:
+        """Active sagas an operator should look at, each with the reason."""
+        with self.engine.connect() as conn:
+            cutoff = _db_now(conn, self.is_postgres) - timedelta(seconds=older_than)
+            rows = conn.execute(
+                select(saga_table)
+                .where(
+                    saga_table.c.state.in_(ACTIVE_STATES),
+                    (saga_table.c.parked.is_(True))
+                    | (saga_table.c.updated_at <= cutoff)
+                    | (saga_table.c.outbox_at <= cutoff),
+                )
+                .order_by(saga_table.c.updated_at)
+                .limit(limit)
+            )
+            found = []
+            for row in rows:
+                record = _record(row)
+                if record.parked:
+                    why = "compensation exhausted (dead-lettered)"
+                    if (
+                        record.kind == "choreographed"
+                        and record.state is not SagaState.COMPENSATING
+                    ):
+                        why = "expected event not seen in time"
+                elif record.outbox_at is not None and record.outbox_at <= cutoff:
+                    why = "commands committed but not published"
+                elif record.state is SagaState.COMPENSATING:
+                    why = "stuck compensating: no progress"
+                else:
+                    why = "stuck forward: no progress"
+                found.append((record, why))
+            return found
+
+    def dead_letters(self, limit: int = 100) -> builtins.list[tuple[SagaRecord, StepStatus]]:
+        """Parked sagas with the compensation that exhausted its retries."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(saga_table)
+                .where(saga_table.c.parked.is_(True))
+                .order_by(saga_table.c.updated_at)
+                .limit(limit)
+            ).all()
+            out = []
+            for row in rows:
+                record = _record(row)
+                for step in _status(record, _steps(conn, record.id)).steps:
+                    if step.state is StepState.COMPENSATION_FAILED:
+                        out.append((record, step))
+            return out
+
     def orphans(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
