@@ -32,6 +32,7 @@ from .state import Action
 
 P = TypeVar("P", bound=BaseModel)
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+MAX_SECONDS = 10 * 365 * 86400.0  # keeps deadline arithmetic inside datetime's range
 QUEUE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
@@ -337,6 +338,8 @@ def _seconds(value: timedelta | float | int, what: str) -> float:
         raise DefinitionError(f"{what} must be seconds or a timedelta, got {value!r}")
     if not (seconds > 0 and math.isfinite(seconds)):
         raise DefinitionError(f"{what} must be positive and finite, got {value!r}")
+    if seconds > MAX_SECONDS:
+        raise DefinitionError(f"{what} must be at most {MAX_SECONDS:.0f} s (~10 years)")
     return seconds
 
 

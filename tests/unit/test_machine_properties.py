@@ -1,0 +1,517 @@
+"""Property tests over the pure core, ``sagas.machine.decide``.
+
+A random plan (1-5 steps, random retry policies, some steps without a compensation) is driven
+from ``new_status`` + ``Start`` through a random script played by a faithful environment: it
+keeps every ``Dispatch`` the core emitted and sometimes answers the open one (ok or error),
+sometimes answers an old one late, re-sends replies already applied, invents stale replies,
+lets time pass (``Wake``) so timeouts, retries and the saga deadline fire, cancels, and plays an
+operator's ``Retry``. After the
+script a *drain* phase answers every open dispatch with success and wakes at every timer, so most
+runs end in a terminal state; a burst of further events is then thrown at the finished saga.
+
+Each test below replays the same kind of run and checks one property over the whole trace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sagas.machine import (
+    Cancel,
+    Decision,
+    Dispatch,
+    ErrorInfo,
+    Event,
+    Plan,
+    Retry,
+    SagaStatus,
+    Start,
+    StepFailed,
+    StepPlan,
+    StepSucceeded,
+    Wake,
+    decide,
+    new_status,
+    next_wakeup,
+)
+from sagas.retry import RetryPolicy
+from sagas.state import (
+    SAGA_TRANSITIONS,
+    STEP_TRANSITIONS,
+    Action,
+    HistoryKind,
+    SagaState,
+    StepState,
+)
+
+BASE = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+PROPERTY_SETTINGS = settings(
+    max_examples=300,
+    deadline=None,
+    database=None,  # no .hypothesis/ directory in the repository
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+# -- strategies ---------------------------------------------------------------------------------
+
+forward_policies = st.builds(
+    RetryPolicy,
+    max_attempts=st.integers(1, 4),
+    initial=st.sampled_from([0.5, 1.0, 3.0]),
+    backoff=st.sampled_from([1.0, 2.0, 3.0]),
+    max_interval=st.just(20.0),
+    jitter=st.sampled_from([0.0, 0.1, 0.5]),
+    non_retryable=st.sampled_from([(), ("OutOfStock",)]),
+)
+compensation_policies = st.builds(
+    RetryPolicy,
+    max_attempts=st.integers(1, 3),
+    initial=st.sampled_from([0.5, 2.0]),
+    backoff=st.sampled_from([1.0, 2.0]),
+    max_interval=st.just(10.0),
+    jitter=st.sampled_from([0.0, 0.2]),
+)
+step_plans = st.builds(
+    StepPlan,
+    name=st.just("?"),
+    timeout=st.sampled_from([1.0, 5.0, 30.0]),
+    retry=forward_policies,
+    compensable=st.booleans(),
+    compensation_timeout=st.sampled_from([1.0, 10.0]),
+    compensation_retry=compensation_policies,
+)
+plans = st.lists(step_plans, min_size=1, max_size=5).map(
+    lambda steps: Plan(tuple(replace(s, name=f"s{i}") for i, s in enumerate(steps)))
+)
+
+# Repeated kinds are drawn more often: answering the open dispatch is the common case.
+KINDS = (
+    "ok",
+    "ok",
+    "ok",
+    "fail",
+    "fail",
+    "timeout",
+    "late",
+    "duplicate",
+    "dup_last",
+    "stale",
+    "wake",
+    "wake_next",
+    "cancel",
+    "start",
+    "operator_retry",
+)
+
+
+@dataclass(frozen=True)
+class Move:
+    kind: str
+    pick: int
+    seconds: float
+    retryable: bool
+    error_type: str
+
+
+moves = st.builds(
+    Move,
+    kind=st.sampled_from(KINDS),
+    pick=st.integers(0, 1000),
+    seconds=st.sampled_from([0.0, 0.4, 1.0, 2.5, 7.0, 31.0, 400.0]),
+    retryable=st.booleans(),
+    error_type=st.sampled_from(["Boom", "OutOfStock"]),
+)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    plan: Plan
+    deadline: float | None
+    script: tuple[Move, ...]
+
+
+scenarios = st.builds(
+    Scenario,
+    plan=plans,
+    deadline=st.one_of(st.none(), st.sampled_from([3.0, 20.0, 90.0, 600.0])),
+    script=st.lists(moves, max_size=45).map(tuple),
+)
+
+# -- the simulated environment ------------------------------------------------------------------
+
+Reply = StepSucceeded | StepFailed
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One call of ``decide``: what was sent, in which phase, and what came back."""
+
+    phase: str  # "script", "drain" or "after" (events thrown at a finished saga)
+    kind: str
+    event: Event
+    before: SagaStatus
+    decision: Decision
+
+    @property
+    def after(self) -> SagaStatus:
+        return self.decision.status
+
+    @property
+    def ignored(self) -> bool:
+        return any(h.kind is HistoryKind.REPLY_IGNORED for h in self.decision.history)
+
+    def dispatches(self, action: Action | None = None) -> list[Dispatch]:
+        return [
+            c
+            for c in self.decision.commands
+            if isinstance(c, Dispatch) and (action is None or c.action is action)
+        ]
+
+
+@dataclass
+class Run:
+    plan: Plan
+    status: SagaStatus
+    now: datetime = BASE
+    trace: list[Entry] = field(default_factory=list)
+    dispatched: list[Dispatch] = field(default_factory=list)
+    accepted: list[Reply] = field(default_factory=list)
+
+    def send(self, phase: str, kind: str, event: Event) -> Entry:
+        decision = decide(self.plan, self.status, event)
+        entry = Entry(phase, kind, event, self.status, decision)
+        self.trace.append(entry)
+        self.status = decision.status
+        self.dispatched.extend(entry.dispatches())
+        if isinstance(event, StepSucceeded | StepFailed) and not entry.ignored:
+            self.accepted.append(event)
+        return entry
+
+    def open_dispatches(self) -> list[Dispatch]:
+        return [d for d in self.dispatched if is_open(self.status, d.step, d.attempt, d.action)]
+
+    def answer(self, d: Dispatch, ok: bool, move: Move | None = None) -> Reply:
+        if ok:
+            return StepSucceeded(d.step, d.attempt, d.action, self.now, {"step": d.step})
+        assert move is not None
+        error = ErrorInfo(move.error_type, "it broke", move.retryable)
+        return StepFailed(d.step, d.attempt, d.action, self.now, error)
+
+    def wake_at_next_timer(self, fallback: float) -> Wake:
+        due = next_wakeup(self.status)
+        self.now = max(self.now, due) if due is not None else self.now + timedelta(seconds=fallback)
+        return Wake(self.now)
+
+
+def is_open(status: SagaStatus, step: int, attempt: int, action: Action) -> bool:
+    """The specification of "this reply answers the attempt the saga is waiting for"."""
+    if not 0 <= step < len(status.steps):
+        return False
+    s = status.steps[step]
+    if s.deadline_at is None:
+        return False
+    if action is Action.FORWARD:
+        return (
+            status.state is SagaState.PENDING
+            and s.state is StepState.RUNNING
+            and (s.attempt == attempt)
+        )
+    return s.state is StepState.COMPENSATING and s.compensation_attempt == attempt
+
+
+def script_event(run: Run, move: Move) -> Event:
+    """Translate one random move into an event the environment could really deliver."""
+    kind, pick = move.kind, move.pick
+    open_now = run.open_dispatches()
+    if kind in ("ok", "fail") and open_now:
+        return run.answer(open_now[pick % len(open_now)], kind == "ok", move)
+    if kind == "late" and run.dispatched:
+        return run.answer(run.dispatched[pick % len(run.dispatched)], move.retryable, move)
+    if kind == "duplicate" and run.accepted:
+        return replace(run.accepted[pick % len(run.accepted)], at=run.now)
+    if kind == "dup_last" and run.accepted:
+        return replace(run.accepted[-1], at=run.now)
+    if kind == "timeout" and open_now:
+        # Let the open attempt run out: wake exactly at (or just after) its deadline.
+        deadline = open_now[pick % len(open_now)].deadline_at
+        run.now = max(run.now, deadline + timedelta(seconds=move.seconds % 1))
+        return Wake(run.now)
+    if kind == "stale":
+        n = len(run.plan.steps)
+        step, attempt = pick % (n + 2) - 1, (pick // 7) % 6
+        action = Action.FORWARD if pick % 2 else Action.COMPENSATE
+        if move.retryable:
+            return StepSucceeded(step, attempt, action, run.now, "stale")
+        return StepFailed(step, attempt, action, run.now, ErrorInfo("Stale", "", True))
+    if kind == "wake":
+        run.now += timedelta(seconds=move.seconds)
+        return Wake(run.now)
+    if kind == "cancel":
+        return Cancel(run.now, "customer asked")
+    if kind == "start":
+        return Start(run.now)
+    if kind == "operator_retry":
+        return Retry(run.now, "operator")
+    # "wake_next", and any answer with nothing to answer: let time run to the next timer.
+    return run.wake_at_next_timer(move.seconds)
+
+
+def simulate(sc: Scenario) -> Run:
+    deadline = BASE + timedelta(seconds=sc.deadline) if sc.deadline is not None else None
+    run = Run(sc.plan, new_status("saga-1", sc.plan, deadline))
+    run.send("script", "start", Start(BASE))
+    for move in sc.script:
+        run.send("script", move.kind, script_event(run, move))
+    # Drain: answer every open dispatch with success, wake at every timer.
+    for _ in range(200):
+        if run.status.state.terminal:
+            break
+        open_now = run.open_dispatches()
+        if open_now:
+            run.send("drain", "ok", run.answer(open_now[0], ok=True))
+        elif next_wakeup(run.status) is not None:
+            run.send("drain", "wake_next", run.wake_at_next_timer(0))
+        else:
+            break  # parked: only an operator can move it
+    if run.status.state.terminal:
+        throw_at_finished_saga(run)
+    return run
+
+
+def throw_at_finished_saga(run: Run) -> None:
+    last = run.dispatched[-1] if run.dispatched else Dispatch(0, 1, Action.FORWARD, run.now)
+    failing = Move("fail", 0, 0.0, True, "Boom")
+    events: list[tuple[str, Event]] = [
+        ("late", run.answer(last, ok=True)),
+        ("late", run.answer(last, ok=False, move=failing)),
+        ("stale", StepSucceeded(0, 1, Action.FORWARD, run.now)),
+        ("stale", StepFailed(len(run.plan.steps), 1, Action.COMPENSATE, run.now)),
+        ("wake", Wake(run.now + timedelta(days=365))),
+        ("cancel", Cancel(run.now, "too late")),
+        ("start", Start(run.now)),
+    ]
+    events += [("duplicate", replace(r, at=run.now)) for r in run.accepted[-3:]]
+    for kind, event in events:
+        run.send("after", kind, event)
+
+
+def runs() -> st.SearchStrategy[Run]:
+    return scenarios.map(simulate)
+
+
+def describe(entry: Entry) -> str:
+    return f"[{entry.phase}/{entry.kind}] {entry.event!r} on {entry.before.state}"
+
+
+# -- ground truth the environment can know -------------------------------------------------------
+
+
+def outcomes(run: Run) -> Iterator[tuple[Entry, dict[int, str]]]:
+    """Yield each entry with, per step, what the environment knows of its last forward attempt:
+    "unknown" (dispatched, no accepted reply yet), "ok" or "failed" (reported). Steps never
+    dispatched are absent. The dict is updated for the entry's event before it is yielded, and
+    for the entry's forward dispatches after."""
+    truth: dict[int, str] = {}
+    for entry in run.trace:
+        ev = entry.event
+        if isinstance(ev, Reply) and ev.action is Action.FORWARD and not entry.ignored:
+            truth[ev.step] = "ok" if isinstance(ev, StepSucceeded) else "failed"
+        yield entry, truth
+        for d in entry.dispatches(Action.FORWARD):
+            truth[d.step] = "unknown"
+
+
+def reachable(table: dict[object, frozenset[object]], start: object) -> set[object]:
+    seen, todo = {start}, [start]
+    while todo:
+        for nxt in table[todo.pop()]:
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+
+@PROPERTY_SETTINGS
+@given(runs())
+def test_compensates_only_steps_that_succeeded_or_timed_out(run: Run) -> None:
+    for entry, truth in outcomes(run):
+        for d in entry.dispatches(Action.COMPENSATE):
+            plan = run.plan.steps[d.step]
+            assert plan.compensable, f"{describe(entry)}: compensated non-compensable s{d.step}"
+            known = truth.get(d.step, "never started")
+            assert known in ("ok", "unknown"), (
+                f"{describe(entry)}: compensation of s{d.step} whose forward outcome is {known}"
+            )
+            state_before = entry.before.steps[d.step].state
+            assert state_before not in (StepState.FAILED, StepState.SKIPPED), describe(entry)
+
+
+@PROPERTY_SETTINGS
+@given(runs())
+def test_compensations_run_newest_first(run: Run) -> None:
+    previous: Dispatch | None = None
+    for entry in run.trace:
+        for d in entry.dispatches(Action.COMPENSATE):
+            if previous is not None:
+                assert d.step <= previous.step, (
+                    f"{describe(entry)}: compensation of s{d.step} after s{previous.step}"
+                )
+                if d.step == previous.step:
+                    assert d.attempt == previous.attempt + 1, (
+                        f"{describe(entry)}: s{d.step} compensation re-dispatched "
+                        f"as attempt {d.attempt} after {previous.attempt}"
+                    )
+            else:
+                assert d.attempt == 1, describe(entry)
+            previous = d
+
+
+@PROPERTY_SETTINGS
+@given(runs())
+def test_no_forward_dispatch_once_compensation_began(run: Run) -> None:
+    began = False
+    for entry in run.trace:
+        began = began or entry.after.state in (SagaState.COMPENSATING, SagaState.FAILED)
+        if began:
+            assert not entry.dispatches(Action.FORWARD), (
+                f"{describe(entry)}: forward dispatch {entry.dispatches(Action.FORWARD)} "
+                "after compensation began"
+            )
+        if entry.after.state is SagaState.COMPENSATING:
+            assert entry.after.failure is not None, "compensation began without a recorded cause"
+
+
+@PROPERTY_SETTINGS
+@given(runs())
+def test_terminal_states_are_absorbing(run: Run) -> None:
+    for entry in run.trace:
+        if not entry.before.state.terminal:
+            continue
+        assert entry.after == entry.before, f"{describe(entry)} changed a finished saga"
+        assert entry.decision.commands == (), f"{describe(entry)} emitted commands"
+        kinds = [h.kind for h in entry.decision.history]
+        assert set(kinds) <= {HistoryKind.REPLY_IGNORED}, f"{describe(entry)} recorded {kinds}"
+        expected = 1 if isinstance(entry.event, Reply) else 0
+        assert len(kinds) == expected, f"{describe(entry)} recorded {kinds}"
+        assert not entry.decision.changed or isinstance(entry.event, Reply)
+
+
+@PROPERTY_SETTINGS
+@given(runs())
+def test_replies_accepted_exactly_when_they_answer_the_open_attempt(run: Run) -> None:
+    for entry in run.trace:
+        ev = entry.event
+        if not isinstance(ev, Reply):
+            continue
+        expected_open = not entry.before.state.terminal and is_open(
+            entry.before, ev.step, ev.attempt, ev.action
+        )
+        assert entry.ignored is not expected_open, (
+            f"{describe(entry)}: open={expected_open} but ignored={entry.ignored}"
+        )
+        if entry.ignored:
+            assert entry.after == entry.before, f"{describe(entry)}: ignored reply changed status"
+            assert entry.decision.commands == (), f"{describe(entry)}: ignored reply sent commands"
+            assert [h.kind for h in entry.decision.history] == [HistoryKind.REPLY_IGNORED]
+        if entry.kind in ("duplicate", "dup_last"):
+            assert entry.ignored, f"{describe(entry)}: a duplicate of an applied reply was applied"
+
+
+@PROPERTY_SETTINGS
+@given(runs())
+def test_every_change_is_allowed_and_recorded(run: Run) -> None:
+    saga_closure = {s: reachable(SAGA_TRANSITIONS, s) for s in SagaState}  # type: ignore[arg-type]
+    step_closure = {s: reachable(STEP_TRANSITIONS, s) for s in StepState}  # type: ignore[arg-type]
+    for entry in run.trace:
+        before, after = entry.before, entry.after
+        assert after.state in saga_closure[before.state], (
+            f"{describe(entry)}: saga {before.state} -> {after.state}"
+        )
+        for i, (b, a) in enumerate(zip(before.steps, after.steps, strict=True)):
+            assert a.state in step_closure[b.state], (
+                f"{describe(entry)}: step s{i} {b.state} -> {a.state}"
+            )
+            assert a.name == b.name
+            assert a.attempt >= b.attempt and a.compensation_attempt >= b.compensation_attempt
+        if after != before:
+            # The coordinator persists only when history is non-empty: a silent change is lost.
+            assert entry.decision.changed, f"{describe(entry)}: status changed without history"
+        if entry.decision.commands:
+            assert entry.decision.changed, f"{describe(entry)}: commands without history"
+
+
+@PROPERTY_SETTINGS
+@given(runs())
+def test_attempts_never_exceed_the_policy(run: Run) -> None:
+    extra = 0  # an operator's Retry grants one attempt beyond the policy
+    for entry in run.trace:
+        if isinstance(entry.event, Retry) and entry.dispatches():
+            assert len(entry.dispatches()) == 1, describe(entry)
+            extra += 1
+        for i, (plan, s) in enumerate(zip(run.plan.steps, entry.after.steps, strict=True)):
+            assert s.attempt <= plan.retry.max_attempts + extra, (
+                f"{describe(entry)}: s{i} attempt {s.attempt}"
+            )
+            assert s.compensation_attempt <= plan.compensation_retry.max_attempts + extra, (
+                f"{describe(entry)}: s{i} compensation attempt {s.compensation_attempt}"
+            )
+        for d in entry.dispatches():
+            step = entry.after.steps[d.step]
+            current = step.attempt if d.action is Action.FORWARD else step.compensation_attempt
+            assert d.attempt == current, f"{describe(entry)}: {d} vs status attempt {current}"
+            assert d.deadline_at == step.deadline_at, f"{describe(entry)}: {d} deadline"
+            assert d.deadline_at > entry.event.at, f"{describe(entry)}: deadline in the past"
+
+
+@PROPERTY_SETTINGS
+@given(runs())
+def test_finished_sagas_are_consistent(run: Run) -> None:
+    final = run.status
+    if final.state is SagaState.COMPLETED:
+        assert all(s.state is StepState.SUCCEEDED for s in final.steps), final
+        assert all(s.attempt >= 1 for s in final.steps), final
+    if final.state is SagaState.FAILED:
+        truth = {}
+        for _, t in outcomes(run):
+            truth = dict(t)
+        for i, (plan, s) in enumerate(zip(run.plan.steps, final.steps, strict=True)):
+            assert s.state not in (
+                StepState.PENDING,
+                StepState.RUNNING,
+                StepState.COMPENSATING,
+                StepState.COMPENSATION_FAILED,
+            ), f"s{i} left {s.state} in a failed saga"
+            assert not (plan.compensable and s.state is StepState.SUCCEEDED), (
+                f"s{i} succeeded and was never compensated"
+            )
+            if plan.compensable and truth.get(i) in ("ok", "unknown"):
+                assert s.state is StepState.COMPENSATED, f"s{i} may have taken effect: {s.state}"
+        assert final.failure is not None
+
+
+@PROPERTY_SETTINGS
+@given(runs())
+def test_a_saga_always_has_a_way_forward(run: Run) -> None:
+    for entry in run.trace:
+        after = entry.after
+        parked = any(s.state is StepState.COMPENSATION_FAILED for s in after.steps)
+        if not after.state.terminal and not parked:
+            assert next_wakeup(after) is not None, f"{describe(entry)}: stuck with no timer"
+        if isinstance(entry.event, Wake) and not after.state.terminal:
+            due = next_wakeup(after)
+            assert due is None or due > entry.event.at, (
+                f"{describe(entry)}: timer at {due} still due after waking"
+            )
+    parked = any(s.state is StepState.COMPENSATION_FAILED for s in run.status.steps)
+    assert run.status.state.terminal or (parked and run.status.state is SagaState.COMPENSATING), (
+        f"the drain phase left the saga {run.status.state}"
+    )
