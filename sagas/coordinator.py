@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from .definition import Saga, get_saga
+from .definition import Saga, StepDef, get_saga
 from .errors import DefinitionError, SagaConflict, SagaError, SagaInputError, SagaNotFound
 from .machine import (
     Decision,
@@ -33,7 +33,7 @@ from .machine import (
     decide,
     new_status,
 )
-from .messages import StepReply
+from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json, check_saga_id, validate_payload
 from .runtime import Runtime, get_runtime
@@ -45,6 +45,7 @@ from .transport import still_wanted as _still_wanted
 log = get_logger("sagas.coordinator")
 
 EventFactory = Callable[[datetime, Saga[Any]], Event | None]
+Inline = Callable[[StepDef, Action], bool]
 
 
 # -- starting ------------------------------------------------------------------------------------
@@ -179,8 +180,15 @@ def apply(
     *,
     rt: Runtime | None = None,
     skip_locked: bool = False,
+    inline: Inline | None = None,
+    inline_out: list[StepCommand] | None = None,
 ) -> Decision | None:
-    """Run one transition on ``saga_id``. Returns None if it does not exist (or is locked)."""
+    """Run one transition on ``saga_id``. Returns None if it does not exist (or is locked).
+
+    ``inline(step, action)`` may claim dispatches the caller will run itself (a participant
+    running the next step on its own queue): those are neither published nor put in the outbox;
+    their commands are appended to ``inline_out``.
+    """
     rt = rt or get_runtime()
     with rt.store.transaction() as tx:
         loaded = tx.lock(saga_id, skip_locked=skip_locked)
@@ -198,7 +206,8 @@ def apply(
             decision = decide(saga.plan, status, event)
             if not decision.changed:
                 return decision
-            outbox = _outbox(decision)
+            claimed = _claim_inline(saga, decision, inline)
+            outbox = _outbox(decision, claimed)
             # Parked while any compensation is dead-lettered; an operator retry clears it.
             parked = any(st.state is StepState.COMPENSATION_FAILED for st in decision.status.steps)
             version = tx.save(
@@ -206,14 +215,33 @@ def apply(
             )
     with saga_context(saga=record.name, saga_id=record.id, correlation_id=record.correlation_id):
         _log_history(decision.history)
-        _publish(rt, saga, record, decision.status, decision.commands, now)
+        rest = tuple(c for c in decision.commands if c not in claimed)
+        _publish(rt, saga, record, decision.status, rest, now)
         if outbox:
             rt.store.clear_outbox(saga_id, version)
+        if inline_out is not None:
+            inline_out.extend(build_command(saga, record, decision.status, c) for c in claimed)
     return decision
 
 
-def handle_reply(reply: StepReply, *, rt: Runtime | None = None) -> Decision | None:
-    """Apply a participant's reply. Unknown sagas and steps are logged and counted."""
+def _claim_inline(saga: Saga[Any], decision: Decision, inline: Inline | None) -> list[Dispatch]:
+    if inline is None:
+        return []
+    return [
+        c
+        for c in decision.commands
+        if isinstance(c, Dispatch) and inline(saga.steps[c.step], c.action)
+    ][:1]
+
+
+def handle_reply(
+    reply: StepReply,
+    *,
+    rt: Runtime | None = None,
+    inline: Inline | None = None,
+    inline_out: list[StepCommand] | None = None,
+) -> Decision | None:
+    """Apply a participant's reply (None: no such saga). Unknown steps are logged and counted."""
 
     def event(now: datetime, saga: Saga[Any]) -> Event | None:
         try:
@@ -234,7 +262,12 @@ def handle_reply(reply: StepReply, *, rt: Runtime | None = None) -> Decision | N
         )
         return StepFailed(index, reply.attempt, reply.action, now, error)
 
-    decision = apply(reply.saga_id, event, rt=rt)
+    return apply(reply.saga_id, event, rt=rt, inline=inline, inline_out=inline_out)
+
+
+def handle_remote_reply(reply: StepReply, *, rt: Runtime | None = None) -> Decision | None:
+    """A reply that arrived by message: an unknown saga is logged and counted."""
+    decision = handle_reply(reply, rt=rt)
     if decision is None:
         log.warning("reply for unknown saga %s ignored", escape(reply.saga_id))
         metrics.inc("sagas_bad_replies_total", reason="unknown_saga")
@@ -311,8 +344,12 @@ def _definition(record: SagaRecord, status: SagaStatus) -> Saga[Any]:
     return saga
 
 
-def _outbox(decision: Decision) -> list[dict[str, Any]]:
-    return [encode_command(c) for c in decision.commands if isinstance(c, Dispatch | WakeAt)]
+def _outbox(decision: Decision, claimed: list[Dispatch] | None = None) -> list[dict[str, Any]]:
+    return [
+        encode_command(c)
+        for c in decision.commands
+        if isinstance(c, Dispatch | WakeAt) and c not in (claimed or ())
+    ]
 
 
 def _publish(

@@ -7,13 +7,18 @@ Celery task in ``sagas.tasks`` sends the reply.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from .definition import Saga, StepContext, StepDef, StepFn, get_saga
-from .errors import PermanentError, SagaInputError, TransientError
+from .errors import PermanentError, SagaInputError, StoreUnavailable, TransientError
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, saga_context
 from .payload import check_json
+from .runtime import Runtime
+from .state import Action
 from .transport import idempotency_key
 
 log = get_logger("sagas.participant")
@@ -66,6 +71,42 @@ def run_step(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -
             ok=True,
             result=result,
         )
+
+
+def settle_locally(
+    rt: Runtime, saga: Saga[Any], reply: StepReply, local_queue: Callable[[str], bool]
+) -> StepReply | None:
+    """Apply ``reply``'s transition here; run following steps on local queues inline.
+
+    Returns None when everything was settled, or the reply still to send by message (the store
+    is unreachable from this worker, or it does not know the saga).
+    """
+    from . import coordinator  # the participant performs the coordinator's transition
+
+    def inline(step: StepDef, action: Action) -> bool:
+        fn = step.fn if action is Action.FORWARD else step.compensation_fn
+        return fn is not None and local_queue(step.queue_for(action))
+
+    while True:
+        commands: list[StepCommand] = []
+        try:
+            decision = coordinator.handle_reply(reply, rt=rt, inline=inline, inline_out=commands)
+        except (StoreUnavailable, SQLAlchemyError) as exc:
+            log.warning(
+                "cannot settle %s here (%s); replying by message",
+                reply.describe(),
+                escape(type(exc).__name__),
+            )
+            return reply
+        if decision is None:
+            return reply
+        if not commands:
+            return None
+        command = commands[0]
+        step = saga.step_def(command.step)
+        fn = step.fn if command.action is Action.FORWARD else step.compensation_fn
+        assert fn is not None
+        reply = run_step(saga, step, fn, command)
 
 
 def _error(

@@ -37,6 +37,16 @@ class Settings(BaseSettings):
         "sweeper (Redis redelivers unacked messages after its visibility timeout).",
     )
     sweep_batch: int = Field(200, gt=0, description="Sagas handled per sweeper pass.")
+    local_transitions: bool = Field(
+        True,
+        description="A participant that can reach the store applies its step's transition "
+        "itself instead of sending a reply message (falls back to the message if it cannot).",
+    )
+    inline_steps: bool = Field(
+        True,
+        description="With local transitions, run the next step in the same task when it lives "
+        "on a queue this worker consumes (no broker round trip).",
+    )
 
     @field_validator("database_url")
     @classmethod

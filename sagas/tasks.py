@@ -8,6 +8,7 @@ and the database (attempt numbers, deadlines) decides what a redelivery may stil
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
@@ -19,7 +20,7 @@ from .definition import Saga, StepDef, get_saga
 from .errors import SagaInputError, StoreUnavailable
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, metrics, saga_context
-from .participant import run_step
+from .participant import run_step, settle_locally
 from .runtime import get_runtime
 from .state import Action
 from .transport import send_reply
@@ -100,7 +101,7 @@ def step_reply(reply: dict[str, Any]) -> None:
         metrics.inc("sagas_bad_replies_total", reason="schema")
         log.error("malformed step reply dropped: %s", escape(exc.errors()[:3]))
         return
-    coordinator.handle_reply(parsed)
+    coordinator.handle_remote_reply(parsed)
 
 
 @shared_task(name="sagas.remote_reply", **COORDINATOR)
@@ -108,7 +109,7 @@ def remote_reply(
     result: Any, *, saga_id: str, step: str, attempt: int, action: str, correlation_id: str = ""
 ) -> None:
     """Link callback of a remote step: its return value is the step's result."""
-    coordinator.handle_reply(
+    coordinator.handle_remote_reply(
         StepReply(
             saga_id=saga_id,
             step=step,
@@ -140,7 +141,7 @@ def remote_failed(
             error_type, message = type(exc).__name__, str(exc)
     except Exception:  # noqa: BLE001 - no result backend: keep the generic error
         pass
-    coordinator.handle_reply(
+    coordinator.handle_remote_reply(
         StepReply(
             saga_id=saga_id,
             step=step,
@@ -173,6 +174,15 @@ def sweep() -> dict[str, int]:
     return sweeper.sweep(get_runtime()).as_dict()
 
 
+def _local_queues(app: Any, rt: Any) -> Callable[[str], bool]:
+    """Queues this worker consumes (a step on one of them may run inline here)."""
+    if not rt.settings.inline_steps:
+        return lambda _queue: False
+    consume_from = getattr(app.amqp.queues, "consume_from", None)
+    names = set(consume_from) if consume_from else None
+    return lambda queue: names is None or queue in names
+
+
 def bind_local_step(saga: Saga[Any], step: StepDef) -> None:
     """Register the Celery tasks that run a local step and its compensation."""
     for action, fn in ((Action.FORWARD, step.fn), (Action.COMPENSATE, step.compensation_fn)):
@@ -194,7 +204,11 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
         assert fn is not None
         reply = run_step(saga, step, fn, parsed)
         rt = get_runtime()
-        send_reply(self.app, reply, parsed.correlation_id, rt.settings.coordinator_queue)
+        unsent: StepReply | None = reply
+        if rt.settings.local_transitions:
+            unsent = settle_locally(rt, saga, reply, _local_queues(self.app, rt))
+        if unsent is not None:
+            send_reply(self.app, unsent, parsed.correlation_id, rt.settings.coordinator_queue)
 
     run.__name__ = run.__qualname__ = task_name.replace(".", "_")
     shared_task(name=task_name, bind=True, **RELIABLE)(run)

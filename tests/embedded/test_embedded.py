@@ -17,6 +17,7 @@ import sagas
 from sagas import SagaState, StepState
 from sagas.observability import metrics
 from sagas.runtime import Runtime
+from sagas.settings import Settings
 from sagas.testing import embedded, wait_for
 from workers.app import app
 
@@ -32,7 +33,14 @@ ORDER: dict[str, Any] = {
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     db = tmp_path_factory.mktemp("embedded") / "sagas.db"
-    with embedded(app, database_url=f"sqlite:///{db}", sweep_interval=0.1) as runtime:
+    # This module checks the message path: every step and reply travels through the broker.
+    settings = Settings(
+        database_url=f"sqlite:///{db}",
+        sweep_interval=0.1,
+        local_transitions=False,
+        inline_steps=False,
+    )
+    with embedded(app, settings=settings, sweep_interval=0.1) as runtime:
         yield runtime
 
 
