@@ -15,6 +15,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from . import faults
 from .definition import Saga, StepDef, get_saga
 from .errors import DefinitionError, SagaConflict, SagaError, SagaInputError, SagaNotFound
 from .machine import (
@@ -213,10 +214,12 @@ def apply(
             version = tx.save(
                 record, status, decision.status, decision.history, outbox, parked=parked
             )
+    faults.hit("coordinator.after_commit")
     with saga_context(saga=record.name, saga_id=record.id, correlation_id=record.correlation_id):
         _log_history(decision.history)
         rest = tuple(c for c in decision.commands if c not in claimed)
         _publish(rt, saga, record, decision.status, rest, now)
+        faults.hit("coordinator.after_publish")
         if outbox:
             rt.store.clear_outbox(saga_id, version)
         if inline_out is not None:

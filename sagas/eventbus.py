@@ -28,6 +28,7 @@ from typing import Any
 from kombu.entity import Exchange, Queue, binding
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import faults
 from .choreography import (
     COMPENSATED_EVENT,
     EVENT_RE,
@@ -300,6 +301,7 @@ def _run_forward(rt: Runtime, choreo: Choreography[Any], h: HandlerSpec, msg: Ev
             return
         _failed(rt, choreo, h, msg, exc, retryable=False)
         return
+    faults.hit("eventbus.after_commit")
     _publish_all(rt, choreo, record, emitted.publish, cause=f"{h.name}:{msg.event_id}", data=result)
 
 

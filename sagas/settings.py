@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     )
     coordinator_queue: str = Field("sagas", description="Queue of the coordinator's tasks.")
     max_payload_bytes: int = Field(256 * 1024, gt=0, description="Largest accepted payload (JSON).")
-    max_payload_depth: int = Field(32, gt=0, description="Deepest accepted payload nesting.")
+    max_payload_depth: int = Field(32, gt=0, le=128, description="Deepest payload nesting.")
     sweep_interval: float = Field(5.0, gt=0, description="Seconds between sweeper passes (beat).")
     outbox_grace: float = Field(
         10.0, gt=0, description="Seconds before the sweeper re-publishes unsent commands."

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from . import coordinator
+from . import coordinator, faults
 from .errors import SagaError
 from .observability import escape, get_logger
 from .runtime import Runtime
@@ -28,7 +28,9 @@ class SweepReport:
 
 def sweep(rt: Runtime) -> SweepReport:
     report = SweepReport()
-    for saga_id, kind in rt.store.due_kinds(rt.settings.sweep_batch):
+    due = rt.store.due_kinds(rt.settings.sweep_batch)
+    faults.hit("sweeper.after_select")
+    for saga_id, kind in due:
         try:
             if kind == "choreographed":
                 from . import eventbus

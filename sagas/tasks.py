@@ -15,7 +15,7 @@ from celery import Task, shared_task
 from celery.signals import worker_process_init
 from pydantic import ValidationError
 
-from . import coordinator, sweeper
+from . import coordinator, faults, sweeper
 from .definition import Saga, StepDef, get_saga
 from .errors import SagaInputError, StoreUnavailable
 from .messages import StepCommand, StepReply
@@ -203,11 +203,13 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
         fn = step.fn if action is Action.FORWARD else step.compensation_fn
         assert fn is not None
         reply = run_step(saga, step, fn, parsed)
+        faults.hit("participant.after_effect")
         rt = get_runtime()
         unsent: StepReply | None = reply
         if rt.settings.local_transitions:
             unsent = settle_locally(rt, saga, reply, _local_queues(self.app, rt))
         if unsent is not None:
+            faults.hit("participant.before_reply")
             send_reply(self.app, unsent, parsed.correlation_id, rt.settings.coordinator_queue)
 
     run.__name__ = run.__qualname__ = task_name.replace(".", "_")
