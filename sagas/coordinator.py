@@ -131,9 +131,10 @@ def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: st
         if existing is not None:
             if existing.name != saga.name or existing.payload_hash != payload_hash(data):
                 metrics.inc("sagas_start_rejected_total", saga=saga.name, reason="SagaConflict")
+                differs = "name" if existing.name != saga.name else "payload"
                 raise SagaConflict(
                     f"saga id {sid!r} already exists as a {existing.name!r} saga with a "
-                    "different payload",
+                    f"different {differs}",
                     field="saga_id",
                     saga=saga.name,
                 )
@@ -144,7 +145,7 @@ def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: st
         record = _fresh_record(sid, saga, data, cid, now)
         _publish(rt, saga, record, decision.status, decision.commands, now)
         if outbox:
-            rt.store.clear_outbox(sid, 1)
+            rt.store.clear_outbox(sid, outbox_at=now)
         return sid
 
 
@@ -211,9 +212,7 @@ def apply(
             outbox = _outbox(decision, claimed)
             # Parked while any compensation is dead-lettered; an operator retry clears it.
             parked = any(st.state is StepState.COMPENSATION_FAILED for st in decision.status.steps)
-            version = tx.save(
-                record, status, decision.status, decision.history, outbox, parked=parked
-            )
+            tx.save(record, status, decision.status, decision.history, outbox, parked=parked)
     faults.hit("coordinator.after_commit")
     with saga_context(saga=record.name, saga_id=record.id, correlation_id=record.correlation_id):
         _log_history(decision.history)
@@ -221,7 +220,7 @@ def apply(
         _publish(rt, saga, record, decision.status, rest, now)
         faults.hit("coordinator.after_publish")
         if outbox:
-            rt.store.clear_outbox(saga_id, version)
+            rt.store.clear_outbox(saga_id, outbox_at=now)
         if inline_out is not None:
             inline_out.extend(build_command(saga, record, decision.status, c) for c in claimed)
     return decision
@@ -326,8 +325,10 @@ def republish(saga_id: str, grace: float, *, rt: Runtime | None = None) -> int:
         ):
             _publish(rt, saga, record, status, tuple(wanted), tx.now())
             sent = len(wanted)
-            log.warning("re-published %d command(s) left unsent by a crashed transition", sent)
-            history = [Record(HistoryKind.COMMANDS_REPUBLISHED, detail={"count": sent})]
+            history = []
+            if sent:
+                log.warning("re-published %d command(s) left unsent by a crashed transition", sent)
+                history = [Record(HistoryKind.COMMANDS_REPUBLISHED, detail={"count": sent})]
             tx.save(record, status, status, history, [], clear_outbox=True)
     return sent
 

@@ -5,6 +5,8 @@ Everything inside the engine takes a ``Settings`` explicitly.
 
 from __future__ import annotations
 
+import re
+
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -68,6 +70,7 @@ def mask_url(url: str | None) -> str:
     """A URL safe to log: the password replaced by ***."""
     if not url or "://" not in url:
         return str(url)
+    url = re.sub(r"(?i)([?&](?:password|pass|pwd)=)[^&#]*", r"\1***", url)  # libpq-style
     scheme, rest = url.split("://", 1)
     if "@" not in rest:
         return url

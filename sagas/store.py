@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, select, text, update
+from sqlalchemy import Engine, create_engine, event, func, insert, null, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -261,13 +261,18 @@ class Store:
             )
             return [r.id for r in rows]
 
-    def clear_outbox(self, saga_id: str, lock_version: int) -> None:
-        """Mark the commands of transition ``lock_version`` published (a no-op if superseded)."""
+    def clear_outbox(self, saga_id: str, outbox_at: datetime) -> None:
+        """Mark the outbox written at ``outbox_at`` published.
+
+        Keyed on when the outbox was written, not on the row version: a later transition that
+        adds no commands leaves the outbox alone, so this clear must still apply; one that adds
+        commands rewrites ``outbox_at`` and clears the lot itself once it has published.
+        """
         with self.engine.begin() as conn:
             conn.execute(
                 update(saga_table)
-                .where(saga_table.c.id == saga_id, saga_table.c.lock_version == lock_version)
-                .values(outbox=None, outbox_at=None)
+                .where(saga_table.c.id == saga_id, saga_table.c.outbox_at == outbox_at)
+                .values(outbox=null(), outbox_at=None)
             )
 
 
@@ -318,7 +323,7 @@ class Tx:
                 finished_at=None,
                 deadline_at=status.deadline_at,
                 wake_at=next_wakeup(status),
-                outbox=list(outbox) or None,
+                outbox=list(outbox) if outbox else null(),
                 outbox_at=now if outbox else None,
                 parked=False,
                 lock_version=1,
@@ -370,7 +375,7 @@ class Tx:
             "lock_version": version,
         }
         if clear_outbox:
-            values.update(outbox=None, outbox_at=None)
+            values.update(outbox=null(), outbox_at=None)
         elif outbox:
             values.update(outbox=pending, outbox_at=now)
         if new.state.terminal and not old.state.terminal:

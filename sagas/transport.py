@@ -61,12 +61,8 @@ def build_command(
     saga: Saga[Any], record: SagaRecord, status: SagaStatus, cmd: Dispatch
 ) -> StepCommand:
     step = saga.steps[cmd.step]
-    results = {
-        s.name: s.result
-        for s in status.steps[: cmd.step]
-        if s.state in (StepState.SUCCEEDED, StepState.COMPENSATING, StepState.COMPENSATED)
-        or s.state is StepState.COMPENSATION_FAILED
-    }
+    # Earlier steps that produced a result (succeeded, possibly being compensated since).
+    results = {s.name: s.result for s in status.steps[: cmd.step] if s.result is not None}
     deadline = cmd.deadline_at
     if status.deadline_at is not None and cmd.action is Action.FORWARD:
         deadline = min(deadline, status.deadline_at)

@@ -298,9 +298,11 @@ def test_unsent_and_clear_outbox(store: Store) -> None:
     insert(store, "s-2", outbox=[])
     assert store.unsent(grace=0, limit=10) == ["s-1"]
     assert store.unsent(grace=3600, limit=10) == []  # not overdue yet
-    store.clear_outbox("s-1", lock_version=7)  # superseded version: no-op
+    written = store.get("s-1")[0].outbox_at
+    assert written is not None
+    store.clear_outbox("s-1", outbox_at=written - timedelta(seconds=1))  # superseded: no-op
     assert store.get("s-1")[0].outbox == [{"type": "dispatch", "step": 0}]
-    store.clear_outbox("s-1", lock_version=1)
+    store.clear_outbox("s-1", outbox_at=written)
     record = store.get("s-1")[0]
     assert record.outbox is None and record.outbox_at is None
     assert store.unsent(grace=0, limit=10) == []

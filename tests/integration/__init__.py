@@ -1,0 +1,1 @@
+"""Integration tier: real ``celery worker`` processes, PostgreSQL, Redis and RabbitMQ."""

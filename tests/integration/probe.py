@@ -1,0 +1,138 @@
+"""A saga whose steps do what their payload says, and record each run in ``probe_effect``.
+
+The integration workers import this module. Every step and compensation first INSERTs a row
+``(saga_id, step, action, attempt, clock_timestamp())`` into ``probe_effect`` in the saga store's
+PostgreSQL database (so tests can see what ran, in which order and when), logs one line, and then
+behaves as the ``Probe`` payload asks: fail permanently, fail transiently for the first N
+attempts, or sleep (to exceed the step's timeout or the saga's deadline).
+
+- ``probe``: steps s1..s4 on the inventory, payment, shipping and notification queues.
+- ``probe_deadline``: d1 (inventory) then d2 (payment) under a 1.5 s saga deadline; d2's own
+  timeout is longer than that, so sleeping in d2 trips the saga deadline first.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.pool import NullPool
+
+from sagas import Action, PermanentError, RetryPolicy, Saga, StepContext, TransientError
+
+log = logging.getLogger(__name__)
+
+STEP_TIMEOUT = 2.0
+FAST_RETRY = RetryPolicy(max_attempts=3, initial=0.2, backoff=2.0, max_interval=2.0)
+# Long enough for a compensation queued behind a slow forward attempt on the same worker.
+COMPENSATION_TIMEOUT = 8.0
+SAGA_DEADLINE = 1.5
+
+EFFECT_TABLE_DDL = """
+CREATE TABLE IF NOT EXISTS probe_effect (
+    id bigserial PRIMARY KEY,
+    saga_id text NOT NULL,
+    step text NOT NULL,
+    action text NOT NULL,
+    attempt integer NOT NULL,
+    at timestamptz NOT NULL
+)
+"""
+
+
+class Probe(BaseModel):
+    """What each step should do. Step names are keys (s1..s4, d1, d2)."""
+
+    tag: str = ""
+    fail_permanent: str | None = None  # this step raises PermanentError
+    transient: dict[str, int] = {}  # step -> leading forward attempts that raise TransientError
+    sleep: dict[str, float] = {}  # step -> seconds each forward attempt sleeps
+    compensation_transient: dict[str, int] = {}  # step -> leading compensation attempts failing
+
+
+# -- the effect log: one small engine per process, made on first use (after the fork) ----------
+
+_engine: Engine | None = None
+_engine_pid: int | None = None
+_engine_lock = threading.Lock()
+
+
+def _effects_engine() -> Engine:
+    global _engine, _engine_pid
+    with _engine_lock:
+        if _engine is None or _engine_pid != os.getpid():
+            url = os.environ["SAGAS_DATABASE_URL"]
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            _engine = create_engine(url, poolclass=NullPool)
+            _engine_pid = os.getpid()
+        return _engine
+
+
+def record_effect(ctx: StepContext[Any]) -> None:
+    with _effects_engine().begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO probe_effect (saga_id, step, action, attempt, at) "
+                "VALUES (:saga_id, :step, :action, :attempt, clock_timestamp())"
+            ),
+            {
+                "saga_id": ctx.saga_id,
+                "step": ctx.step,
+                "action": ctx.action.value,
+                "attempt": ctx.attempt,
+            },
+        )
+
+
+# -- step behaviour ----------------------------------------------------------------------------
+
+
+def _forward(ctx: StepContext[Probe]) -> dict[str, Any]:
+    record_effect(ctx)
+    log.info("probe %s forward attempt %d", ctx.step, ctx.attempt)
+    probe = ctx.payload
+    if ctx.step in probe.sleep:
+        time.sleep(probe.sleep[ctx.step])
+    if ctx.attempt <= probe.transient.get(ctx.step, 0):
+        raise TransientError(f"probe {ctx.step}: transient failure on attempt {ctx.attempt}")
+    if probe.fail_permanent == ctx.step:
+        raise PermanentError(f"probe {ctx.step}: permanent failure")
+    return {"step": ctx.step, "attempt": ctx.attempt}
+
+
+def _compensate(ctx: StepContext[Probe]) -> None:
+    assert ctx.action is Action.COMPENSATE
+    record_effect(ctx)
+    log.info("probe %s compensation attempt %d", ctx.step, ctx.attempt)
+    if ctx.attempt <= ctx.payload.compensation_transient.get(ctx.step, 0):
+        raise TransientError(f"probe {ctx.step}: compensation failure on attempt {ctx.attempt}")
+
+
+def _declare(saga: Saga[Probe], name: str, queue: str, *, timeout: float = STEP_TIMEOUT) -> None:
+    saga.step(
+        name=name,
+        queue=queue,
+        timeout=timeout,
+        retry=FAST_RETRY,
+        compensation=_compensate,
+        compensation_timeout=COMPENSATION_TIMEOUT,
+        compensation_retry=FAST_RETRY,
+    )(_forward)
+
+
+STEP_QUEUES = {"s1": "inventory", "s2": "payment", "s3": "shipping", "s4": "notification"}
+
+probe = Saga("probe", payload=Probe, deadline=timedelta(minutes=5))
+for _name, _queue in STEP_QUEUES.items():
+    _declare(probe, _name, _queue)
+
+probe_deadline = Saga("probe_deadline", payload=Probe, deadline=SAGA_DEADLINE)
+_declare(probe_deadline, "d1", "inventory")
+_declare(probe_deadline, "d2", "payment", timeout=10.0)
