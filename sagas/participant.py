@@ -18,7 +18,7 @@ from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, saga_context
 from .payload import check_json
 from .runtime import Runtime
-from .state import Action
+from .state import Action, StepState
 from .transport import idempotency_key
 
 log = get_logger("sagas.participant")
@@ -107,6 +107,23 @@ def settle_locally(
         fn = step.fn if command.action is Action.FORWARD else step.compensation_fn
         assert fn is not None
         reply = run_step(saga, step, fn, command)
+
+
+def still_open(rt: Runtime, step: StepDef, command: StepCommand) -> bool:
+    """Is this command the step's open attempt? A redelivered or duplicated command for an
+    attempt the saga has moved past (timed out, retried, settled) must not run its effect again;
+    this is also what bounds a poison message that kills its worker on every delivery.
+    When the store cannot be read the command runs (the reply will be judged stale if it is)."""
+    try:
+        row = rt.store.open_attempt(command.saga_id, step.index)
+    except (StoreUnavailable, SQLAlchemyError):
+        return True
+    if row is None:
+        return True
+    state, attempt, compensation_attempt, in_flight = row
+    if command.action is Action.FORWARD:
+        return state == StepState.RUNNING and attempt == command.attempt and in_flight
+    return state == StepState.COMPENSATING and compensation_attempt == command.attempt and in_flight
 
 
 def _error(

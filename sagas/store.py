@@ -179,6 +179,21 @@ class Store:
             )
             return [r.id for r in rows]
 
+    def open_attempt(self, saga_id: str, index: int) -> tuple[str, int, int, bool] | None:
+        """(state, attempt, compensation_attempt, in flight) of one step; None if unknown."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    step_table.c.state,
+                    step_table.c.attempt,
+                    step_table.c.compensation_attempt,
+                    step_table.c.deadline_at,
+                ).where(step_table.c.saga_id == saga_id, step_table.c.idx == index)
+            ).first()
+        if row is None:
+            return None
+        return row.state, row.attempt, row.compensation_attempt, row.deadline_at is not None
+
     def due_kinds(self, limit: int) -> builtins.list[tuple[str, str]]:
         """(id, kind) of sagas with a timer due now (database clock)."""
         with self.engine.connect() as conn:

@@ -20,7 +20,7 @@ from .definition import Saga, StepDef, get_saga
 from .errors import SagaInputError, StoreUnavailable
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, metrics, saga_context
-from .participant import run_step, settle_locally
+from .participant import run_step, settle_locally, still_open
 from .runtime import get_runtime
 from .state import Action
 from .transport import send_reply
@@ -202,9 +202,16 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
         step = saga.step_def(step_name)
         fn = step.fn if action is Action.FORWARD else step.compensation_fn
         assert fn is not None
+        rt = get_runtime()
+        if rt.settings.local_transitions and not still_open(rt, step, parsed):
+            metrics.inc("sagas_stale_commands_total")
+            with saga_context(
+                saga=saga_name, saga_id=parsed.saga_id, correlation_id=parsed.correlation_id
+            ):
+                log.warning("stale command skipped: %s is no longer open", parsed.describe())
+            return
         reply = run_step(saga, step, fn, parsed)
         faults.hit("participant.after_effect")
-        rt = get_runtime()
         unsent: StepReply | None = reply
         if rt.settings.local_transitions:
             unsent = settle_locally(rt, saga, reply, _local_queues(self.app, rt))

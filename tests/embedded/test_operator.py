@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ class Job(BaseModel):
 BROKEN = {"undo": True}
 RELEASE = threading.Event()
 UNDONE: list[str] = []
+BOOKED: list[str] = []
 
 ops = Saga("operator_probe", payload=Job)
 
@@ -36,6 +38,7 @@ def undo_book(ctx: Any) -> None:
 
 @ops.step(queue="ops_a", timeout=5, compensation=undo_book)
 def book(ctx: Any) -> dict[str, int]:
+    BOOKED.append(ctx.saga_id)
     return {"n": ctx.payload.n}
 
 
@@ -89,8 +92,6 @@ def test_cancel_compensates_a_running_saga_and_records_the_reason(rt: Runtime) -
     RELEASE.clear()
     saga_id = ops.start({"n": 1}, saga_id=_sid())
     # wait until the second step is in flight
-    import time
-
     deadline = time.monotonic() + 10
     while rt.store.get(saga_id)[1].steps[1].state is not StepState.RUNNING:
         assert time.monotonic() < deadline
@@ -121,3 +122,33 @@ def test_operator_actions_on_unknown_or_finished_sagas_fail_clearly(rt: Runtime)
     assert wait_for(rt.store, saga_id, timeout=20).state is SagaState.COMPLETED
     with pytest.raises(sagas.SagaError, match="nothing to retry: saga .* is completed"):
         coordinator.retry(saga_id, "x", rt=rt)
+
+
+def test_a_redelivered_command_for_a_settled_attempt_does_not_run_again(rt: Runtime) -> None:
+    from celery.signals import before_task_publish
+
+    from sagas.observability import metrics
+
+    sent: list[dict[str, Any]] = []
+
+    def capture(sender: str, body: Any, **_: Any) -> None:
+        if sender == "saga.operator_probe.book":
+            sent.append(body)
+
+    before_task_publish.connect(capture, weak=False)
+    try:
+        RELEASE.set()
+        saga_id = ops.start({"n": 3}, saga_id=_sid())
+        assert wait_for(rt.store, saga_id, timeout=20).state is SagaState.COMPLETED
+    finally:
+        before_task_publish.disconnect(capture)
+    assert BOOKED.count(saga_id) == 1 and len(sent) == 1
+    args = sent[0][0]  # protocol 2 body: (args, kwargs, embed)
+    before = metrics.get("sagas_stale_commands_total")
+    app.send_task("saga.operator_probe.book", args=args, queue="ops_a")
+    deadline = time.monotonic() + 10
+    while metrics.get("sagas_stale_commands_total") == before:
+        assert time.monotonic() < deadline, "redelivered command was not judged"
+        time.sleep(0.02)
+    assert BOOKED.count(saga_id) == 1  # the effect did not run a second time
+    assert rt.store.get(saga_id)[0].state is SagaState.COMPLETED
