@@ -105,3 +105,19 @@ def test_db_upgrade_on_postgresql_is_idempotent() -> None:
         second = run("db", "upgrade", db=url)
         assert second.returncode == 0 and f"revision {head}" in second.stdout
         assert run("list", db=url).stdout.strip() == "no sagas"
+
+
+def test_operator_commands_on_a_healthy_store(demo_db: tuple[str, str]) -> None:
+    db, _ = demo_db
+    assert run("stuck", db=db).stdout.strip() == "no stuck sagas"
+    assert run("dlq", "list", db=db).stdout.strip() == "dead-letter list is empty"
+    missing = run("retry", "no-such-saga", "--reason", "ticket 1", db=db)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: no saga with id 'no-such-saga'"
+    finished = run("list", "--state", "completed", db=db).stdout.splitlines()[2].split()[0]
+    done = run("cancel", finished, "--reason", "too late", db=db)
+    assert done.returncode == 1 and "nothing to cancel" in done.stderr
+    not_parked = run("dlq", "retry", finished, "--reason", "x", db=db)
+    assert not_parked.returncode == 1 and "not on the dead-letter list" in not_parked.stderr
+    no_reason = run("retry", finished, db=db)
+    assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
