@@ -49,6 +49,10 @@ class SagaContextFilter(logging.Filter):
         record.saga_id = ctx.get("saga_id", "")
         record.saga = ctx.get("saga", "")
         record.correlation_id = ctx.get("correlation_id", "")
+        if record.exc_info and not record.exc_text:
+            # A traceback repeats the exception's message verbatim: escape it line by line.
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = "\n".join(escape(line) for line in text.splitlines())
         return True
 
 

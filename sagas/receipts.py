@@ -11,18 +11,18 @@ the recorded result without running the effect again.
 
     @receipts.exactly_once
     def charge(ctx: StepContext[Order], r: Receipt) -> dict[str, Any]:
-        r.connection.execute(sa.insert(charges).values(...))  # same transaction as the receipt
-        return {"charge_id": ...}                          # recorded; returned on redelivery
+        r.connection.execute(insert(charges).values(...))  # same transaction as the receipt
+        return {"charge_id": ...}                       # recorded; returned on redelivery
 
     @receipts.exactly_once
     def refund(ctx: StepContext[Order], r: Receipt) -> dict[str, Any]:
         if not r.forward_done:      # the charge never committed (timed out, never ran)
             return {"refunded": False}
-        r.connection.execute(sa.update(charges)...)          # r.forward_result: what charge returned
+        r.connection.execute(update(charges)...)  # r.forward_result: what charge returned
         return {"refunded": True}
 
 Spelled out: ``with receipts.once(ctx) as r: if r.done: return r.result; ...; return
-r.record(result)``.
+r.record(result)``. A remote step's Celery task passes its ``saga`` keyword dict as ``ctx``.
 
 How it holds:
 
@@ -45,11 +45,12 @@ How it holds:
 PostgreSQL must run at READ COMMITTED (its default). On SQLite use ``Receipts.from_url`` or
 ``sagas.store.make_engine`` (WAL, busy timeout, ``BEGIN IMMEDIATE``), and keep the service's file
 apart from a SQLite saga store: choreography handlers run holding the store's write lock.
+Receipts are never deleted here: purge old rows (``updated_at``) on the service's own schedule.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import wraps
@@ -156,28 +157,33 @@ class Receipts:
                 raise
 
     @contextmanager
-    def once(self, ctx: StepContext[Any]) -> Iterator[Receipt]:
-        """Open a transaction on the service database holding this run's receipt."""
-        action = Action(ctx.action)
+    def once(self, ctx: StepContext[Any] | Mapping[str, Any]) -> Iterator[Receipt]:
+        """Open a transaction on the service database holding this run's receipt. ``ctx`` is a
+        ``StepContext``, or the ``saga`` dict a remote step's Celery task is called with."""
+        if isinstance(ctx, Mapping):
+            saga_id, step = str(ctx["saga_id"]), str(ctx["step"])
+            action, attempt = Action(ctx["action"]), int(ctx["attempt"])
+        else:
+            saga_id, step, action, attempt = ctx.saga_id, ctx.step, Action(ctx.action), ctx.attempt
         with self.engine.begin() as conn:
-            r = Receipt(conn, ctx.saga_id, ctx.step, action)
-            if _claim(conn, ctx.saga_id, ctx.step, action.value, DONE, ctx.attempt):
+            r = Receipt(conn, saga_id, step, action)
+            if _claim(conn, saga_id, step, action.value, DONE, attempt):
                 if action is Action.COMPENSATE:
-                    _settle_forward(conn, r, ctx.attempt)
+                    _settle_forward(conn, r, attempt)
             else:
-                row = _read(conn, ctx.saga_id, ctx.step, action.value, lock=False)
+                row = _read(conn, saga_id, step, action.value, lock=False)
                 assert row is not None  # the insert conflicted with a committed row
                 if row.state != DONE:
                     raise AlreadyCompensated(
-                        f"saga {ctx.saga_id} step {ctx.step}: its compensation already ran "
+                        f"saga {saga_id} step {step}: its compensation already ran "
                         f"({row.state}); this late forward run was not applied"
                     )
                 r.done, r.result = True, row.result
             yield r
             if not r.done and not r.recorded:
                 raise ReceiptNotRecorded(
-                    f"saga {ctx.saga_id} step {ctx.step}: the block ended without "
-                    "r.record(result); its effect was rolled back"
+                    f"saga {saga_id} step {step}: the block ended without r.record(result); "
+                    "its effect was rolled back"
                 )
 
     def exactly_once(
