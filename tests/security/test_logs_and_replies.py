@@ -92,9 +92,7 @@ def test_tracebacks_logged_for_crashing_steps_carry_no_raw_control_characters(
     formatter = logging.Formatter()
     # What a handler prints: the formatted record, traceback included.
     tracebacks = [
-        formatter.format(r)
-        for r in caplog.records
-        if r.name.startswith("sagas") and r.exc_info
+        formatter.format(r) for r in caplog.records if r.name.startswith("sagas") and r.exc_info
     ]
     assert tracebacks, "the crash is logged with its traceback"
     for text in tracebacks:
