@@ -99,6 +99,19 @@ def event_queues(*, combined: bool = False) -> list[Queue]:
     ]
 
 
+def _queues_to_declare(app: Any) -> list[Queue]:
+    """This deployment's event queues: per service, or the embedded default's combined one
+    (declaring both would leave a copy of every event in a queue nobody reads)."""
+    configured = getattr(getattr(app, "amqp", None), "queues", None) or {}
+    return event_queues(combined=COMBINED_QUEUE in configured)
+
+
+def attempt_key(h: HandlerSpec, msg: EventMessage) -> str:
+    """Idempotency key of one attempt of a handler for one event."""
+    base = f"{h.name}:{msg.event_id}"
+    return base if msg.attempt == 1 else f"{base}:{msg.attempt}"
+
+
 def event_id_for(saga_id: str, name: str, cause: str) -> str:
     """Deterministic: a handler re-run after a crash emits the same event id (deduplicated)."""
     return uuid.uuid5(_NAMESPACE, f"{saga_id}|{name}|{cause}").hex
@@ -187,7 +200,7 @@ def publish(
         routing_key=name,
         # Declaring the bound queues on publish means no event is lost because a subscriber's
         # worker has not started yet.
-        declare=[*event_queues(), *event_queues(combined=True)],
+        declare=_queues_to_declare(rt.celery),
         headers={"saga_correlation_id": correlation_id, "saga_id": saga_id},
         argsrepr=message.describe(),
         kwargsrepr="{}",
@@ -259,7 +272,7 @@ def deliver(raw: Any, *, rt: Runtime | None = None, consumed: Iterable[str] | No
 
 
 def _run_forward(rt: Runtime, choreo: Choreography[Any], h: HandlerSpec, msg: EventMessage) -> None:
-    key = f"{h.name}:{msg.event_id}"
+    key = attempt_key(h, msg)
     try:
         with rt.store.transaction() as tx:
             loaded = _lock_or_orphan(rt, tx, h, msg)
@@ -330,6 +343,10 @@ def _failed(
         if status.steps[h.index].state is not StepState.RUNNING:
             return
         if retryable and msg.attempt < h.retry.max_attempts:
+            # Claim this attempt (its own claim rolled back with the failure) so a copy of the
+            # event arriving during the wait does not run it again and start a second chain.
+            if not tx.claim(record.id, attempt_key(h, msg)):
+                return
             wait = h.retry.interval(msg.attempt, f"{record.id}:{h.name}")
             tx.record_only(
                 record.id,
@@ -369,7 +386,7 @@ def _run_compensation(
     assert h.compensation is not None
     try:
         with rt.store.transaction() as tx:
-            loaded = tx.lock(msg.saga_id)
+            loaded = _lock_or_orphan(rt, tx, h, msg)
             if loaded is None:
                 return
             record, status = loaded

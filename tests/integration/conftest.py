@@ -1,8 +1,11 @@
 """The Procfile topology as real processes, once per broker.
 
 ``cluster`` (session scope, parametrised over Redis and RabbitMQ) creates a scratch PostgreSQL
-database, applies the migrations, creates ``probe_effect``, then starts one ``celery worker``
-per queue (the coordinator on ``sagas``, one per service queue) and a ``celery beat`` running
+database, applies the migrations, creates ``probe_effect`` and ``probe_gate`` and the example
+inventory and payment services' tables (their ``*_DATABASE_URL`` point at the same scratch
+database, so tests can read reservations and charges), then starts one ``celery worker`` per
+queue (the coordinator on ``sagas``; each service worker on its queue and its choreography event
+queue, ``-Q inventory,sagas.events.inventory`` as in the Procfile) and a ``celery beat`` running
 the sweeper every 0.5 s. Each process logs to its own file under the test's tmp dir. Readiness
 is polled (``control.ping`` for the workers, the first sweep in beat's log), never slept for.
 Teardown stops every process by PID (SIGTERM to its process group, SIGKILL after a timeout).
@@ -34,17 +37,22 @@ from celery import _state as celery_state
 from sqlalchemy import Engine, create_engine, text
 
 import sagas
+import tests.integration.choreo_probe  # noqa: F401 - registered here as in the workers
 import tests.integration.probe  # noqa: F401 - the test process validates starts client-side
 import workers.notification  # noqa: F401
+import workers.order_choreography  # noqa: F401
 import workers.order_fulfillment  # noqa: F401
-from sagas import report
+from sagas import receipts, report
+from sagas.choreography import event_queue_name
 from sagas.migrate import upgrade
 from sagas.runtime import reset
 from sagas.settings import Settings
 from sagas.store import HistoryEntry, SagaRecord, SagaStatus, Store
+from tests.integration.choreo_probe import GATE_TABLE_DDL
 from tests.integration.probe import EFFECT_TABLE_DDL
 from tests.integration.worker_app import make_app
 from tests.services import AMQP_URL, REDIS_URL, require, scratch_database
+from workers import inventory, payment
 
 ROOT = Path(__file__).resolve().parents[2]
 COORDINATOR = "sagas"
@@ -78,6 +86,7 @@ class Cluster:
     store: Store
     engine: Engine
     logs: dict[str, Path] = field(default_factory=dict)
+    keyprefix: str = ""  # Redis: every key of this run starts with it
 
     # -- starting --------------------------------------------------------------------------
 
@@ -248,7 +257,7 @@ def topology(app: Celery, env: dict[str, str], logdir: Path, run: str) -> Iterat
     celery = [sys.executable, "-m", "celery", "-A", "tests.integration.worker_app"]
     commands: dict[str, list[str]] = {
         queue: [
-            *celery, "worker", "-Q", queue, "-n", f"{queue}-{run}@%h", "-c", "2",
+            *celery, "worker", "-Q", worker_queues(queue), "-n", f"{queue}-{run}@%h", "-c", "2",
             "--loglevel", "INFO", "--without-mingle", "--without-gossip",
         ]
         for queue in QUEUES
@@ -283,6 +292,11 @@ def topology(app: Celery, env: dict[str, str], logdir: Path, run: str) -> Iterat
         _stop(procs)
         for out in files:
             out.close()
+
+
+def worker_queues(queue: str) -> str:
+    """``-Q`` for the worker named after ``queue``: a service also consumes its event queue."""
+    return queue if queue == COORDINATOR else f"{queue},{event_queue_name(queue)}"
 
 
 def _wait_ready(
@@ -351,6 +365,11 @@ def cluster(
         upgrade(engine)
         with engine.begin() as conn:
             conn.execute(text(EFFECT_TABLE_DDL))
+            conn.execute(text(GATE_TABLE_DDL))
+        # The example services keep their tables in the scratch database too. Created here, once,
+        # so no two worker processes race to create them.
+        for metadata in (inventory.metadata, payment.metadata, receipts.metadata):
+            metadata.create_all(engine)
 
         app = make_app(broker_url, keyprefix)
         stack.callback(app.close)
@@ -371,7 +390,9 @@ def cluster(
             "SAGAS_IT_KEYPREFIX": keyprefix,
             "SAGAS_SWEEP_INTERVAL": SWEEP_INTERVAL,
             "SAGAS_IT_PARENT_PID": str(os.getpid()),
+            "INVENTORY_DATABASE_URL": database_url,
+            "PAYMENT_DATABASE_URL": database_url,
         }
         env.pop("CELERY_RESULT_BACKEND", None)
         logs = stack.enter_context(topology(app, env, logdir, run))
-        yield Cluster(broker, broker_url, database_url, app, store, engine, logs)
+        yield Cluster(broker, broker_url, database_url, app, store, engine, logs, keyprefix)

@@ -1,8 +1,10 @@
 """The Celery app the integration workers run: ``celery -A tests.integration.worker_app worker``.
 
-Like ``workers/app.py`` (configuration from ``celeryconfig``, broker from ``CELERY_BROKER_URL``)
-but it also imports the probe sagas. The test process builds its own client app with
-``make_app(broker_url)`` so it can talk to each broker in turn.
+Like ``workers/app.py`` (configuration from ``celeryconfig``, broker from ``CELERY_BROKER_URL``,
+the example's sagas and choreography, each service's event queue ``sagas.events.<service>``
+bound to the topic exchange per event it handles) but it also imports the probe sagas and the
+probe choreographies. The test process builds its own client app with ``make_app(broker_url)``
+so it can talk to each broker in turn.
 
 ``SAGAS_IT_KEYPREFIX`` (Redis only) puts every key of this run under a prefix, so a run never
 sees messages left by an earlier one or by another process using the same Redis database.
@@ -11,6 +13,7 @@ sees messages left by an earlier one or by another process using the same Redis 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
@@ -21,9 +24,16 @@ from celery import Celery
 from celery.signals import after_setup_logger
 
 import sagas
+from sagas.eventbus import event_queues
 from sagas.observability import SagaContextFilter
 
-IMPORTS = ["tests.integration.probe", "workers.order_fulfillment", "workers.notification"]
+IMPORTS = [
+    "tests.integration.probe",
+    "tests.integration.choreo_probe",
+    "workers.order_fulfillment",
+    "workers.order_choreography",
+    "workers.notification",
+]
 # Plain (non-engine) log lines carry the saga's correlation id too, through the filter below.
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s {corr=%(correlation_id)s}"
 
@@ -46,6 +56,11 @@ def make_app(broker_url: str | None = None, keyprefix: str | None = None) -> Cel
     app.conf.broker_transport_options = transport_options(broker_url, keyprefix)
     app.conf.imports = IMPORTS
     app.conf.worker_log_format = LOG_FORMAT
+    # The choreographies must be registered before their event queues are computed (as
+    # workers/app.py does with ``import_default_modules``); the queues carry the bindings.
+    for module in IMPORTS:
+        importlib.import_module(module)
+    app.conf.task_queues = [*app.conf.task_queues, *event_queues()]
     return app
 
 
