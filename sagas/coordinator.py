@@ -143,6 +143,7 @@ def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: st
         metrics.inc("sagas_started_total", saga=saga.name)
         log.info("saga started")
         record = _fresh_record(sid, saga, data, cid, now)
+        faults.hit("coordinator.start_after_commit")
         _publish(rt, saga, record, decision.status, decision.commands, now)
         if outbox:
             rt.store.clear_outbox(sid, outbox_at=now)

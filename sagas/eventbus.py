@@ -85,10 +85,15 @@ def choreographies() -> list[Choreography[Any]]:
     return [s for s in found if isinstance(s, Choreography)]
 
 
-def event_queues(*, combined: bool = False) -> list[Queue]:
-    """Queues to declare and consume: one per service (or one combined), bound per event."""
+def event_queues(*, combined: bool = False, only: Iterable[str] | None = None) -> list[Queue]:
+    """Queues to declare and consume: one per service (or one combined), bound per event.
+
+    ``only`` limits them to the named choreographies (default: every registered one)."""
     subs: dict[str, set[str]] = {}
+    names = set(only) if only is not None else None
     for choreo in choreographies():
+        if names is not None and choreo.name not in names:
+            continue
         for service, keys in choreo.subscriptions().items():
             subs.setdefault(
                 COMBINED_QUEUE if combined else f"sagas.events.{service}", set()
@@ -100,10 +105,12 @@ def event_queues(*, combined: bool = False) -> list[Queue]:
 
 
 def _queues_to_declare(app: Any) -> list[Queue]:
-    """This deployment's event queues: per service, or the embedded default's combined one
-    (declaring both would leave a copy of every event in a queue nobody reads)."""
+    """The event queues this app is configured with (per service, or the embedded default's
+    combined one): declaring any other would leave a copy of every event in a queue nobody
+    reads. An app without configured event queues declares one per service."""
     configured = getattr(getattr(app, "amqp", None), "queues", None) or {}
-    return event_queues(combined=COMBINED_QUEUE in configured)
+    mine = [q for name, q in configured.items() if name.startswith(COMBINED_QUEUE)]
+    return mine or event_queues()
 
 
 def attempt_key(h: HandlerSpec, msg: EventMessage) -> str:

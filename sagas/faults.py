@@ -17,6 +17,7 @@ import time
 POINTS = (
     "coordinator.after_commit",  # transition committed, commands not yet published
     "coordinator.after_publish",  # commands published, outbox not yet cleared
+    "coordinator.start_after_commit",  # a new saga's row committed, first command not published
     "participant.after_effect",  # the step ran, its outcome not yet reported or applied
     "participant.before_reply",  # about to send the reply message
     "sweeper.after_select",  # due sagas selected, none handled yet

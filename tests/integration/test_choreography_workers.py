@@ -34,6 +34,7 @@ from sagas.state import HistoryKind
 from sagas.store import HistoryEntry
 from tests.integration.choreo_probe import STALL_TIMEOUT, choreo_probe
 from tests.integration.conftest import QUEUES, SERVICE_QUEUES, Cluster, Effect, Snapshot, poll
+from tests.integration.worker_app import served_choreographies
 from workers.order_choreography import order_choreography
 
 pytestmark = [pytest.mark.integration, pytest.mark.workers]
@@ -145,7 +146,7 @@ def inject(cluster: Cluster, message: Any, routing_key: str | None = None) -> st
         task_id=task_id,
         exchange=EXCHANGE,
         routing_key=routing_key,
-        declare=event_queues(),
+        declare=event_queues(only=served_choreographies()),
     )
     return task_id
 
@@ -242,10 +243,9 @@ def lines_with(cluster: Cluster, log: str, *needles: str) -> list[str]:
 def expected_bindings() -> dict[str, set[str]]:
     """Service event queue -> the event names it must be bound to, from the definitions."""
     expected: dict[str, set[str]] = {}
-    # Only the choreographies the workers import (other test modules register their own).
-    served = ("workers.", "tests.integration.")
+    served = served_choreographies()
     for choreo in choreographies():
-        if not all(h.fn.__module__.startswith(served) for h in choreo.handlers):
+        if choreo.name not in served:
             continue
         for service, keys in choreo.subscriptions().items():
             expected.setdefault(f"sagas.events.{service}", set()).update(keys)

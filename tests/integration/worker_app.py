@@ -24,7 +24,7 @@ from celery import Celery
 from celery.signals import after_setup_logger
 
 import sagas
-from sagas.eventbus import event_queues
+from sagas.eventbus import choreographies, event_queues
 from sagas.observability import SagaContextFilter
 
 IMPORTS = [
@@ -60,8 +60,18 @@ def make_app(broker_url: str | None = None, keyprefix: str | None = None) -> Cel
     # workers/app.py does with ``import_default_modules``); the queues carry the bindings.
     for module in IMPORTS:
         importlib.import_module(module)
-    app.conf.task_queues = [*app.conf.task_queues, *event_queues()]
+    app.conf.task_queues = [*app.conf.task_queues, *event_queues(only=served_choreographies())]
     return app
+
+
+def served_choreographies() -> set[str]:
+    """Choreographies defined in the modules the workers import (other test modules in the same
+    pytest process register their own, which these workers do not serve)."""
+    return {
+        c.name
+        for c in choreographies()
+        if all(h.fn.__module__.startswith(("workers.", "tests.integration.")) for h in c.handlers)
+    }
 
 
 def _stop_with(pid: int) -> None:
