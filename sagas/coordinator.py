@@ -144,8 +144,7 @@ def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: st
         log.info("saga started")
         record = _fresh_record(sid, saga, data, cid, now)
         faults.hit("coordinator.start_after_commit")
-        _publish(rt, saga, record, decision.status, decision.commands, now)
-        if outbox:
+        if _publish_safely(rt, saga, record, decision.status, decision.commands, now) and outbox:
             rt.store.clear_outbox(sid, outbox_at=now)
         return sid
 
@@ -218,9 +217,9 @@ def apply(
     with saga_context(saga=record.name, saga_id=record.id, correlation_id=record.correlation_id):
         _log_history(decision.history)
         rest = tuple(c for c in decision.commands if c not in claimed)
-        _publish(rt, saga, record, decision.status, rest, now)
+        published = _publish_safely(rt, saga, record, decision.status, rest, now)
         faults.hit("coordinator.after_publish")
-        if outbox:
+        if published and outbox:
             rt.store.clear_outbox(saga_id, outbox_at=now)
         if inline_out is not None:
             inline_out.extend(build_command(saga, record, decision.status, c) for c in claimed)
@@ -355,6 +354,26 @@ def _outbox(decision: Decision, claimed: list[Dispatch] | None = None) -> list[d
         for c in decision.commands
         if isinstance(c, Dispatch | WakeAt) and c not in (claimed or ())
     ]
+
+
+def _publish_safely(
+    rt: Runtime,
+    saga: Saga[Any],
+    record: SagaRecord,
+    status: SagaStatus,
+    commands: tuple[Any, ...],
+    now: datetime,
+) -> bool:
+    """Publish after commit. The transition is durable already: if the broker is unreachable,
+    its commands stay in the outbox for the sweeper instead of failing the caller (who would
+    otherwise retry a start that did happen)."""
+    try:
+        _publish(rt, saga, record, status, commands, now)
+    except Exception as exc:  # noqa: BLE001 - kombu/amqp/redis errors vary by transport
+        metrics.inc("sagas_publish_failed_total")
+        log.error("publish failed, the sweeper will re-publish: %s", escape(exc))
+        return False
+    return True
 
 
 def _publish(

@@ -203,7 +203,9 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
         fn = step.fn if action is Action.FORWARD else step.compensation_fn
         assert fn is not None
         rt = get_runtime()
-        if rt.settings.local_transitions and not still_open(rt, step, parsed):
+        # Checked whenever the store is readable (not only with local transitions): it is what
+        # bounds a poison message that kills its worker on every redelivery.
+        if not still_open(rt, step, parsed):
             metrics.inc("sagas_stale_commands_total")
             with saga_context(
                 saga=saga_name, saga_id=parsed.saga_id, correlation_id=parsed.correlation_id
