@@ -46,7 +46,10 @@ def run(broker: str, n: int, seq_n: int) -> dict[str, Any]:
     worker = f"{tag}-cs@{socket.gethostname()}"
     load = common.uptime()
     epochs = common.server_epochs()
-    with common.running_workers(app, "bench.cs_app", [("cs", QUEUE)], common.worker_env(env_extra), tag=tag) as ws:
+    with common.running_workers(
+        app, "bench.cs_app", [("cs", QUEUE)], common.worker_env(env_extra), tag=tag
+    ) as ws:
+
         def start(i: int) -> tuple[str, float]:
             t = time.time()
             res = bench_saga.run(queue=QUEUE, n=i)
@@ -55,7 +58,7 @@ def run(broker: str, n: int, seq_n: int) -> dict[str, Any]:
         def states(ids: list[str]) -> list[dict[str, Any] | None]:
             out = []
             for k in range(0, len(ids), 500):
-                vals = r.mget([f"celery_saga:{i}" for i in ids[k:k + 500]])
+                vals = r.mget([f"celery_saga:{i}" for i in ids[k : k + 500]])
                 out.extend(json.loads(v) if v else None for v in vals)
             return out
 

@@ -42,6 +42,16 @@ BROKERS = {
 }
 
 
+def _terminate(signum: int, _frame: Any) -> None:
+    # SIGTERM (and SIGINT, which a shell's background job ignores) end a driver through its
+    # finally blocks, so the workers it started are stopped by PID.
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _terminate)
+signal.signal(signal.SIGINT, _terminate)
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -110,9 +120,7 @@ def ensure_rabbit_vhost() -> None:
     """Create the bench vhost if rabbitmqctl is at hand (else the default vhost is used)."""
     global BROKERS
     try:
-        subprocess.run(
-            ["rabbitmqctl", "add_vhost", RABBIT_VHOST], capture_output=True, timeout=30
-        )
+        subprocess.run(["rabbitmqctl", "add_vhost", RABBIT_VHOST], capture_output=True, timeout=30)
         r = subprocess.run(
             ["rabbitmqctl", "set_permissions", "-p", RABBIT_VHOST, "guest", ".*", ".*", ".*"],
             capture_output=True,
@@ -254,7 +262,12 @@ def wait_ready(app: Any, ws: WorkerSet, tag: str, timeout: float = 90.0) -> None
                 raise RuntimeError(
                     f"worker {w.name} exited with {w.proc.returncode}; see {w.logfile}"
                 )
-        replies = app.control.ping(destination=sorted(wanted - seen), timeout=1.0) or []
+        try:
+            replies = app.control.ping(destination=sorted(wanted - seen), timeout=1.0) or []
+        except Exception as exc:  # noqa: BLE001 - a broker restart (other people's fault tests)
+            log(f"ping failed ({type(exc).__name__}); retrying")
+            time.sleep(1.0)
+            continue
         for r in replies:
             seen.update(r.keys())
         if seen >= wanted:
@@ -443,9 +456,7 @@ class Foreign:
     def cores(self) -> float:
         now = self._snapshot()
         ours = self._ours()
-        used = sum(
-            v - self.snap.get(pid, 0.0) for pid, v in now.items() if pid not in ours
-        )
+        used = sum(v - self.snap.get(pid, 0.0) for pid, v in now.items() if pid not in ours)
         return round(max(used, 0.0) / max(time.monotonic() - self.t0, 1e-6), 2)
 
 

@@ -18,8 +18,10 @@ QUEUE = "bench_cs"
 
 app = Celery("celery_saga_bench")
 app.config_from_object("celeryconfig")
-app.conf.task_queues = [*app.conf.task_queues, Queue(QUEUE, Exchange(QUEUE, type="direct"),
-                                                     routing_key=QUEUE, durable=True)]
+app.conf.task_queues = [
+    *app.conf.task_queues,
+    Queue(QUEUE, Exchange(QUEUE, type="direct"), routing_key=QUEUE, durable=True),
+]
 if os.environ.get("BENCH_NO_EVENTS"):
     app.conf.worker_send_task_events = False
     app.conf.task_send_sent_event = False

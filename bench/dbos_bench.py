@@ -92,7 +92,9 @@ def _wait_file(path: Path, timeout: float = 120, procs: list[Any] = ()) -> None:
     while not path.exists():
         dead = [p for p in procs if p.poll() is not None]
         if dead:
-            raise RuntimeError(f"a DBOS process exited with {dead[0].returncode} before {path.name}")
+            raise RuntimeError(
+                f"a DBOS process exited with {dead[0].returncode} before {path.name}"
+            )
         if time.monotonic() > deadline:
             raise RuntimeError(f"no {path} within {timeout}s")
         time.sleep(0.005)
@@ -256,8 +258,10 @@ def run_direct(procs_n: int, n: int, seq_n: int, window: int) -> dict[str, Any]:
             for p in procs:
                 line = [ln for ln in p.stdout.read().splitlines() if ln.startswith("RESULT ")]  # type: ignore[union-attr]
                 if not line:
-                    raise RuntimeError(f"dbos child failed; see logs in {tmp}: "
-                                       + (tmp / "direct0.log").read_text()[-2000:])
+                    raise RuntimeError(
+                        f"dbos child failed; see logs in {tmp}: "
+                        + (tmp / "direct0.log").read_text()[-2000:]
+                    )
                 outs.append(json.loads(line[-1][7:]))
             foreign_cores = foreign.cores()
         finally:
@@ -351,7 +355,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--seq-n", type=int, default=1000)
     ap.add_argument("--modes", default="direct1,direct2,queue")
-    ap.add_argument("--window", type=int, default=32, help="direct: workflows in flight per process; queue: worker_concurrency")
+    ap.add_argument(
+        "--window",
+        type=int,
+        default=32,
+        help="direct: workflows in flight per process; queue: worker_concurrency",
+    )
     ap.add_argument("--poll", type=float, default=0.05, help="queue polling_interval_sec")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     for a in ("--db", "--ready", "--go"):
@@ -370,7 +379,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"dbos {mode}, load {common.uptime()}")
         try:
             if mode.startswith("direct"):
-                r = run_direct(int(mode[6:] or 1), args.n, args.seq_n if mode == "direct1" else 0, args.window)
+                r = run_direct(
+                    int(mode[6:] or 1), args.n, args.seq_n if mode == "direct1" else 0, args.window
+                )
             else:
                 # its sequential latency is bound by result polling: 300 are plenty
                 r = run_queue(2, args.n, min(args.seq_n, 300), args.window, args.poll)
@@ -379,8 +390,10 @@ def main(argv: list[str] | None = None) -> int:
             r = {"mode": mode, "error": str(exc)[:1000]}
         results[mode] = r
         if "error" not in r:
-            log(f"  burst {r['burst']['sagas_per_s']}/s"
-                + (f", seq p50 {r['sequential']['e2e_ms']['p50']} ms" if r["sequential"] else ""))
+            log(
+                f"  burst {r['burst']['sagas_per_s']}/s"
+                + (f", seq p50 {r['sequential']['e2e_ms']['p50']} ms" if r["sequential"] else "")
+            )
     ok = {k: v for k, v in results.items() if "error" not in v}
     best_burst = max(ok, key=lambda k: ok[k]["burst"]["sagas_per_s"]) if ok else None
     seqs = {k: v for k, v in ok.items() if v["sequential"]}

@@ -8,7 +8,7 @@ prefork child counts its SQL statements, transactions and task publishes), pre-q
 then records every worker (``py-spy record --subprocesses --nonblocking --idle`` off, i.e. on-CPU
 samples only) while the burst drains. Writes:
 
-- bench/results/profile_<config>.txt : collapsed stacks (py-spy raw format)
+- bench/results/profile_<config>.txt.gz : collapsed stacks (py-spy raw format), gzipped
 - bench/profile_<config>.svg          : flamegraph
 - bench/results/profile_<config>.json : breakdowns (by library, by engine phase) in percent of
   on-CPU samples, ms of CPU per saga and per step for each, statements/transactions/publishes
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import gzip
 import json
 import os
 import signal
@@ -32,16 +33,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from bench.common import log
 from bench.throughput import SAGA_CONFIGS, _hold, _release
 
 PYSPY = str(Path(sys.executable).with_name("py-spy"))
 
 # Leaf-most frame decides the library; checked from the leaf upwards, first match wins.
 LIBRARIES = [
-    ("PostgreSQL round trip (psycopg send/wait: server time + socket)",
-     ("Connection.wait (psycopg", "_execute_send (psycopg", "_exec_command (psycopg",
-      "_communicate_gen (psycopg", "Connection._start_query (psycopg")),
+    (
+        "PostgreSQL round trip (psycopg send/wait: server time + socket)",
+        (
+            "Connection.wait (psycopg",
+            "_execute_send (psycopg",
+            "_exec_command (psycopg",
+            "_communicate_gen (psycopg",
+            "Connection._start_query (psycopg",
+        ),
+    ),
     ("psycopg CPU (query conversion, results)", ("psycopg/", "psycopg_binary/", "psycopg_c")),
     ("SQLAlchemy", ("sqlalchemy/",)),
     ("pydantic", ("pydantic/", "pydantic_core/")),
@@ -58,6 +65,7 @@ PHASES = [
     ("celery task events (send_event)", ("send_event", "dispatcher.py")),
     ("pool checkout / pre-ping", ("_do_ping", "do_ping", "_checkout", "_connection_for_bind")),
     ("transaction commit", ("_commit_impl", "do_commit")),
+    ("still_open: separate SELECT saga_step before the step", ("still_open", "open_attempt")),
     ("load: SELECT ... FOR UPDATE + steps (Tx.lock)", ("Tx.lock (sagas/store.py",)),
     ("decide() (pure core)", ("decide (sagas/machine.py",)),
     ("save: UPDATEs + event INSERT (Tx.save)", ("Tx.save (sagas/store.py",)),
@@ -116,13 +124,20 @@ def analyse(collapsed: Path) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="sagas_inline", choices=sorted(SAGA_CONFIGS))
     ap.add_argument("--broker", choices=sorted(common.BROKERS), default="redis")
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
+    ap.add_argument(
+        "--analyse-only",
+        action="store_true",
+        help="rebuild the breakdowns from the saved stacks and JSON",
+    )
     args = ap.parse_args(argv)
+    if args.analyse_only:
+        return reanalyse(args.config)
     if args.broker == "rabbitmq":
         common.ensure_rabbit_vhost()
     cfg = SAGA_CONFIGS[args.config]
@@ -135,7 +150,6 @@ def main(argv: list[str] | None = None) -> int:
                      "BENCH_MARK_URL": common.REDIS_MARK_URL, **cfg["env"]}  # type: ignore[dict-item]  # fmt: skip
         os.environ.update(env_extra)
         common.migrate(db)
-        import psycopg
 
         import sagas
         from bench.app import ALL_QUEUES, app
@@ -146,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         conn = common.PollConn(common.db_url(db))
         load = common.uptime()
         epochs = common.server_epochs()
-        with common.running_workers(app, "bench.app", specs, common.worker_env(env_extra), tag=tag) as ws:  # type: ignore[arg-type]
+        with common.running_workers(
+            app, "bench.app", specs, common.worker_env(env_extra), tag=tag
+        ) as ws:  # type: ignore[arg-type]
             entry_queue = specs[0][1]  # type: ignore[index]
             entry = f"{tag}-{specs[0][0]}@{socket.gethostname()}"  # type: ignore[index]
             for i in range(20):
@@ -170,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             ))  # fmt: skip
             time.sleep(1.0)
-            atexit.register(lambda: [os.kill(sp.pid, signal.SIGKILL) for sp in spies if sp.poll() is None])
+            atexit.register(
+                lambda: [os.kill(sp.pid, signal.SIGKILL) for sp in spies if sp.poll() is None]
+            )
             cpu0 = ws.cpu_seconds()
             wcpu0 = _cpu_by_worker(ws)
             t0 = time.time()
@@ -193,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
             data = json.loads(f.read_text())
             traces[f.stem] = data.pop("trace", [])
             counts.update(data)
-        (common.RESULTS / f"profile_{args.config}_sqltrace.json").write_text(json.dumps(traces, indent=0))
+        (common.RESULTS / f"profile_{args.config}_sqltrace.json").write_text(
+            json.dumps(traces, indent=0)
+        )
         conn.close()
     # merge the per-worker collapsed stacks; keep one flamegraph per worker (the busiest first)
     merged: Counter[str] = Counter()
@@ -205,27 +225,12 @@ def main(argv: list[str] | None = None) -> int:
                 if stack:
                     merged[f"{name.split('.')[0]};{stack}"] += int(n)
             p.unlink()
-    out_txt.write_text("\n".join(f"{k} {v}" for k, v in merged.items()) + "\n")
+    # collapsed stacks, gzipped (several MB as text)
+    with gzip.open(f"{out_txt}.gz", "wt") as fz:
+        fz.write("\n".join(f"{k} {v}" for k, v in merged.items()) + "\n")
     n_all = args.n + 20
     cpu_ms = cpu / args.n * 1000
-    kinds = sorted({k.split(";", 1)[0] for k in merged})
-    breakdown = {}
-    for kind in kinds:
-        part = common.RESULTS / f"profile_{args.config}.{kind}.tmp"
-        part.write_text("\n".join(f"{k.split(';', 1)[1]} {v}" for k, v in merged.items()
-                                  if k.split(";", 1)[0] == kind))
-        a = analyse(part)
-        part.unlink()
-        # CPU of this worker (main + children) per saga; per step for a service worker
-        steps = 1 if kind in ("coord", "s2") else 4
-        per = wcpu.get(kind, 0.0) / args.n * 1000 / steps
-        a["cpu_ms_per_unit"] = round(per, 3)
-        a["unit"] = "start" if kind == "coord" else "step"
-        a["cpu_ms_per_unit_by_phase"] = {k: round(per * v / 100, 3)
-                                         for k, v in a["by_phase_pct"].items()}
-        a["cpu_ms_per_unit_by_library"] = {k: round(per * v / 100, 3)
-                                           for k, v in a["by_library_pct"].items()}
-        breakdown[kind] = a
+    breakdown = _breakdown(merged, wcpu, args.n, args.config)
     res = {
         "config": args.config, "broker": args.broker, "n": args.n, "load_before": load,
         "disturbed": common.disturbed(epochs, common.server_epochs()),
@@ -241,11 +246,55 @@ def main(argv: list[str] | None = None) -> int:
     common.write_result(f"profile_{args.config}", res)
     for kind, a in breakdown.items():
         for title, key in (("by library", "by_library_pct"), ("by phase", "by_phase_pct")):
-            print(f"\n{args.config} worker {kind} {title} (% of on-CPU samples; "
-                  f"{a['cpu_ms_per_unit']} ms CPU per {a['unit']})", file=sys.stderr)
+            print(
+                f"\n{args.config} worker {kind} {title} (% of on-CPU samples; "
+                f"{a['cpu_ms_per_unit']} ms CPU per {a['unit']})",
+                file=sys.stderr,
+            )
             for k, v in a[key].items():
                 print(f"  {v:5.1f}%  {k}", file=sys.stderr)
     print("\nper saga:", json.dumps(res["per_saga"], indent=1), file=sys.stderr)
+    return 0
+
+
+def _breakdown(merged: Counter[str], wcpu: dict[str, float], n: int, config: str) -> dict[str, Any]:
+    breakdown = {}
+    for kind in sorted({k.split(";", 1)[0] for k in merged}):
+        part = common.RESULTS / f"profile_{config}.{kind}.tmp"
+        part.write_text(
+            "\n".join(
+                f"{k.split(';', 1)[1]} {v}" for k, v in merged.items() if k.split(";", 1)[0] == kind
+            )
+        )
+        a = analyse(part)
+        part.unlink()
+        steps = 1 if kind in ("coord", "s2") else 4
+        per = wcpu.get(kind, 0.0) / n * 1000 / steps
+        a["cpu_ms_per_unit"] = round(per, 3)
+        a["unit"] = "start" if kind == "coord" else "step"
+        a["cpu_ms_per_unit_by_phase"] = {
+            k: round(per * v / 100, 3) for k, v in a["by_phase_pct"].items()
+        }
+        a["cpu_ms_per_unit_by_library"] = {
+            k: round(per * v / 100, 3) for k, v in a["by_library_pct"].items()
+        }
+        breakdown[kind] = a
+    return breakdown
+
+
+def reanalyse(config: str) -> int:
+    res = json.loads((common.RESULTS / f"profile_{config}.json").read_text())
+    merged: Counter[str] = Counter()
+    with gzip.open(common.RESULTS / f"profile_{config}.txt.gz", "rt") as fz:
+        lines = fz.read().splitlines()
+    for line in lines:
+        stack, _, n = line.rpartition(" ")
+        if stack:
+            merged[stack] += int(n)
+    wcpu = {k: v * res["n"] / 1000 for k, v in res["cpu_ms_per_saga_by_worker"].items()}
+    res["breakdown"] = _breakdown(merged, wcpu, res["n"], config)
+    (common.RESULTS / f"profile_{config}.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res["breakdown"], indent=1))
     return 0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from bench import common
@@ -41,6 +40,8 @@ def ratio(a: float | None, b: float | None) -> str:
 def _row(label: str, broker: str, r: dict[str, Any], bases: dict[str, Any]) -> str:
     b, s = r["burst"], r["sequential"]
     per_s = b["sagas_per_s"]
+    if len(r.get("runs_burst_per_s", [])) > 1:
+        label += f" (median of {r['runs_burst_per_s']}/s)"
     if r.get("disturbed"):
         label += f" ⚠ {'/'.join(r['disturbed'])} restarted during the run"
     seq_step = s["e2e_ms"]["p50"] / 4 if s and s.get("e2e_ms", {}).get("p50") else None
@@ -71,7 +72,7 @@ LABELS = {
 }
 
 
-def render() -> str:
+def render() -> str:  # noqa: C901
     out: list[str] = []
     dbos = _load("dbos")
     dbos_best = None
@@ -104,7 +105,9 @@ def render() -> str:
         if cs:
             commands.append(f"`{cs['command']}` ({cs['date']})")
             if "error" in cs:
-                out.append(f"| celery-saga 0.1.1 (Redis state) | {broker} | failed: {cs['error'][:150]} |")
+                out.append(
+                    f"| celery-saga 0.1.1 (Redis state) | {broker} | failed: {cs['error'][:150]} |"
+                )
             else:
                 out.append(_row("celery-saga 0.1.1, Redis state backend", broker, cs, bases))
         targets.extend(_targets(broker, res, dbos_best))
@@ -129,7 +132,8 @@ def render() -> str:
         "between consecutive tasks' clocks; DBOS: operation_outputs; celery-saga: the step task "
         "alone); *CPU ms/saga* = utime+stime of every worker process (main + prefork children) "
         "during the burst / N (DBOS: its own processes). Ratios are throughput ratios against the "
-        "baselines measured in the same run."
+        "baselines measured in the same `bench.throughput` run (celery-saga and DBOS: separate runs "
+        "of the same day, against that broker's latest baseline figures)."
     )
     if targets:
         out.append("\n### Targets (reported, not asserted)\n")
@@ -137,35 +141,46 @@ def render() -> str:
     sc = _load("scale")
     if sc:
         out.append("\n### Scale: sweeper pass and start latency vs table size\n")
-        out.append("| finished sagas | in flight | start p50 ms | start p99 ms | sweeper pass median ms | sweeper pass max ms | load |")
+        out.append(
+            "| finished sagas | in flight (during the sweeps) | start p50 ms | start p99 ms | sweeper pass median ms | sweeper pass max ms | load |"
+        )
         out.append("|--:|--:|--:|--:|--:|--:|---|")
         for r in sc["rows"]:
-            out.append(f"| {r['finished']:,} | {r['in_flight_before']} | {f(r['start_ms']['p50'], 2)} | "
+            out.append(f"| {r['finished']:,} | {r['in_flight_after']} | {f(r['start_ms']['p50'], 2)} | "
                        f"{f(r['start_ms']['p99'], 2)} | {f(r['sweep_ms']['median'], 2)} | "
                        f"{f(r['sweep_ms']['max'], 2)} | {r['load']} |")  # fmt: skip
         out.append(f"\nTables at the end: {sc['table_counts']}, sizes {sc['table_sizes']}. "
                    f"Start = `{sc['start_call']}`. Sweeper pass = `sagas.sweeper.sweep(Runtime)`, "
-                   f"20 passes per row, nothing due. Ratio of the last to the first level's median "
+                   f"20 passes per row after the row's starts, nothing due (the in-flight sagas' step timeout is 1 h). Ratio of the last to the first level's median "
                    f"pass time: {sc['sweep_ratio_max_vs_first_level']}x. "
                    f"Both sweeper queries are index range scans on `wake_at` / `outbox_at` "
                    f"(`EXPLAIN ANALYZE` in bench/results/scale.json). `{sc['command']}` ({sc['date']})")  # fmt: skip
-    soak = _load("soak")
-    if soak:
-        out.append("\n### Worker memory over a long run\n")
+    for soak in filter(None, (_load("soak"), _load("soak_rabbitmq"))):
+        out.append(f"\n### Worker memory over a long run ({soak['broker']})\n")
         samples = soak["samples"]
-        pick = [samples[0]] + samples[1:-1:max(1, len(samples) // 8)] + [samples[-1]]
+        pick = [samples[0]] + samples[1 : -1 : max(1, len(samples) // 8)] + [samples[-1]]
         out.append("| t (s) | sagas started | RSS of all worker processes (MiB) |")
         out.append("|--:|--:|--:|")
         for s in pick:
             out.append(f"| {s['t']} | {s['started']} | {s['total_mib']} |")
         w = soak["rss_growth_worst_process"]
+        if soak.get("workers_died") or soak.get("disturbed"):
+            out.append(
+                f"\n⚠ during this soak: servers restarted {soak.get('disturbed')}, workers "
+                f"that exited (name: seconds into the run) {soak.get('workers_died')}; "
+                "growth is computed over the processes alive at the end."
+            )
+        pp = soak["per_process_first_last"]
+        alive = {k: v for k, v in pp.items() if v[1] is not None}
+        grow = sorted(v[1] - v[0] for v in alive.values())
         out.append(
             f"\n{soak['seconds']:.0f} s at {soak['rate_per_s']} sagas/s ({soak['broker']}): "
-            f"{soak['sagas_started']} sagas, final states {soak['states']}. RSS total "
-            f"{soak['rss_total_mib_at_60s']} MiB at 60 s → {soak['rss_total_mib_end']} MiB at the "
-            f"end ({soak['rss_growth_total_mib']:+} MiB over 17 processes); the process that grew "
-            f"most: {w['process']} {w['mib']:+} MiB. Load {soak['load_before']} → "
-            f"{soak['load_after']}. `{soak['command']}` ({soak['date']})"
+            f"{soak['sagas_started']} sagas started, final states {soak['states']}. "
+            f"Over the {len(alive)} worker processes alive from 60 s to the end (of {len(pp)}): "
+            f"RSS {sum(v[0] for v in alive.values()):.1f} → {sum(v[1] for v in alive.values()):.1f} "
+            f"MiB ({sum(grow):+.1f} MiB in total, median {grow[len(grow) // 2] if grow else 0:+.1f} "
+            f"MiB per process); the process that grew most: {w['process']} {w['mib']:+} MiB. "
+            f"Load {soak['load_before']} → {soak['load_after']}. `{soak['command']}` ({soak['date']})"
         )
     for cfg in ("sagas_inline", "sagas_spread"):
         pr = _load(f"profile_{cfg}")
@@ -177,14 +192,17 @@ def render() -> str:
         for kind, a in pr["breakdown"].items():
             out.append(f"Worker `{kind}`: {a['cpu_ms_per_unit']} ms CPU per {a['unit']}; "
                        f"{a['samples']} samples.\n")  # fmt: skip
-            out.append("| where (innermost engine frame) | % of samples | | where (leaf library) | % of samples |")
-            out.append("|---|--:|---|---|--:|")
+            out.append(
+                f"| where (innermost engine frame) | % of samples | ≈ CPU ms per {a['unit']} | | where (leaf library) | % of samples |"
+            )
+            out.append("|---|--:|--:|---|---|--:|")
             ph = list(a["by_phase_pct"].items())
             lib = list(a["by_library_pct"].items())
             for i in range(max(len(ph), len(lib))):
                 p = ph[i] if i < len(ph) else ("", "")
                 lb = lib[i] if i < len(lib) else ("", "")
-                out.append(f"| {p[0]} | {p[1]} | | {lb[0]} | {lb[1]} |")
+                ms = a["cpu_ms_per_unit_by_phase"].get(p[0], "") if p[0] else ""
+                out.append(f"| {p[0]} | {p[1]} | {ms} | | {lb[0]} | {lb[1]} |")
             out.append("")
         out.append(f"`{pr['command']}` ({pr['date']}); flamegraph {pr['flamegraph']}.")
     if any_res:

@@ -19,7 +19,7 @@ SEQ=${BENCH_SEQ_N:-1000}
 REPEAT=${BENCH_REPEAT:-1}
 SOAK=${BENCH_SOAK_SECONDS:-600}
 LEVELS=${BENCH_LEVELS:-10000,100000,1000000}
-mkdir -p bench/results
+mkdir -p bench/results/logs
 rm -f bench/results/*.json bench/results/*.txt bench/results/logs/*.log
 status=0
 run() {
@@ -32,11 +32,20 @@ run "$PY" -m bench.throughput --broker rabbitmq --n "$N" --seq-n "$SEQ" --repeat
 run "$PY" -m bench.dbos_bench --n "$N" --seq-n "$SEQ"
 run "$PY" -m bench.celery_saga_bench --broker redis --n "$N" --seq-n "$SEQ"
 run "$PY" -m bench.celery_saga_bench --broker rabbitmq --n "$N" --seq-n "$SEQ"
-run "$PY" -m bench.scale --levels "$LEVELS"
 run "$PY" -m bench.profile --config sagas_inline --n 2000
 run "$PY" -m bench.profile --config sagas_spread --n 2000
+# The soak only measures worker memory, so it runs in the background while the scale benchmark
+# (mostly a bulk insert) runs; the scale figures are taken with the soak's 20 sagas/s going on.
+soak_pid=
+trap 'if [ -n "$soak_pid" ]; then kill -TERM "$soak_pid" 2>/dev/null; fi' EXIT
 if [ "$SOAK" != 0 ]; then
-    run "$PY" -m bench.soak --seconds "$SOAK"
+    echo "+ soak --seconds $SOAK in the background" >&2
+    "$PY" -m bench.soak --seconds "$SOAK" > bench/results/logs/soak.out 2>&1 &
+    soak_pid=$!
+fi
+run "$PY" -m bench.scale --levels "$LEVELS"
+if [ -n "$soak_pid" ]; then
+    wait "$soak_pid" || { echo "FAILED: soak (see bench/results/logs/soak.out)" >&2; status=1; }
 fi
 run "$PY" -m bench.render
 echo "run_all: $(( $(date +%s) - t0 )) s, status $status" >&2

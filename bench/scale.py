@@ -68,16 +68,18 @@ def bulk_insert(conn: Any, lo: int, hi: int) -> None:
         f"({n}, '{k}', {repr(s) if s else 'NULL'}, {a if a else 'NULL'}, {ms})"
         for n, (k, s, a, ms) in enumerate(EVENTS)
     )
+    # the VALUES list is built from the constant EVENTS above, never from input
+    sql = (
+        "INSERT INTO saga_event (saga_id, at, kind, step, attempt, detail, message)"  # noqa: S608
+        " SELECT 'fin-' || g, ts + e.ms * interval '1 ms', e.kind, e.step, e.attempt,"
+        " 'null'::jsonb, NULL"
+        " FROM (SELECT g, now() - interval '60 days' + g * interval '2 s' AS ts"
+        "       FROM generate_series(%(lo)s, %(hi)s - 1) g) s"
+        f" CROSS JOIN (VALUES {values}) AS e(n, kind, step, attempt, ms)"
+        " ORDER BY g, e.n"
+    )
     conn.execute(
-        f"""
-        INSERT INTO saga_event (saga_id, at, kind, step, attempt, detail, message)
-        SELECT 'fin-' || g, ts + e.ms * interval '1 ms', e.kind, e.step, e.attempt,
-               'null'::jsonb, NULL
-        FROM (SELECT g, now() - interval '60 days' + g * interval '2 s' AS ts
-              FROM generate_series(%(lo)s, %(hi)s - 1) g) s
-        CROSS JOIN (VALUES {values}) AS e(n, kind, step, attempt, ms)
-        ORDER BY g, e.n
-        """.replace("'step", "'step"),
+        sql,
         {"lo": lo, "hi": hi},
     )
 
@@ -157,7 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                     done = hi
                 conn.execute("ANALYZE")
                 insert_s = time.perf_counter() - t
-                log(f"scale: {level} finished sagas (insert {insert_s:.1f}s), load {common.uptime()}")
+                log(
+                    f"scale: {level} finished sagas (insert {insert_s:.1f}s), load {common.uptime()}"
+                )
                 before = live
                 m = measure(rt, bench_scale, live, args.starts)
                 live += args.starts

@@ -32,11 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=20)
     ap.add_argument("--interval", type=float, default=10)
     ap.add_argument("--broker", choices=sorted(common.BROKERS), default="redis")
+    ap.add_argument("--label", default="", help="suffix of the results file name")
     args = ap.parse_args(argv)
     if args.broker == "rabbitmq":
         common.ensure_rabbit_vhost()
-    import psutil
-    import psycopg
 
     with common.fresh_database("soak") as db:
         env_extra = {"CELERY_BROKER_URL": common.BROKERS[args.broker],
@@ -55,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         beat = None
         samples: list[dict[str, Any]] = []
         started = 0
+        publish_errors = 0
+        died: dict[str, float] = {}
         load0 = common.uptime()
+        epochs = common.server_epochs()
         with common.running_workers(app, "bench.app", SPECS, env, tag=tag) as ws:
             try:
                 beat = subprocess.Popen(
@@ -73,23 +75,37 @@ def main(argv: list[str] | None = None) -> int:
                     owed += per_tick
                     while owed >= 1:
                         name = "bench_spread" if started % 2 == 0 else "bench_inline"
-                        sagas.start_saga.delay(name, {"n": started}, saga_id=f"soak-{started}")
-                        started += 1
+                        try:
+                            sagas.start_saga.delay(name, {"n": started}, saga_id=f"soak-{started}")
+                            started += 1
+                        except Exception as exc:  # noqa: BLE001 - broker restarted under us
+                            publish_errors += 1
+                            log(f"soak: start failed ({type(exc).__name__})")
+                            time.sleep(0.5)
                         owed -= 1
                     if now >= next_sample:
+                        for w in ws.workers:
+                            if w.proc.poll() is not None and w.name not in died:
+                                died[w.name] = round(now - t_start, 1)
+                                log(
+                                    f"soak: worker {w.name} exited ({w.proc.returncode}); see {w.logfile}"
+                                )
                         rss = ws.rss_bytes()
                         samples.append({"t": round(now - t_start, 1), "started": started,
                                         "total_mib": round(sum(rss.values()) / 2**20, 1),
                                         "procs_mib": {k: round(v / 2**20, 1) for k, v in rss.items()}})  # fmt: skip
-                        log(f"soak t={samples[-1]['t']}s started={started} rss={samples[-1]['total_mib']} MiB")
+                        log(
+                            f"soak t={samples[-1]['t']}s started={started} rss={samples[-1]['total_mib']} MiB"
+                        )
                         next_sample += args.interval
                     time.sleep(max(0.0, tick - (time.monotonic() - now)))
                 # let the tail finish
-                conn = psycopg.connect(common.db_url(db), autocommit=True)
-                deadline = time.monotonic() + 60
+                conn = common.PollConn(common.db_url(db))
+                deadline = time.monotonic() + 120
                 while time.monotonic() < deadline:
                     done = conn.execute(
-                        "SELECT count(*) FROM saga WHERE finished_at IS NOT NULL").fetchone()[0]
+                        "SELECT count(*) FROM saga WHERE finished_at IS NOT NULL"
+                    ).fetchone()[0]
                     if done >= started:
                         break
                     time.sleep(0.5)
@@ -110,11 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                 beat_log.close()
     base = next((s for s in samples if s["t"] >= 60), samples[0])
     last = samples[-1]
-    growth = {k: round(last["procs_mib"].get(k, 0) - v, 1) for k, v in base["procs_mib"].items()}
+    growth = {
+        k: round(last["procs_mib"][k] - v, 1)
+        for k, v in base["procs_mib"].items()
+        if k in last["procs_mib"]
+    }
     worst = max(growth, key=lambda k: growth[k]) if growth else None
     out = {
         "seconds": args.seconds, "rate_per_s": args.rate, "broker": args.broker,
         "sagas_started": started, "states": states, "load_before": load0,
+        "publish_errors": publish_errors,
+        "workers_died": died,
+        "disturbed": common.disturbed(epochs, common.server_epochs()),
         "load_after": common.uptime(),
         "rss_total_mib_at_60s": base["total_mib"], "rss_total_mib_end": last["total_mib"],
         "rss_growth_total_mib": round(last["total_mib"] - base["total_mib"], 1),
@@ -124,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                                    for k in base["procs_mib"]},
         "machine": common.machine(), "versions": common.versions(),
     }  # fmt: skip
-    common.write_result("soak", out)
+    common.write_result(f"soak{args.label}", out)
     print(common.table(out["samples"], ["t", "started", "total_mib"]), file=sys.stderr)
     return 0
 

@@ -106,9 +106,7 @@ def run_one(config: str, broker: str, n: int, seq_n: int) -> dict[str, Any]:
             entry = specs[0]
             entry_worker = f"{tag}-{entry[0]}@{__import__('socket').gethostname()}"
             runner.sequential([f"warm-{i}" for i in range(WARMUP)], warm=True)
-            burst = runner.burst(
-                [f"burst-{i}" for i in range(n)], ws, entry[1], entry_worker
-            )
+            burst = runner.burst([f"burst-{i}" for i in range(n)], ws, entry[1], entry_worker)
             cpu0 = ws.cpu_seconds()
             foreign = common.Foreign(ws)
             seq = runner.sequential([f"seq-{i}" for i in range(seq_n)])
@@ -137,7 +135,9 @@ def run_one(config: str, broker: str, n: int, seq_n: int) -> dict[str, Any]:
 
 
 class _Runner:
-    def burst(self, ids: list[str], ws: common.WorkerSet, queue: str, worker: str) -> dict[str, Any]:
+    def burst(
+        self, ids: list[str], ws: common.WorkerSet, queue: str, worker: str
+    ) -> dict[str, Any]:
         raise NotImplementedError
 
     def sequential(self, ids: list[str], warm: bool = False) -> dict[str, Any]:
@@ -170,7 +170,9 @@ class _SagaRunner(_Runner):
         self.start_saga.delay(self.saga, {"n": i}, saga_id=saga_id)
         return t
 
-    def burst(self, ids: list[str], ws: common.WorkerSet, queue: str, worker: str) -> dict[str, Any]:
+    def burst(
+        self, ids: list[str], ws: common.WorkerSet, queue: str, worker: str
+    ) -> dict[str, Any]:
         _hold(self.app, queue, worker)
         sent = {sid: self._send(sid, i) for i, sid in enumerate(ids)}
         publish_s = time.time() - min(sent.values())
@@ -280,7 +282,9 @@ class _ChainRunner(_Runner):
         chain(*sigs).apply_async()
         return t
 
-    def burst(self, ids: list[str], ws: common.WorkerSet, queue: str, worker: str) -> dict[str, Any]:
+    def burst(
+        self, ids: list[str], ws: common.WorkerSet, queue: str, worker: str
+    ) -> dict[str, Any]:
         self.r.delete("bench:done")
         _hold(self.app, queue, worker)
         sent = {sid: self._send(sid) for sid in ids}
@@ -413,9 +417,11 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"{config} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
                 runs.append({"config": config, "broker": args.broker, "error": proc.stderr[-500:]})
                 continue
-            runs.append(json.loads(lines[-1][len("RESULT "):]))
+            runs.append(json.loads(lines[-1][len("RESULT ") :]))
             r = runs[-1]
-            log(f"  burst {r['burst']['sagas_per_s']}/s, seq p50 {r['sequential']['e2e_ms']['p50']} ms")
+            log(
+                f"  burst {r['burst']['sagas_per_s']}/s, seq p50 {r['sequential']['e2e_ms']['p50']} ms"
+            )
         ok = [r for r in runs if "error" not in r]
         if ok:
             ok.sort(key=lambda r: r["burst"]["sagas_per_s"])
@@ -437,7 +443,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     out["variant"] = {k: v for k, v in os.environ.items() if k.startswith(("BENCH_NO_", "SAGAS_"))}
     common.write_result(f"throughput_{args.broker}{args.label}", out)
-    rows = [_row(r, m) for r in results.values() if "error" not in r for m in ("burst", "sequential")]
+    rows = [
+        _row(r, m) for r in results.values() if "error" not in r for m in ("burst", "sequential")
+    ]
     print(common.table(rows, list(rows[0]) if rows else ["config"]), file=sys.stderr)
     return 0 if all("error" not in r for r in results.values()) else 1
 
