@@ -61,8 +61,21 @@ def prepare_start(
     rt: Runtime | None = None,
 ) -> tuple[Saga[Any], dict[str, Any], str, str]:
     """Validate a start request without writing anything; raise SagaInputError naming the field."""
-    rt = rt or get_runtime()
     saga = get_saga(name)
+    data, sid, cid = validate_start(saga, payload, saga_id, correlation_id, rt=rt)
+    return saga, data, sid, cid
+
+
+def validate_start(
+    definition: Any,
+    payload: Any,
+    saga_id: object = None,
+    correlation_id: object = None,
+    *,
+    rt: Runtime | None = None,
+) -> tuple[dict[str, Any], str, str]:
+    """Canonical payload, saga id and correlation id of a start (orchestrated or choreographed)."""
+    rt = rt or get_runtime()
     sid = check_saga_id(saga_id) if saga_id is not None else uuid.uuid4().hex
     cid = (
         check_saga_id(correlation_id, field="correlation_id")
@@ -70,13 +83,28 @@ def prepare_start(
         else uuid.uuid4().hex
     )
     data = validate_payload(
-        saga.payload_model,
+        definition.payload_model,
         payload,
-        saga=saga.name,
+        saga=definition.name,
         max_bytes=rt.settings.max_payload_bytes,
         max_depth=rt.settings.max_payload_depth,
     )
-    return saga, data, sid, cid
+    return data, sid, cid
+
+
+def check_duplicate_start(existing: SagaRecord, name: str, data: dict[str, Any]) -> None:
+    """A start whose id is taken: the same saga again is fine; anything else is a conflict."""
+    if existing.name == name and existing.payload_hash == payload_hash(data):
+        log.info("start is a duplicate of an existing saga; nothing to do")
+        return
+    metrics.inc("sagas_start_rejected_total", saga=name, reason="SagaConflict")
+    differs = "name" if existing.name != name else "payload"
+    raise SagaConflict(
+        f"saga id {existing.id!r} already exists as a {existing.name!r} saga with a "
+        f"different {differs}",
+        field="saga_id",
+        saga=name,
+    )
 
 
 def start(
@@ -129,16 +157,7 @@ def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: st
                 outbox=outbox,
             )
         if existing is not None:
-            if existing.name != saga.name or existing.payload_hash != payload_hash(data):
-                metrics.inc("sagas_start_rejected_total", saga=saga.name, reason="SagaConflict")
-                differs = "name" if existing.name != saga.name else "payload"
-                raise SagaConflict(
-                    f"saga id {sid!r} already exists as a {existing.name!r} saga with a "
-                    f"different {differs}",
-                    field="saga_id",
-                    saga=saga.name,
-                )
-            log.info("start is a duplicate of an existing saga; nothing to do")
+            check_duplicate_start(existing, saga.name, data)
             return sid
         metrics.inc("sagas_started_total", saga=saga.name)
         log.info("saga started")

@@ -42,15 +42,16 @@ from .choreography import (
     new_choreo_status,
     timed_out,
 )
+from .coordinator import check_duplicate_start, validate_start
 from .definition import StepContext, registered_sagas
-from .errors import PermanentError, SagaConflict, SagaInputError, TransientError
+from .errors import PermanentError, SagaInputError, TransientError
 from .machine import ErrorInfo, Record, SagaStatus
 from .observability import escape, get_logger, metrics, saga_context
-from .payload import check_json, check_saga_id, validate_payload
+from .payload import check_json
 from .retry import DEFAULT_COMPENSATION_RETRY
 from .runtime import Runtime, get_runtime
 from .state import Action, HistoryKind, StepState
-from .store import SagaRecord, payload_hash
+from .store import SagaRecord
 
 log = get_logger("sagas.eventbus")
 
@@ -136,19 +137,7 @@ def start_choreography(
     rt: Runtime | None = None,
 ) -> str:
     rt = rt or get_runtime()
-    sid = check_saga_id(saga_id) if saga_id is not None else uuid.uuid4().hex
-    cid = (
-        check_saga_id(correlation_id, field="correlation_id")
-        if correlation_id is not None
-        else uuid.uuid4().hex
-    )
-    data = validate_payload(
-        choreo.payload_model,
-        payload,
-        saga=choreo.name,
-        max_bytes=rt.settings.max_payload_bytes,
-        max_depth=rt.settings.max_payload_depth,
-    )
+    data, sid, cid = validate_start(choreo, payload, saga_id, correlation_id, rt=rt)
     with saga_context(saga=choreo.name, saga_id=sid, correlation_id=cid):
         with rt.store.transaction() as tx:
             now = tx.now()
@@ -166,12 +155,7 @@ def start_choreography(
                 kind=choreo.kind,
             )
         if existing is not None:
-            if existing.name != choreo.name or existing.payload_hash != payload_hash(data):
-                raise SagaConflict(
-                    f"saga id {sid!r} already exists with a different name or payload",
-                    field="saga_id",
-                    saga=choreo.name,
-                )
+            check_duplicate_start(existing, choreo.name, data)
             return sid
         metrics.inc("sagas_started_total", saga=choreo.name)
         log.info("choreography started")
