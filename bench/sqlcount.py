@@ -19,6 +19,17 @@ from sqlalchemy.engine import Engine
 COUNTS: Counter[str] = Counter()
 TRACE: list[str] = []  # the first statements and transaction edges of this process, in order
 _WS = re.compile(r"\s+")
+_enabled = True  # bench.micro counts only part of its run
+
+
+def enable() -> None:
+    global _enabled
+    _enabled = True
+
+
+def disable() -> None:
+    global _enabled
+    _enabled = False
 
 
 def _label(statement: str) -> str:
@@ -38,6 +49,8 @@ def _label(statement: str) -> str:
 
 @event.listens_for(Engine, "before_cursor_execute")
 def _count(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
+    if not _enabled:
+        return
     label = _label(statement)
     COUNTS["sql:" + label] += 1
     COUNTS["sql_total"] += 1
@@ -47,6 +60,8 @@ def _count(conn: Any, cursor: Any, statement: str, params: Any, context: Any, ma
 
 @event.listens_for(Engine, "commit")
 def _commit(conn: Any) -> None:
+    if not _enabled:
+        return
     COUNTS["commits"] += 1
     if len(TRACE) < 300:
         TRACE.append("COMMIT")
@@ -54,6 +69,8 @@ def _commit(conn: Any) -> None:
 
 @event.listens_for(Engine, "begin")
 def _begin(conn: Any) -> None:
+    if not _enabled:
+        return
     COUNTS["transactions"] += 1
     if len(TRACE) < 300:
         TRACE.append("BEGIN")
@@ -61,6 +78,8 @@ def _begin(conn: Any) -> None:
 
 @event.listens_for(Engine, "rollback")
 def _rollback(conn: Any) -> None:
+    if not _enabled:
+        return
     COUNTS["rollbacks"] += 1
     if len(TRACE) < 300:
         TRACE.append("ROLLBACK")
@@ -68,6 +87,8 @@ def _rollback(conn: Any) -> None:
 
 @before_task_publish.connect(weak=False)
 def _published(sender: str | None = None, **_: Any) -> None:
+    if not _enabled:
+        return
     COUNTS[f"publish:{sender}"] += 1
     COUNTS["publish_total"] += 1
     if len(TRACE) < 300:

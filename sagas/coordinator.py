@@ -138,6 +138,10 @@ def start(
 def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: str) -> str:
     with saga_context(saga=saga.name, saga_id=sid, correlation_id=cid):
         with rt.store.transaction() as tx:
+            existing = tx.peek(sid)  # and the database clock, in one round trip
+            if existing is not None:
+                check_duplicate_start(existing, saga.name, data)
+                return sid
             now = tx.now()
             deadline = None
             if saga.deadline is not None:

@@ -140,10 +140,11 @@ def start_choreography(
     data, sid, cid = validate_start(choreo, payload, saga_id, correlation_id, rt=rt)
     with saga_context(saga=choreo.name, saga_id=sid, correlation_id=cid):
         with rt.store.transaction() as tx:
+            existing = tx.peek(sid)  # and the database clock, in one round trip
             now = tx.now()
             outcome = event_seen(choreo, new_choreo_status(choreo, sid), choreo.starts_on, now)
             history = (Record(HistoryKind.SAGA_STARTED), *outcome.history)
-            existing = tx.insert(
+            existing = existing or tx.insert(
                 saga_id=sid,
                 name=choreo.name,
                 version=choreo.version,

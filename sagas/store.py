@@ -15,11 +15,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, insert, null, select, text, update
+from sqlalchemy import (
+    Engine,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    null,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from . import statements
 from .errors import SagaNotFound, StoreUnavailable
 from .machine import ErrorInfo, Record, SagaStatus, StepStatus, next_wakeup
 from .payload import encode
@@ -98,7 +110,11 @@ def make_engine(url: str) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # No pre-ping: it costs a round trip on every checkout. A connection the server dropped fails
+    # its first statement instead; SQLAlchemy then invalidates the whole pool, the call surfaces
+    # as StoreUnavailable and is retried by its caller (coordinator tasks retry their message, a
+    # participant replies by message, the sweeper runs again next beat).
+    return create_engine(url, pool_size=5, max_overflow=5)
 
 
 class Store:
@@ -181,15 +197,8 @@ class Store:
 
     def open_attempt(self, saga_id: str, index: int) -> tuple[str, int, int, bool] | None:
         """(state, attempt, compensation_attempt, in flight) of one step; None if unknown."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(
-                    step_table.c.state,
-                    step_table.c.attempt,
-                    step_table.c.compensation_attempt,
-                    step_table.c.deadline_at,
-                ).where(step_table.c.saga_id == saga_id, step_table.c.idx == index)
-            ).first()
+        with self._autocommit() as conn:
+            row = conn.execute(_OPEN_ATTEMPT, {"saga_id": saga_id, "idx": index}).first()
         if row is None:
             return None
         return row.state, row.attempt, row.compensation_attempt, row.deadline_at is not None
@@ -283,12 +292,24 @@ class Store:
         adds no commands leaves the outbox alone, so this clear must still apply; one that adds
         commands rewrites ``outbox_at`` and clears the lot itself once it has published.
         """
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(saga_table)
-                .where(saga_table.c.id == saga_id, saga_table.c.outbox_at == outbox_at)
-                .values(outbox=null(), outbox_at=None)
-            )
+        with self._autocommit() as conn:
+            conn.execute(_CLEAR_OUTBOX, {"saga_id": saga_id, "written_at": outbox_at})
+
+    @contextmanager
+    def _autocommit(self) -> Iterator[Connection]:
+        """A connection for one statement that needs no transaction of its own (saves the
+        BEGIN and COMMIT round trips)."""
+        try:
+            with self.engine.connect() as conn:
+                if self.is_postgres:
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                yield conn
+                if not self.is_postgres:
+                    conn.commit()
+        except OperationalError as exc:
+            raise StoreUnavailable(
+                f"saga store {mask_url(self.url)} unavailable: {exc.orig}"
+            ) from exc
 
 
 class Tx:
@@ -298,11 +319,29 @@ class Tx:
         self.conn = conn
         self.is_postgres = is_postgres
         self._now: datetime | None = None
+        self._peeked: str | None = None  # a saga id peek() found free in this transaction
 
     def now(self) -> datetime:
         if self._now is None:
             self._now = _db_now(self.conn, self.is_postgres)
         return self._now
+
+    def peek(self, saga_id: str) -> SagaRecord | None:
+        """The saga's record without locking it (None if new), and the database clock, in one
+        round trip: how a start begins."""
+        if not self.is_postgres:
+            self.now()
+            row = self.conn.execute(_SELECT_SAGA, {"saga_id": saga_id}).first()
+            if row is None:
+                self._peeked = saga_id
+                return None
+            return _record(row)
+        row = self.conn.execute(statements.PEEK, {"saga_id": saga_id}).one()
+        self._now = utc(row.db_now)
+        if row.id is None:
+            self._peeked = saga_id
+            return None
+        return _record(row)
 
     def insert(
         self,
@@ -317,53 +356,69 @@ class Tx:
         outbox: Sequence[dict[str, Any]],
         kind: str = "orchestrated",
     ) -> SagaRecord | None:
-        """Create a saga; returns the existing record instead if the id is taken."""
-        existing = self.lock(saga_id)
-        if existing is not None:
-            return existing[0]
+        """Create a saga; returns the existing record instead if the id is taken.
+
+        Two starts racing on one new id both find it free; the loser's insert raises
+        IntegrityError and its caller starts over (and then finds the winner's row).
+        """
+        if self._peeked != saga_id:
+            existing = self.peek(saga_id)
+            if existing is not None:
+                return existing
         now = self.now()
-        self.conn.execute(
-            insert(saga_table).values(
-                id=saga_id,
-                name=name,
-                kind=kind,
-                version=version,
-                state=status.state.value,
-                payload=payload,
-                payload_hash=payload_hash(payload),
-                correlation_id=correlation_id,
-                failure=None,
-                created_at=now,
-                updated_at=now,
-                finished_at=None,
-                deadline_at=status.deadline_at,
-                wake_at=next_wakeup(status),
-                outbox=list(outbox) if outbox else null(),
-                outbox_at=now if outbox else None,
-                parked=False,
-                lock_version=1,
+        saga_values = {
+            "id": saga_id,
+            "name": name,
+            "kind": kind,
+            "version": version,
+            "state": status.state.value,
+            "payload": payload,
+            "payload_hash": payload_hash(payload),
+            "correlation_id": correlation_id,
+            "failure": None,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": None,
+            "deadline_at": status.deadline_at,
+            "wake_at": next_wakeup(status),
+            "outbox": list(outbox) if outbox else None,
+            "outbox_at": now if outbox else None,
+            "parked": False,
+            "lock_version": 1,
+        }
+        steps = [_step_values(saga_id, i, st) for i, st in enumerate(status.steps)]
+        events = _event_rows(saga_id, history, now)
+        if self.is_postgres:
+            # One statement: the saga, its steps and its first history rows.
+            self.conn.execute(
+                statements.INSERT_SAGA,
+                statements.insert_params(saga_values, steps, _event_json(history)),
             )
-        )
+            return None
         self.conn.execute(
-            insert(step_table), [_step_values(saga_id, i, s) for i, s in enumerate(status.steps)]
+            insert(saga_table).values({**saga_values, "outbox": saga_values["outbox"] or null()})
         )
-        self._append(saga_id, history, now)
+        self.conn.execute(insert(step_table), steps)
+        if events:
+            self.conn.execute(insert(event_table), events)
         return None
 
     def lock(
         self, saga_id: str, *, skip_locked: bool = False
     ) -> tuple[SagaRecord, SagaStatus] | None:
         """Lock and load a saga; None if it does not exist (or is locked and skip_locked)."""
-        query = select(saga_table).where(saga_table.c.id == saga_id)
         if self.is_postgres:
-            query = query.add_columns(func.now().label("db_now")).with_for_update(
-                skip_locked=skip_locked
-            )
-        row = self.conn.execute(query).first()
+            # One round trip: the row lock, the database clock and the steps (as JSON).
+            query = statements.LOCK_SKIP_LOCKED if skip_locked else statements.LOCK
+            row = self.conn.execute(query, {"saga_id": saga_id}).first()
+            if row is None:
+                return None
+            self._now = utc(row.db_now)
+            record = _record(row)
+            return record, _status(record, [_JsonStep(s) for s in row.steps or ()])
+        row = self.conn.execute(_SELECT_SAGA, {"saga_id": saga_id}).first()
         if row is None:
             return None
-        if self.is_postgres:
-            self._now = utc(row.db_now)
         record = _record(row)
         return record, _status(record, _steps(self.conn, saga_id))
 
@@ -390,22 +445,39 @@ class Tx:
             "lock_version": version,
         }
         if clear_outbox:
-            values.update(outbox=null(), outbox_at=None)
+            values.update(outbox=None, outbox_at=None)
         elif outbox:
             values.update(outbox=pending, outbox_at=now)
         if new.state.terminal and not old.state.terminal:
             values["finished_at"] = now
         if parked is not None:
             values["parked"] = parked
+        changed = [
+            (i, _step_values(record.id, i, after))
+            for i, (before, after) in enumerate(zip(old.steps, new.steps, strict=True))
+            if before != after
+        ]
+        events = _event_rows(record.id, history, now)
+        if self.is_postgres:
+            # One round trip: the saga row, every changed step and the history, as CTEs.
+            self.conn.execute(
+                statements.save(tuple(values)),
+                statements.save_params(
+                    record.id, now, values, [v for _, v in changed], _event_json(history)
+                ),
+            )
+            return version
+        if "outbox" in values and values["outbox"] is None:
+            values["outbox"] = null()
         self.conn.execute(update(saga_table).where(saga_table.c.id == record.id).values(values))
-        for i, (before, after) in enumerate(zip(old.steps, new.steps, strict=True)):
-            if before != after:
-                self.conn.execute(
-                    update(step_table)
-                    .where(step_table.c.saga_id == record.id, step_table.c.idx == i)
-                    .values(_step_values(record.id, i, after))
-                )
-        self._append(record.id, history, now)
+        for i, step_values in changed:
+            self.conn.execute(
+                update(step_table)
+                .where(step_table.c.saga_id == record.id, step_table.c.idx == i)
+                .values(step_values)
+            )
+        if events:
+            self.conn.execute(insert(event_table), events)
         return version
 
     def claim(self, saga_id: str, key: str) -> bool:
@@ -444,28 +516,68 @@ class Tx:
         return True
 
     def record_only(self, saga_id: str, history: Sequence[Record]) -> None:
-        self._append(saga_id, history, self.now())
+        events = _event_rows(saga_id, history, self.now())
+        if events:
+            self.conn.execute(insert(event_table), events)
 
-    def _append(self, saga_id: str, history: Sequence[Record], now: datetime) -> None:
-        if history:
-            self.conn.execute(
-                insert(event_table),
-                [
-                    {
-                        "saga_id": saga_id,
-                        "at": now,
-                        "kind": h.kind.value,
-                        "step": h.step,
-                        "attempt": h.attempt,
-                        "detail": h.detail,
-                        "message": None,
-                    }
-                    for h in history
-                ],
-            )
+
+def _event_json(history: Sequence[Record]) -> list[dict[str, Any]]:
+    return [
+        {"kind": h.kind.value, "step": h.step, "attempt": h.attempt, "detail": h.detail}
+        for h in history
+    ]
+
+
+def _event_rows(saga_id: str, history: Sequence[Record], now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "saga_id": saga_id,
+            "at": now,
+            "kind": h.kind.value,
+            "step": h.step,
+            "attempt": h.attempt,
+            "detail": h.detail,
+            "message": None,
+        }
+        for h in history
+    ]
+
+
+# -- statements built once (hot path: no per-call construction) -----------------------------------
+
+_SELECT_SAGA = select(saga_table).where(saga_table.c.id == bindparam("saga_id"))
+_OPEN_ATTEMPT = select(
+    step_table.c.state,
+    step_table.c.attempt,
+    step_table.c.compensation_attempt,
+    step_table.c.deadline_at,
+).where(step_table.c.saga_id == bindparam("saga_id"), step_table.c.idx == bindparam("idx"))
+_CLEAR_OUTBOX = (
+    update(saga_table)
+    .where(
+        saga_table.c.id == bindparam("saga_id"),
+        saga_table.c.outbox_at == bindparam("written_at", type_=saga_table.c.outbox_at.type),
+    )
+    .values(outbox=null(), outbox_at=None)
+)
 
 
 # -- row mapping --------------------------------------------------------------------------------
+
+
+class _JsonStep:
+    """A saga_step row as PostgreSQL's json_agg returns it (timestamps as ISO strings)."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._row[name]
+        if name.endswith("_at") and value is not None:
+            return datetime.fromisoformat(value)
+        return value
 
 
 def _db_now(conn: Connection, is_postgres: bool) -> datetime:

@@ -1,0 +1,134 @@
+"""Prebuilt statements for the store's hot path on PostgreSQL.
+
+Each transition is one ``SELECT ... FOR UPDATE`` (row lock, database clock and the steps as
+JSON) and one write statement (the saga row, every changed step and the new history rows, as
+data-modifying CTEs). The statements are built once per shape (how many steps changed, how many
+history rows, which saga columns) with bound parameters only, so SQLAlchemy's compiled cache and
+psycopg's prepared statements both hit; values never become part of the SQL text.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Table, bindparam, column, func, insert, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
+from sqlalchemy.sql import Executable
+
+from .schema import event_table, saga_table, step_table
+
+STEP_COLUMNS = tuple(c.name for c in step_table.c if c.name not in ("saga_id", "idx"))
+EVENT_COLUMNS = ("saga_id", "at", "kind", "step", "attempt", "detail", "message")
+SAGA_INSERT_COLUMNS = tuple(c.name for c in saga_table.c)
+# Python None is SQL NULL in every JSON column we write (not the JSON value null).
+_JSON = JSONB(none_as_null=True)
+
+_STEPS_JSON = (
+    select(func.json_agg(aggregate_order_by(step_table.table_valued(), step_table.c.idx)))
+    .where(step_table.c.saga_id == saga_table.c.id)
+    .scalar_subquery()
+)
+LOCK = (
+    select(saga_table, func.now().label("db_now"), _STEPS_JSON.label("steps"))
+    .where(saga_table.c.id == bindparam("saga_id"))
+    .with_for_update(of=saga_table)
+)
+LOCK_SKIP_LOCKED = LOCK.with_for_update(of=saga_table, skip_locked=True)
+# now() and the saga row if it exists: a LEFT JOIN from a one-row select always returns a row.
+_ONE = select(literal(1).label("one")).subquery("one")
+PEEK = select(func.now().label("db_now"), saga_table).select_from(
+    _ONE.outerjoin(saga_table, saga_table.c.id == bindparam("saga_id"))
+)
+
+
+def _bind(table: Table, column: str, prefix: str) -> Any:
+    type_ = table.c[column].type
+    variant = getattr(type_, "_variant_mapping", {}).get("postgresql")
+    if isinstance(variant, JSONB) or isinstance(type_, JSONB):
+        type_ = _JSON
+    return bindparam(f"{prefix}{column}", type_=type_)
+
+
+def _rows(name: str, columns: tuple[str, ...], table: Table) -> Any:
+    """``jsonb_to_recordset(:name) AS name(col type, ...)``: any number of rows in one
+    parameter, so a statement's shape (and its cache entries) does not depend on how many."""
+    return (
+        func.jsonb_to_recordset(bindparam(name, type_=_JSON))
+        .table_valued(*(column(c, table.c[c].type) for c in columns))
+        .render_derived(name=name, with_types=True)
+    )
+
+
+_STEP_ROWS = _rows("steps", ("idx", *STEP_COLUMNS), step_table)
+_EVENT_ROWS = _rows("events", EVENT_COLUMNS[2:6], event_table)
+# History rows take the saga id and the transition's time from two parameters of their own.
+_INSERT_EVENTS = insert(event_table).from_select(
+    list(EVENT_COLUMNS[:6]),
+    select(
+        bindparam("e_saga", type_=event_table.c.saga_id.type),
+        bindparam("e_at", type_=event_table.c.at.type),
+        *(_EVENT_ROWS.c[c] for c in EVENT_COLUMNS[2:6]),
+    ),
+)
+_UPDATE_STEPS = (
+    update(step_table)
+    .where(step_table.c.saga_id == bindparam("u_saga"), step_table.c.idx == _STEP_ROWS.c.idx)
+    .values({c: _STEP_ROWS.c[c] for c in STEP_COLUMNS})
+)
+_INSERT_STEPS = insert(step_table).from_select(
+    ["saga_id", "idx", *STEP_COLUMNS],
+    select(
+        bindparam("t_saga", type_=step_table.c.saga_id.type),
+        _STEP_ROWS.c.idx,
+        *(_STEP_ROWS.c[c] for c in STEP_COLUMNS),
+    ),
+)
+
+
+@lru_cache(maxsize=64)
+def save(saga_columns: tuple[str, ...]) -> Executable:
+    """UPDATE saga; UPDATE the changed steps; INSERT the history rows: one statement."""
+    saga = (
+        update(saga_table)
+        .where(saga_table.c.id == bindparam("s_key"))
+        .values({c: _bind(saga_table, c, "s_") for c in saga_columns})
+    )
+    return _INSERT_EVENTS.add_cte(saga.cte("s")).add_cte(_UPDATE_STEPS.cte("u"))
+
+
+def save_params(
+    saga_id: str,
+    now: datetime,
+    saga_values: dict[str, Any],
+    steps: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+) -> dict[str, Any]:
+    params: dict[str, Any] = {f"s_{c}": v for c, v in saga_values.items()}
+    params.update(s_key=saga_id, u_saga=saga_id, e_saga=saga_id, e_at=now)
+    params["steps"] = [_jsonable(row) for row in steps]
+    params["events"] = events
+    return params
+
+
+INSERT_SAGA = _INSERT_EVENTS.add_cte(
+    insert(saga_table).values({c: _bind(saga_table, c, "s_") for c in SAGA_INSERT_COLUMNS}).cte("s")
+).add_cte(_INSERT_STEPS.cte("t"))
+
+
+def insert_params(
+    saga_values: dict[str, Any], steps: list[dict[str, Any]], events: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Parameters of INSERT_SAGA: the saga row, its steps and its first history rows."""
+    params = {f"s_{c}": saga_values[c] for c in SAGA_INSERT_COLUMNS}
+    params.update(
+        t_saga=saga_values["id"], e_saga=saga_values["id"], e_at=saga_values["created_at"]
+    )
+    params["steps"] = [_jsonable(row) for row in steps]
+    params["events"] = events
+    return params
+
+
+def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
