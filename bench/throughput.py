@@ -59,7 +59,14 @@ SAGA_CONFIGS = {
         "env": {},
     },
 }  # fmt: skip
-CHAIN_CONFIGS = {"chain": "bench.noop", "chain_pg": "bench.pg_step"}
+CHAIN_CONFIGS = {
+    "chain": "bench.noop",
+    "chain_pg": "bench.pg_step",
+    # The same chains with each task on its own queue and worker, like sagas (a).
+    "chain_spread": "bench.noop",
+    "chain_pg_spread": "bench.pg_step",
+}
+SPREAD_QUEUES = [("s1", "bench_s1"), ("s2", "bench_s2"), ("s3", "bench_s3"), ("s4", "bench_s4")]
 DEFAULT_CONFIGS = "chain,chain_pg,sagas_spread,sagas_inline"
 WARMUP = 20
 TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "120"))
@@ -90,7 +97,7 @@ def run_one(config: str, broker: str, n: int, seq_n: int) -> dict[str, Any]:
             specs = SAGA_CONFIGS[config]["workers"]
         else:
             _setup_chain_tables(dbname, n + seq_n + WARMUP)
-            specs = [("chain", "bench_chain")]
+            specs = SPREAD_QUEUES if config.endswith("_spread") else [("chain", "bench_chain")]
         purged = common.purge(app, ALL_QUEUES)
         common.flush_redis_marks()
         tag = f"b{os.getpid()}"
@@ -101,7 +108,7 @@ def run_one(config: str, broker: str, n: int, seq_n: int) -> dict[str, Any]:
             runner: _Runner = (
                 _SagaRunner(app, dbname, SAGA_CONFIGS[config]["saga"])  # type: ignore[arg-type]
                 if config in SAGA_CONFIGS
-                else _ChainRunner(app, CHAIN_CONFIGS[config])
+                else _ChainRunner(app, CHAIN_CONFIGS[config], spread=config.endswith("_spread"))
             )
             entry = specs[0]
             entry_worker = f"{tag}-{entry[0]}@{__import__('socket').gethostname()}"
@@ -258,9 +265,10 @@ class _SagaRunner(_Runner):
 
 
 class _ChainRunner(_Runner):
-    def __init__(self, app: Any, task: str) -> None:
+    def __init__(self, app: Any, task: str, *, spread: bool = False) -> None:
         import redis
 
+        self.spread = spread
         self.app = app
         self.task = app.tasks[task]
         self.pg = task == "bench.pg_step"
@@ -278,7 +286,8 @@ class _ChainRunner(_Runner):
             if self.pg:
                 kwargs["step"] = step
             args = ([item, t],) if step == 1 else ()
-            sigs.append(self.task.s(*args, **kwargs).set(queue="bench_chain"))
+            queue = f"bench_s{step}" if self.spread else "bench_chain"
+            sigs.append(self.task.s(*args, **kwargs).set(queue=queue))
         chain(*sigs).apply_async()
         return t
 

@@ -10,14 +10,21 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
 from . import faults
 from .definition import Saga, StepDef, get_saga
-from .errors import DefinitionError, SagaConflict, SagaError, SagaInputError, SagaNotFound
+from .errors import (
+    DefinitionError,
+    SagaConflict,
+    SagaError,
+    SagaInputError,
+    SagaNotFound,
+    StoreUnavailable,
+)
 from .machine import (
     Decision,
     Dispatch,
@@ -46,6 +53,9 @@ from .transport import still_wanted as _still_wanted
 log = get_logger("sagas.coordinator")
 
 EventFactory = Callable[[datetime, Saga[Any]], Event | None]
+# Compare-and-set retries of one transition before giving up (each retry means another
+# transition on the same saga committed in between: duplicates, a timer and a reply racing).
+MAX_CONFLICTS = 20
 Inline = Callable[[StepDef, Action], bool]
 
 
@@ -137,20 +147,15 @@ def start(
 
 def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: str) -> str:
     with saga_context(saga=saga.name, saga_id=sid, correlation_id=cid):
-        with rt.store.transaction() as tx:
-            existing = tx.peek(sid)  # and the database clock, in one round trip
-            if existing is not None:
-                check_duplicate_start(existing, saga.name, data)
-                return sid
-            now = tx.now()
+        existing, now = rt.store.peek(sid)  # and the database clock, in one round trip
+        if existing is None:
             deadline = None
             if saga.deadline is not None:
-                from datetime import timedelta
-
                 deadline = now + timedelta(seconds=saga.deadline)
             decision = decide(saga.plan, new_status(sid, saga.plan, deadline), Start(now))
             outbox = _outbox(decision)
-            existing = tx.insert(
+            existing = rt.store.create(
+                now=now,
                 saga_id=sid,
                 name=saga.name,
                 version=saga.version,
@@ -215,13 +220,12 @@ def apply(
     their commands are appended to ``inline_out``.
     """
     rt = rt or get_runtime()
-    with rt.store.transaction() as tx:
-        loaded = tx.lock(saga_id, skip_locked=skip_locked)
+    for _ in range(MAX_CONFLICTS):
+        loaded = rt.store.load(saga_id)
         if loaded is None:
             return None
-        record, status = loaded
+        record, status, now = loaded
         saga = _definition(record, status)
-        now = tx.now()
         with saga_context(
             saga=record.name, saga_id=record.id, correlation_id=record.correlation_id
         ):
@@ -235,7 +239,17 @@ def apply(
             outbox = _outbox(decision, claimed)
             # Parked while any compensation is dead-lettered; an operator retry clears it.
             parked = any(st.state is StepState.COMPENSATION_FAILED for st in decision.status.steps)
-            tx.save(record, status, decision.status, decision.history, outbox, parked=parked)
+            history = decision.history
+            if rt.store.write(
+                record, status, decision.status, history, outbox, now=now, parked=parked
+            ):
+                break
+            # Another transition on this saga committed between our read and our write.
+            metrics.inc("sagas_transition_conflicts_total")
+            if skip_locked:
+                return None  # the sweeper leaves a saga that is busy to whoever is moving it
+    else:
+        raise StoreUnavailable(f"saga {saga_id!r}: {MAX_CONFLICTS} conflicting writes in a row")
     faults.hit("coordinator.after_commit")
     with saga_context(saga=record.name, saga_id=record.id, correlation_id=record.correlation_id):
         _log_history(decision.history)

@@ -13,7 +13,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, column, func, insert, literal, select, update
+from sqlalchemy import Table, bindparam, column, func, insert, literal, select, true, update
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.sql import Executable
 
@@ -36,6 +36,10 @@ LOCK = (
     .with_for_update(of=saga_table)
 )
 LOCK_SKIP_LOCKED = LOCK.with_for_update(of=saga_table, skip_locked=True)
+# The same without the lock: optimistic transitions read, decide, then compare-and-set.
+LOAD = select(saga_table, func.now().label("db_now"), _STEPS_JSON.label("steps")).where(
+    saga_table.c.id == bindparam("saga_id")
+)
 # now() and the saga row if it exists: a LEFT JOIN from a one-row select always returns a row.
 _ONE = select(literal(1).label("one")).subquery("one")
 PEEK = select(func.now().label("db_now"), saga_table).select_from(
@@ -72,11 +76,6 @@ _INSERT_EVENTS = insert(event_table).from_select(
         *(_EVENT_ROWS.c[c] for c in EVENT_COLUMNS[2:6]),
     ),
 )
-_UPDATE_STEPS = (
-    update(step_table)
-    .where(step_table.c.saga_id == bindparam("u_saga"), step_table.c.idx == _STEP_ROWS.c.idx)
-    .values({c: _STEP_ROWS.c[c] for c in STEP_COLUMNS})
-)
 _INSERT_STEPS = insert(step_table).from_select(
     ["saga_id", "idx", *STEP_COLUMNS],
     select(
@@ -89,24 +88,50 @@ _INSERT_STEPS = insert(step_table).from_select(
 
 @lru_cache(maxsize=64)
 def save(saga_columns: tuple[str, ...]) -> Executable:
-    """UPDATE saga; UPDATE the changed steps; INSERT the history rows: one statement."""
+    """One statement for a whole transition, applied only if the saga row is still at the
+    version it was read at (``s_expected``): UPDATE saga; UPDATE the changed steps; INSERT the
+    history rows. Returns one row: how many saga rows it updated (0 = someone else moved it)."""
     saga = (
         update(saga_table)
-        .where(saga_table.c.id == bindparam("s_key"))
+        .where(
+            saga_table.c.id == bindparam("s_key"),
+            saga_table.c.lock_version == bindparam("s_expected"),
+        )
         .values({c: _bind(saga_table, c, "s_") for c in saga_columns})
+        .returning(saga_table.c.id)
+        .cte("s")
     )
-    return _INSERT_EVENTS.add_cte(saga.cte("s")).add_cte(_UPDATE_STEPS.cte("u"))
+    steps = (
+        update(step_table)
+        .where(step_table.c.saga_id == saga.c.id, step_table.c.idx == _STEP_ROWS.c.idx)
+        .values({c: _STEP_ROWS.c[c] for c in STEP_COLUMNS})
+        .cte("u")
+    )
+    events = (
+        insert(event_table)
+        .from_select(
+            list(EVENT_COLUMNS[:6]),
+            select(
+                saga.c.id,
+                bindparam("e_at", type_=event_table.c.at.type),
+                *(_EVENT_ROWS.c[c] for c in EVENT_COLUMNS[2:6]),
+            ).select_from(saga.join(_EVENT_ROWS, true())),  # s has one row or none
+        )
+        .cte("e")
+    )
+    return select(func.count().label("saved")).select_from(saga).add_cte(steps).add_cte(events)
 
 
 def save_params(
     saga_id: str,
+    expected_version: int,
     now: datetime,
     saga_values: dict[str, Any],
     steps: list[dict[str, Any]],
     events: list[dict[str, Any]],
 ) -> dict[str, Any]:
     params: dict[str, Any] = {f"s_{c}": v for c, v in saga_values.items()}
-    params.update(s_key=saga_id, u_saga=saga_id, e_saga=saga_id, e_at=now)
+    params.update(s_key=saga_id, s_expected=expected_version, e_at=now)
     params["steps"] = [_jsonable(row) for row in steps]
     params["events"] = events
     return params

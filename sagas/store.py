@@ -311,6 +311,95 @@ class Store:
                 f"saga store {mask_url(self.url)} unavailable: {exc.orig}"
             ) from exc
 
+    # -- optimistic transitions (the hot path) --------------------------------------------------
+
+    def load(self, saga_id: str) -> tuple[SagaRecord, SagaStatus, datetime] | None:
+        """A saga, its steps and the database clock, without a lock (None if unknown)."""
+        if not self.is_postgres:
+            with self.transaction() as tx:
+                loaded = tx.lock(saga_id)
+                return None if loaded is None else (*loaded, tx.now())
+        with self._autocommit() as conn:
+            row = conn.execute(statements.LOAD, {"saga_id": saga_id}).first()
+        if row is None:
+            return None
+        record = _record(row)
+        return (
+            record,
+            _status(record, [_JsonStep(s) for s in row.steps or ()]),
+            utc(row.db_now) or row.db_now,
+        )
+
+    def write(
+        self,
+        record: SagaRecord,
+        old: SagaStatus,
+        new: SagaStatus,
+        history: Sequence[Record],
+        outbox: Sequence[dict[str, Any]],
+        *,
+        now: datetime,
+        parked: bool | None = None,
+    ) -> bool:
+        """Persist a transition computed from ``load``; False if the saga moved meanwhile
+        (compare-and-set on ``lock_version``; the caller loads again and re-decides).
+
+        On PostgreSQL this is one statement in autocommit: the write is its own transaction,
+        so a transition costs two round trips (load, write) instead of four."""
+        if not self.is_postgres:
+            with self.transaction() as tx:
+                return _save(
+                    tx.conn, False, record, old, new, history, outbox, now=now, parked=parked
+                )
+        with self._autocommit() as conn:
+            return _save(conn, True, record, old, new, history, outbox, now=now, parked=parked)
+
+    def peek(self, saga_id: str) -> tuple[SagaRecord | None, datetime]:
+        """The saga's record if it exists, and the database clock (one round trip)."""
+        if not self.is_postgres:
+            with self.transaction() as tx:
+                return tx.peek(saga_id), tx.now()
+        with self._autocommit() as conn:
+            row = conn.execute(statements.PEEK, {"saga_id": saga_id}).one()
+        return (None if row.id is None else _record(row)), utc(row.db_now) or row.db_now
+
+    def create(
+        self,
+        *,
+        now: datetime,
+        saga_id: str,
+        name: str,
+        version: int,
+        payload: dict[str, Any],
+        correlation_id: str,
+        status: SagaStatus,
+        history: Sequence[Record],
+        outbox: Sequence[dict[str, Any]],
+        kind: str = "orchestrated",
+    ) -> SagaRecord | None:
+        """Insert a saga ``peek`` found free; the existing record if the id was taken since.
+
+        On PostgreSQL the insert is one statement in autocommit (atomic on its own); a start that
+        lost a race on the id gets IntegrityError and its caller looks again."""
+        fields: dict[str, Any] = {
+            "saga_id": saga_id,
+            "name": name,
+            "version": version,
+            "payload": payload,
+            "correlation_id": correlation_id,
+            "status": status,
+            "history": history,
+            "outbox": outbox,
+            "kind": kind,
+        }
+        if not self.is_postgres:
+            with self.transaction() as tx:
+                tx._now = now
+                return tx.insert(**fields)
+        with self._autocommit() as conn:
+            _insert(conn, True, now=now, **fields)
+        return None
+
 
 class Tx:
     """One open transaction on the saga tables."""
@@ -365,42 +454,20 @@ class Tx:
             existing = self.peek(saga_id)
             if existing is not None:
                 return existing
-        now = self.now()
-        saga_values = {
-            "id": saga_id,
-            "name": name,
-            "kind": kind,
-            "version": version,
-            "state": status.state.value,
-            "payload": payload,
-            "payload_hash": payload_hash(payload),
-            "correlation_id": correlation_id,
-            "failure": None,
-            "created_at": now,
-            "updated_at": now,
-            "finished_at": None,
-            "deadline_at": status.deadline_at,
-            "wake_at": next_wakeup(status),
-            "outbox": list(outbox) if outbox else None,
-            "outbox_at": now if outbox else None,
-            "parked": False,
-            "lock_version": 1,
-        }
-        steps = [_step_values(saga_id, i, st) for i, st in enumerate(status.steps)]
-        events = _event_rows(saga_id, history, now)
-        if self.is_postgres:
-            # One statement: the saga, its steps and its first history rows.
-            self.conn.execute(
-                statements.INSERT_SAGA,
-                statements.insert_params(saga_values, steps, _event_json(history)),
-            )
-            return None
-        self.conn.execute(
-            insert(saga_table).values({**saga_values, "outbox": saga_values["outbox"] or null()})
+        _insert(
+            self.conn,
+            self.is_postgres,
+            now=self.now(),
+            saga_id=saga_id,
+            name=name,
+            version=version,
+            payload=payload,
+            correlation_id=correlation_id,
+            status=status,
+            history=history,
+            outbox=outbox,
+            kind=kind,
         )
-        self.conn.execute(insert(step_table), steps)
-        if events:
-            self.conn.execute(insert(event_table), events)
         return None
 
     def lock(
@@ -433,52 +500,22 @@ class Tx:
         parked: bool | None = None,
         clear_outbox: bool = False,
     ) -> int:
-        """Persist a transition; returns the new lock_version."""
-        now = self.now()
-        version = record.lock_version + 1
-        pending = [*(record.outbox or []), *outbox]
-        values: dict[str, Any] = {
-            "state": new.state.value,
-            "failure": new.failure.as_json() if new.failure else None,
-            "updated_at": now,
-            "wake_at": next_wakeup(new),
-            "lock_version": version,
-        }
-        if clear_outbox:
-            values.update(outbox=None, outbox_at=None)
-        elif outbox:
-            values.update(outbox=pending, outbox_at=now)
-        if new.state.terminal and not old.state.terminal:
-            values["finished_at"] = now
-        if parked is not None:
-            values["parked"] = parked
-        changed = [
-            (i, _step_values(record.id, i, after))
-            for i, (before, after) in enumerate(zip(old.steps, new.steps, strict=True))
-            if before != after
-        ]
-        events = _event_rows(record.id, history, now)
-        if self.is_postgres:
-            # One round trip: the saga row, every changed step and the history, as CTEs.
-            self.conn.execute(
-                statements.save(tuple(values)),
-                statements.save_params(
-                    record.id, now, values, [v for _, v in changed], _event_json(history)
-                ),
-            )
-            return version
-        if "outbox" in values and values["outbox"] is None:
-            values["outbox"] = null()
-        self.conn.execute(update(saga_table).where(saga_table.c.id == record.id).values(values))
-        for i, step_values in changed:
-            self.conn.execute(
-                update(step_table)
-                .where(step_table.c.saga_id == record.id, step_table.c.idx == i)
-                .values(step_values)
-            )
-        if events:
-            self.conn.execute(insert(event_table), events)
-        return version
+        """Persist a transition of the locked saga; returns the new lock_version."""
+        saved = _save(
+            self.conn,
+            self.is_postgres,
+            record,
+            old,
+            new,
+            history,
+            outbox,
+            now=self.now(),
+            parked=parked,
+            clear_outbox=clear_outbox,
+        )
+        if not saved:  # pragma: no cover - the row is locked: nobody else can have moved it
+            raise StoreUnavailable(f"saga {record.id!r} changed under its row lock")
+        return record.lock_version + 1
 
     def claim(self, saga_id: str, key: str) -> bool:
         """Take an idempotency key for this saga; False if already taken (commits with the tx)."""
@@ -519,6 +556,117 @@ class Tx:
         events = _event_rows(saga_id, history, self.now())
         if events:
             self.conn.execute(insert(event_table), events)
+
+
+def _insert(
+    conn: Connection,
+    is_postgres: bool,
+    *,
+    now: datetime,
+    saga_id: str,
+    name: str,
+    version: int,
+    payload: dict[str, Any],
+    correlation_id: str,
+    status: SagaStatus,
+    history: Sequence[Record],
+    outbox: Sequence[dict[str, Any]],
+    kind: str,
+) -> None:
+    saga_values = {
+        "id": saga_id,
+        "name": name,
+        "kind": kind,
+        "version": version,
+        "state": status.state.value,
+        "payload": payload,
+        "payload_hash": payload_hash(payload),
+        "correlation_id": correlation_id,
+        "failure": None,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": None,
+        "deadline_at": status.deadline_at,
+        "wake_at": next_wakeup(status),
+        "outbox": list(outbox) if outbox else None,
+        "outbox_at": now if outbox else None,
+        "parked": False,
+        "lock_version": 1,
+    }
+    steps = [_step_values(saga_id, i, st) for i, st in enumerate(status.steps)]
+    if is_postgres:
+        # One statement (atomic on its own): the saga, its steps and its first history rows.
+        params = statements.insert_params(saga_values, steps, _event_json(history))
+        conn.execute(statements.INSERT_SAGA, params)
+        return
+    conn.execute(
+        insert(saga_table).values({**saga_values, "outbox": saga_values["outbox"] or null()})
+    )
+    conn.execute(insert(step_table), steps)
+    events = _event_rows(saga_id, history, now)
+    if events:
+        conn.execute(insert(event_table), events)
+
+
+def _save(
+    conn: Connection,
+    is_postgres: bool,
+    record: SagaRecord,
+    old: SagaStatus,
+    new: SagaStatus,
+    history: Sequence[Record],
+    outbox: Sequence[dict[str, Any]],
+    *,
+    now: datetime,
+    parked: bool | None = None,
+    clear_outbox: bool = False,
+) -> bool:
+    """Write a transition if the saga row is still at ``record.lock_version``; False if not."""
+    values: dict[str, Any] = {
+        "state": new.state.value,
+        "failure": new.failure.as_json() if new.failure else None,
+        "updated_at": now,
+        "wake_at": next_wakeup(new),
+        "lock_version": record.lock_version + 1,
+    }
+    if clear_outbox:
+        values.update(outbox=None, outbox_at=None)
+    elif outbox:
+        values.update(outbox=[*(record.outbox or []), *outbox], outbox_at=now)
+    if new.state.terminal and not old.state.terminal:
+        values["finished_at"] = now
+    if parked is not None:
+        values["parked"] = parked
+    changed = [
+        _step_values(record.id, i, after)
+        for i, (before, after) in enumerate(zip(old.steps, new.steps, strict=True))
+        if before != after
+    ]
+    if is_postgres:
+        # One round trip: the saga row (if unchanged), every changed step and the history.
+        params = statements.save_params(
+            record.id, record.lock_version, now, values, changed, _event_json(history)
+        )
+        return bool(conn.execute(statements.save(tuple(values)), params).scalar_one())
+    if "outbox" in values and values["outbox"] is None:
+        values["outbox"] = null()
+    result = conn.execute(
+        update(saga_table)
+        .where(saga_table.c.id == record.id, saga_table.c.lock_version == record.lock_version)
+        .values(values)
+    )
+    if result.rowcount != 1:
+        return False
+    for step_values in changed:
+        conn.execute(
+            update(step_table)
+            .where(step_table.c.saga_id == record.id, step_table.c.idx == step_values["idx"])
+            .values(step_values)
+        )
+    events = _event_rows(record.id, history, now)
+    if events:
+        conn.execute(insert(event_table), events)
+    return True
 
 
 def _event_json(history: Sequence[Record]) -> list[dict[str, Any]]:
