@@ -41,11 +41,13 @@ def _engine_run(url: str, n: int) -> dict[str, Any]:
         sid = uuid.uuid4().hex
         coordinator.start(saga.name, {"n": i}, saga_id=sid, rt=rt)
         for k, step in enumerate(saga.steps):
-            rt.store.open_attempt(sid, k)  # the participant's stale-command guard
+            snap = rt.store.load(sid)  # the participant reads the saga before its step
             reply = StepReply(
                 saga_id=sid, step=step.name, action=Action.FORWARD, attempt=1, ok=True
             )
-            coordinator.handle_reply(reply, rt=rt)  # the transition it then performs itself
+            coordinator.handle_reply(
+                reply, rt=rt, cursor=coordinator.Cursor(snap)
+            )  # its transition
 
     sqlcount.disable()
     for i in range(20):  # warm caches and the pool

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -46,7 +47,7 @@ from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json, check_saga_id, validate_payload
 from .runtime import Runtime, get_runtime
 from .state import Action, HistoryKind, SagaState, StepState
-from .store import SagaRecord, payload_hash
+from .store import SagaRecord, Snapshot, payload_hash
 from .transport import build_command, decode_command, encode_command, send_step, send_wake
 from .transport import still_wanted as _still_wanted
 
@@ -204,6 +205,16 @@ def _fresh_record(
 # -- transitions -------------------------------------------------------------------------------------
 
 
+class Cursor:
+    """What a participant knows of a saga between its transitions: the snapshot it last read
+    or wrote. ``apply`` starts from it instead of re-reading, and leaves the new one."""
+
+    __slots__ = ("snapshot",)
+
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        self.snapshot = snapshot
+
+
 def apply(
     saga_id: str,
     make_event: EventFactory,
@@ -212,19 +223,25 @@ def apply(
     skip_locked: bool = False,
     inline: Inline | None = None,
     inline_out: list[StepCommand] | None = None,
+    cursor: Cursor | None = None,
 ) -> Decision | None:
-    """Run one transition on ``saga_id``. Returns None if it does not exist (or is locked).
+    """Run one transition on ``saga_id``. Returns None if it does not exist (or is busy and
+    ``skip_locked``).
 
-    ``inline(step, action)`` may claim dispatches the caller will run itself (a participant
-    running the next step on its own queue): those are neither published nor put in the outbox;
-    their commands are appended to ``inline_out``.
+    Optimistic: read (or take ``cursor``'s snapshot), decide, then write with compare-and-set;
+    if another transition committed in between, read again and decide again. ``inline(step,
+    action)`` may claim dispatches the caller will run itself (a participant running the next
+    step on its own queue): those are neither published nor put in the outbox; their commands
+    are appended to ``inline_out``.
     """
     rt = rt or get_runtime()
+    snap = cursor.snapshot if cursor is not None else None
     for _ in range(MAX_CONFLICTS):
-        loaded = rt.store.load(saga_id)
-        if loaded is None:
-            return None
-        record, status, now = loaded
+        if snap is None:
+            snap = rt.store.load(saga_id)
+            if snap is None:
+                return None
+        record, status, now = snap.record, snap.status, snap.now()
         saga = _definition(record, status)
         with saga_context(
             saga=record.name, saga_id=record.id, correlation_id=record.correlation_id
@@ -243,9 +260,11 @@ def apply(
             if rt.store.write(
                 record, status, decision.status, history, outbox, now=now, parked=parked
             ):
+                snap = snap.after_write(decision.status, now, outbox, parked)
                 break
             # Another transition on this saga committed between our read and our write.
             metrics.inc("sagas_transition_conflicts_total")
+            snap = None
             if skip_locked:
                 return None  # the sweeper leaves a saga that is busy to whoever is moving it
     else:
@@ -258,8 +277,11 @@ def apply(
         faults.hit("coordinator.after_publish")
         if published and outbox:
             rt.store.clear_outbox(saga_id, outbox_at=now)
+            snap = replace(snap, record=replace(snap.record, outbox=None, outbox_at=None))
         if inline_out is not None:
             inline_out.extend(build_command(saga, record, decision.status, c) for c in claimed)
+    if cursor is not None:
+        cursor.snapshot = snap
     return decision
 
 
@@ -279,6 +301,7 @@ def handle_reply(
     rt: Runtime | None = None,
     inline: Inline | None = None,
     inline_out: list[StepCommand] | None = None,
+    cursor: Cursor | None = None,
 ) -> Decision | None:
     """Apply a participant's reply (None: no such saga). Unknown steps are logged and counted."""
 
@@ -301,7 +324,7 @@ def handle_reply(
         )
         return StepFailed(index, reply.attempt, reply.action, now, error)
 
-    return apply(reply.saga_id, event, rt=rt, inline=inline, inline_out=inline_out)
+    return apply(reply.saga_id, event, rt=rt, inline=inline, inline_out=inline_out, cursor=cursor)
 
 
 def handle_remote_reply(reply: StepReply, *, rt: Runtime | None = None) -> Decision | None:

@@ -19,6 +19,7 @@ from .observability import escape, get_logger, saga_context
 from .payload import check_json
 from .runtime import Runtime
 from .state import Action, StepState
+from .store import Snapshot
 from .transport import idempotency_key
 
 log = get_logger("sagas.participant")
@@ -74,12 +75,19 @@ def run_step(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -
 
 
 def settle_locally(
-    rt: Runtime, saga: Saga[Any], reply: StepReply, local_queue: Callable[[str], bool]
+    rt: Runtime,
+    saga: Saga[Any],
+    reply: StepReply,
+    local_queue: Callable[[str], bool],
+    snapshot: Snapshot | None = None,
 ) -> StepReply | None:
     """Apply ``reply``'s transition here; run following steps on local queues inline.
 
-    Returns None when everything was settled, or the reply still to send by message (the store
-    is unreachable from this worker, or it does not know the saga).
+    Starts from ``snapshot`` (the saga as read before the step ran) when given, and carries the
+    snapshot it writes into each inline step's transition: a step costs one write when nothing
+    else touched the saga meanwhile. Returns None when everything was settled, or the reply
+    still to send by message (the store is unreachable from this worker, or it does not know
+    the saga).
     """
     from . import coordinator  # the participant performs the coordinator's transition
 
@@ -87,10 +95,13 @@ def settle_locally(
         fn = step.fn if action is Action.FORWARD else step.compensation_fn
         return fn is not None and local_queue(step.queue_for(action))
 
+    cursor = coordinator.Cursor(snapshot)
     while True:
         commands: list[StepCommand] = []
         try:
-            decision = coordinator.handle_reply(reply, rt=rt, inline=inline, inline_out=commands)
+            decision = coordinator.handle_reply(
+                reply, rt=rt, inline=inline, inline_out=commands, cursor=cursor
+            )
         except (StoreUnavailable, SQLAlchemyError) as exc:
             log.warning(
                 "cannot settle %s here (%s); replying by message",
@@ -121,9 +132,29 @@ def still_open(rt: Runtime, step: StepDef, command: StepCommand) -> bool:
     if row is None:
         return True
     state, attempt, compensation_attempt, in_flight = row
+    return _answers(command, StepState(state), attempt, compensation_attempt, in_flight)
+
+
+def open_snapshot(rt: Runtime, step: StepDef, command: StepCommand) -> tuple[bool, Snapshot | None]:
+    """``still_open`` that reads the whole saga, for a participant that will then apply the
+    step's transition itself: the snapshot spares that transition its own read."""
+    try:
+        snap = rt.store.load(command.saga_id)
+    except (StoreUnavailable, SQLAlchemyError):
+        return True, None
+    if snap is None or not 0 <= step.index < len(snap.status.steps):
+        return True, None
+    s = snap.status.steps[step.index]
+    open_ = _answers(command, s.state, s.attempt, s.compensation_attempt, s.in_flight)
+    return open_, snap
+
+
+def _answers(
+    command: StepCommand, state: StepState, attempt: int, compensation_attempt: int, live: bool
+) -> bool:
     if command.action is Action.FORWARD:
-        return state == StepState.RUNNING and attempt == command.attempt and in_flight
-    return state == StepState.COMPENSATING and compensation_attempt == command.attempt and in_flight
+        return state is StepState.RUNNING and attempt == command.attempt and live
+    return state is StepState.COMPENSATING and compensation_attempt == command.attempt and live
 
 
 def _error(

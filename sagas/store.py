@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -62,6 +63,44 @@ class SagaRecord:
     lock_version: int
     failure: ErrorInfo | None
     kind: str = "orchestrated"  # or "choreographed"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A saga as read (or as last written by this process) at database time ``read_at``.
+
+    A transition computed from a snapshot is written with compare-and-set on the record's
+    ``lock_version``, so a snapshot that went stale costs a re-read, never a lost update."""
+
+    record: SagaRecord
+    status: SagaStatus
+    read_at: datetime
+    taken: float  # time.monotonic() when read_at was current
+
+    def now(self) -> datetime:
+        """The database clock now, estimated from the read and this process's monotonic clock
+        (immune to a skewed wall clock)."""
+        return self.read_at + timedelta(seconds=max(time.monotonic() - self.taken, 0.0))
+
+    def after_write(
+        self, new: SagaStatus, at: datetime, outbox: Sequence[dict[str, Any]], parked: bool
+    ) -> Snapshot:
+        """This snapshot as ``Store.write`` left the row (what the next write compares with)."""
+        r = self.record
+        pending = [*(r.outbox or []), *outbox] if outbox else r.outbox
+        record = replace(
+            r,
+            state=new.state,
+            failure=new.failure,
+            updated_at=at,
+            finished_at=at if new.state.terminal and not r.state.terminal else r.finished_at,
+            wake_at=next_wakeup(new),
+            outbox=pending,
+            outbox_at=at if outbox else r.outbox_at,
+            parked=parked,
+            lock_version=r.lock_version + 1,
+        )
+        return Snapshot(record, new, at, time.monotonic())
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,22 +352,19 @@ class Store:
 
     # -- optimistic transitions (the hot path) --------------------------------------------------
 
-    def load(self, saga_id: str) -> tuple[SagaRecord, SagaStatus, datetime] | None:
+    def load(self, saga_id: str) -> Snapshot | None:
         """A saga, its steps and the database clock, without a lock (None if unknown)."""
         if not self.is_postgres:
             with self.transaction() as tx:
                 loaded = tx.lock(saga_id)
-                return None if loaded is None else (*loaded, tx.now())
+                return None if loaded is None else Snapshot(*loaded, tx.now(), time.monotonic())
         with self._autocommit() as conn:
             row = conn.execute(statements.LOAD, {"saga_id": saga_id}).first()
         if row is None:
             return None
         record = _record(row)
-        return (
-            record,
-            _status(record, [_JsonStep(s) for s in row.steps or ()]),
-            utc(row.db_now) or row.db_now,
-        )
+        steps = _status(record, [_JsonStep(s) for s in row.steps or ()])
+        return Snapshot(record, steps, utc(row.db_now) or row.db_now, time.monotonic())
 
     def write(
         self,

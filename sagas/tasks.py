@@ -20,7 +20,7 @@ from .definition import Saga, StepDef, get_saga
 from .errors import SagaInputError, StoreUnavailable
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, metrics, saga_context
-from .participant import run_step, settle_locally, still_open
+from .participant import open_snapshot, run_step, settle_locally, still_open
 from .runtime import get_runtime
 from .state import Action
 from .transport import send_reply
@@ -205,7 +205,12 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
         rt = get_runtime()
         # Checked whenever the store is readable (not only with local transitions): it is what
         # bounds a poison message that kills its worker on every redelivery.
-        if not still_open(rt, step, parsed):
+        snapshot = None
+        if rt.settings.local_transitions:
+            open_, snapshot = open_snapshot(rt, step, parsed)
+        else:
+            open_ = still_open(rt, step, parsed)
+        if not open_:
             metrics.inc("sagas_stale_commands_total")
             with saga_context(
                 saga=saga_name, saga_id=parsed.saga_id, correlation_id=parsed.correlation_id
@@ -216,7 +221,7 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
         faults.hit("participant.after_effect")
         unsent: StepReply | None = reply
         if rt.settings.local_transitions:
-            unsent = settle_locally(rt, saga, reply, _local_queues(self.app, rt))
+            unsent = settle_locally(rt, saga, reply, _local_queues(self.app, rt), snapshot)
         if unsent is not None:
             faults.hit("participant.before_reply")
             send_reply(self.app, unsent, parsed.correlation_id, rt.settings.coordinator_queue)
