@@ -11,8 +11,9 @@ Rules, in one place:
   ``reply_ignored`` and changes nothing.
 - A retryable failure or a timeout with attempts left waits ``RetryPolicy.interval`` and retries.
 - A permanent failure, exhausted retries, the saga deadline or a cancel start compensation: every
-  step that succeeded, or whose outcome is unknown because it timed out, is compensated one at a
-  time, newest first. Steps known to have failed, or never started, are not.
+  step that succeeded, or whose outcome is unknown because an attempt of it timed out (even if a
+  later attempt failed), is compensated one at a time, newest first. Steps known to have failed
+  (every attempt reported failure), or never started, are not.
 - A compensation that fails is retried per its policy; past it the step is parked
   (``compensation_failed``) and the saga stays ``compensating`` for an operator.
 - ``completed`` and ``failed`` are absorbing.
@@ -95,6 +96,7 @@ class StepStatus:
     finished_at: datetime | None = None
     deadline_at: datetime | None = None  # set while an attempt is in flight
     next_attempt_at: datetime | None = None  # set while waiting to retry
+    in_doubt: bool = False  # an earlier attempt timed out or was superseded: effect unknown
 
     @property
     def in_flight(self) -> bool:
@@ -344,7 +346,9 @@ def _after_forward_failure(b: _Builder, index: int, error: ErrorInfo, at: dateti
         )
         b.commands.append(WakeAt(when))
         return
-    final = StepState.TIMED_OUT if error.type == TIMEOUT_ERROR else StepState.FAILED
+    # Known not to have taken effect only if no attempt of it ever ended in doubt.
+    doubt = error.type == TIMEOUT_ERROR or step.in_doubt
+    final = StepState.TIMED_OUT if doubt else StepState.FAILED
     b.set_step(index, state=final, error=error, deadline_at=None, finished_at=at)
     _begin_compensation(b, error, at)
 
@@ -356,7 +360,7 @@ def _begin_compensation(b: _Builder, reason: ErrorInfo, at: datetime) -> None:
         if s.state is StepState.RUNNING:
             b.set_step(i, state=StepState.TIMED_OUT, deadline_at=None, finished_at=at)
         elif s.state is StepState.PENDING and s.attempt > 0:
-            in_doubt = s.error is not None and s.error.type == TIMEOUT_ERROR
+            in_doubt = s.in_doubt or (s.error is not None and s.error.type == TIMEOUT_ERROR)
             final = StepState.TIMED_OUT if in_doubt else StepState.FAILED
             b.set_step(i, state=final, next_attempt_at=None, finished_at=at)
         elif s.state is StepState.PENDING:
@@ -441,7 +445,8 @@ def _operator_retry(b: _Builder, at: datetime, reason: str) -> None:
             continue
         b.record(HistoryKind.OPERATOR_RETRY, i, detail={"reason": reason, "was": s.state.value})
         if s.state is StepState.RUNNING:
-            b.set_step(i, state=StepState.PENDING, deadline_at=None)  # the old attempt is stale
+            # The old attempt is stale, but it may still run: its outcome is now unknown.
+            b.set_step(i, state=StepState.PENDING, deadline_at=None, in_doubt=True)
         elif s.state is StepState.COMPENSATION_FAILED:
             b.set_step(i, state=StepState.COMPENSATING)
         b.dispatch(i, action, at)
@@ -463,6 +468,7 @@ def _wake(b: _Builder, at: datetime) -> None:
             timeout = ErrorInfo(TIMEOUT_ERROR, "no reply before the step's deadline", True)
             if s.state is StepState.RUNNING:
                 b.record(HistoryKind.STEP_TIMED_OUT, i, s.attempt)
+                b.set_step(i, in_doubt=True)
                 _after_forward_failure(b, i, timeout, at)
             elif s.state is StepState.COMPENSATING:
                 b.record(

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -98,6 +99,9 @@ class SagaStepRow(Base):
     finished_at: Mapped[datetime | None]
     deadline_at: Mapped[datetime | None]
     next_attempt_at: Mapped[datetime | None]
+    # An earlier attempt timed out (or was superseded by an operator): its effect may exist even
+    # if a later attempt failed, so the step is compensated rather than treated as never done.
+    in_doubt: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
 class SagaEventRow(Base):

@@ -9,7 +9,7 @@ psycopg's prepared statements both hit; values never become part of the SQL text
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -156,4 +156,5 @@ def insert_params(
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in row.items()}
+    # ``date`` covers datetimes too, also where a test patches ``datetime.datetime``.
+    return {k: v.isoformat() if isinstance(v, date) else v for k, v in row.items()}

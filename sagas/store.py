@@ -820,6 +820,7 @@ def _status(record: SagaRecord, steps: Sequence[Any]) -> SagaStatus:
                 finished_at=utc(s.finished_at),
                 deadline_at=utc(s.deadline_at),
                 next_attempt_at=utc(s.next_attempt_at),
+                in_doubt=bool(s.in_doubt),
             )
             for s in steps
         ),
@@ -840,6 +841,7 @@ def _step_values(saga_id: str, index: int, s: StepStatus) -> dict[str, Any]:
         "finished_at": s.finished_at,
         "deadline_at": s.deadline_at,
         "next_attempt_at": s.next_attempt_at,
+        "in_doubt": s.in_doubt,
     }
 
 

@@ -159,21 +159,14 @@ def test_late_success_after_the_last_attempt_timed_out(fc: FaultCluster) -> None
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open engine bug (issue 4): a step whose earlier attempt timed out but whose last "
-    "attempt failed permanently ends 'failed' and is not compensated; the core must remember "
-    "that the step's outcome is in doubt (needs a column + migration)",
-)
 def test_late_success_of_a_timed_out_attempt_after_a_later_attempt_failed(
     fc: FaultCluster,
 ) -> None:
     """t2 attempt 1 times out (its outcome is unknown: it is still running) and attempt 2 fails
-    permanently. Attempt 1 then succeeds — its effect is real. The step's outcome was in doubt
-    since attempt 1 timed out, so the engine must compensate t2 too (README: "a timed-out step
-    is compensated ... its outcome is unknown"); marking it ``failed`` (known not to have taken
-    effect) from the last attempt's error alone leaves attempt 1's effect applied in a saga that
-    reports ``failed`` (checked by the invariant: every effect of a failed saga is undone)."""
+    permanently. The step's outcome stays in doubt (``saga_step.in_doubt``), so t2 ends
+    ``timed_out`` and is compensated too, before t1 — not ``failed`` (known never to have taken
+    effect) from the last attempt's error alone. Attempt 1 then finishes: its reply is ignored,
+    and its effect finds t2's compensation tombstone and takes none (issue 4, bug A)."""
     sid = fc.start(
         "fprobe_short",
         {"sleep": {"t2": 3.0}, "sleep_attempts": {"t2": [1]}, "permanent_on": {"t2": [2]}},
@@ -181,13 +174,15 @@ def test_late_success_of_a_timed_out_attempt_after_a_later_attempt_failed(
     record, status, history = fc.wait_for(sid, TERMINAL)
     assert record.state is SagaState.FAILED
     assert [(h.step, h.attempt) for h in kinds(history, HistoryKind.STEP_TIMED_OUT)] == [("t2", 1)]
-    # attempt 1's late success reaches the coordinator: the engine learns the effect happened
+    assert [s.state for s in status.steps[:2]] == [StepState.COMPENSATED, StepState.COMPENSATED]
+    undone = [h.step for h in kinds(history, HistoryKind.STEP_COMPENSATED)]
+    assert undone == ["t2", "t1"]
+    # attempt 1's late reply reaches the engine and changes nothing
     _, _, history = wait_history(fc, sid, lambda h: ("t2", 1) in [i[:2] for i in ignored(h)])
-    assert ("t2", "forward", 1) in fc.fx(sid)
-    assert status.steps[1].state is StepState.COMPENSATED, (
-        f"t2 ended {status.steps[1].state.value} after attempt 1 timed out (outcome unknown) "
-        "and attempt 2 failed: its effect from attempt 1 is never undone"
-    )
+    assert [r.attempt for r in fc.runs(sid, "t2")] == [1, 2]
+    effects = fc.fx(sid)
+    assert ("t2", "compensate", 1) in effects
+    assert ("t2", "forward", 1) not in effects  # refused: compensated before it landed
 
 
 def test_lost_command_is_recovered_by_the_step_timeout(fc: FaultCluster) -> None:

@@ -16,6 +16,7 @@ from sagas.machine import (
     Finished,
     Parked,
     Plan,
+    Retry,
     SagaStatus,
     Start,
     StepFailed,
@@ -270,6 +271,48 @@ def test_exhausted_timeout_is_timed_out_and_compensated_itself() -> None:
     s, _ = run(p, d.status, ok(1, 1, 12, COMP), ok(0, 1, 13, COMP))
     assert s.state is SagaState.FAILED
     assert states(s) == [StepState.COMPENSATED, StepState.COMPENSATED]
+
+
+def test_a_step_whose_earlier_attempt_timed_out_is_compensated_even_if_the_last_failed() -> None:
+    """Attempt 1 of b times out (it may still take effect), attempt 2 fails permanently: b's
+    outcome is in doubt, so it ends timed_out and is compensated before a (issue 4, bug A)."""
+    p = plan(step("a"), step("b"))
+    s, _ = run(p, started(p), ok(0, 1, 1), Wake(at(11)))
+    assert s.steps[1].in_doubt and s.steps[1].state is StepState.PENDING
+    s, ds = run(p, s, Wake(at(12)), fail(1, 2, 13, retryable=False))
+    assert s.steps[1].state is StepState.COMPENSATING and s.steps[1].error.type == "Boom"
+    assert ds[-1].commands == (Dispatch(1, 1, COMP, at(18)),)
+    s, _ = run(p, s, ok(1, 1, 14, COMP), ok(0, 1, 15, COMP))
+    assert s.state is SagaState.FAILED
+    assert states(s) == [StepState.COMPENSATED, StepState.COMPENSATED]
+
+
+def test_a_step_that_only_ever_failed_is_not_compensated() -> None:
+    p = plan(step("a"), step("b"))
+    s, _ = run(p, started(p), ok(0, 1, 1), fail(1, 1, 2, retryable=True))
+    s, _ = run(p, s, Wake(at(3)), fail(1, 2, 4, retryable=False))
+    assert not s.steps[1].in_doubt
+    assert states(s) == [StepState.COMPENSATING, StepState.FAILED]
+
+
+def test_deadline_while_waiting_to_retry_a_step_that_once_timed_out_compensates_it() -> None:
+    """Attempt 1 timed out, attempt 2 failed (retryable): the saga deadline passes during the
+    retry wait. The last error is not a timeout, but attempt 1 is still in doubt."""
+    p = plan(step("a"), step("b", retry=RetryPolicy(max_attempts=5, initial=50.0, jitter=0.0)))
+    s, _ = run(p, started(p, deadline=at(100)), ok(0, 1, 1), Wake(at(11)))
+    s, _ = run(p, s, Wake(at(61)), fail(1, 2, 62, retryable=True))
+    assert s.steps[1].state is StepState.PENDING and s.steps[1].error.type == "Boom"
+    d = decide(p, s, Wake(at(100)))
+    assert d.status.steps[1].state is StepState.COMPENSATING
+    assert d.commands[0] == Dispatch(1, 1, COMP, at(105))
+
+
+def test_an_operator_retry_of_a_running_step_puts_its_old_attempt_in_doubt() -> None:
+    p = plan(step("a"), step("b", retry=RetryPolicy(max_attempts=2, jitter=0.0)))
+    s, _ = run(p, started(p), ok(0, 1, 1), Retry(at(2), "stuck"))
+    assert s.steps[1].attempt == 2 and s.steps[1].in_doubt
+    s, _ = run(p, s, fail(1, 2, 3, retryable=False))
+    assert states(s)[1] is StepState.COMPENSATING  # attempt 1 may still have taken effect
 
 
 def test_a_reply_after_the_timeout_was_handled_is_ignored() -> None:

@@ -14,6 +14,7 @@ Each test below replays the same kind of run and checks one property over the wh
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -313,17 +314,27 @@ def describe(entry: Entry) -> str:
 
 
 def outcomes(run: Run) -> Iterator[tuple[Entry, dict[int, str]]]:
-    """Yield each entry with, per step, what the environment knows of its last forward attempt:
-    "unknown" (dispatched, no accepted reply yet), "ok" or "failed" (reported). Steps never
-    dispatched are absent. The dict is updated for the entry's event before it is yielded, and
-    for the entry's forward dispatches after."""
+    """Yield each entry with, per step, what the environment knows of its forward effect:
+    "ok" (an attempt reported success), "failed" (every attempt dispatched so far reported
+    failure, so no effect can exist) or "unknown" (some attempt dispatched has no accepted
+    reply: it may be running, or have timed out after taking effect). Steps never dispatched are
+    absent. The dict is updated for the entry's event before it is yielded, and for the entry's
+    forward dispatches after."""
     truth: dict[int, str] = {}
+    dispatched: Counter[int] = Counter()
+    failed: Counter[int] = Counter()
     for entry in run.trace:
         ev = entry.event
         if isinstance(ev, Reply) and ev.action is Action.FORWARD and not entry.ignored:
-            truth[ev.step] = "ok" if isinstance(ev, StepSucceeded) else "failed"
+            if isinstance(ev, StepSucceeded):
+                truth[ev.step] = "ok"
+            else:
+                failed[ev.step] += 1
+                every = failed[ev.step] == dispatched[ev.step]
+                truth[ev.step] = "failed" if every else "unknown"
         yield entry, truth
         for d in entry.dispatches(Action.FORWARD):
+            dispatched[d.step] += 1
             truth[d.step] = "unknown"
 
 
