@@ -40,7 +40,7 @@ def _engine_run(url: str, n: int) -> dict[str, Any]:
     def one(i: int) -> None:
         sid = uuid.uuid4().hex
         coordinator.start(saga.name, {"n": i}, saga_id=sid, rt=rt)
-        for k, step in enumerate(saga.steps):
+        for step in saga.steps:
             snap = rt.store.load(sid)  # the participant reads the saga before its step
             reply = StepReply(
                 saga_id=sid, step=step.name, action=Action.FORWARD, attempt=1, ok=True

@@ -14,6 +14,8 @@ Configurations (each gets fresh workers and a fresh PostgreSQL database, run in 
 - ``chain``: a raw Celery chain of 4 no-op tasks; 1 worker (-Q bench_chain).
 - ``chain_pg``: the same chain, each task doing SELECT ... FOR UPDATE; UPDATE; INSERT on
   PostgreSQL in one transaction; 1 worker.
+- ``chain_spread`` / ``chain_pg_spread``: the same two chains with task i on queue bench_s<i>
+  served by its own worker (4 workers): the Celery floor in sagas (a)'s topology.
 
 All workers: ``celery worker --pool prefork --concurrency 2`` with /work/main/celeryconfig.py.
 Sagas are started with ``sagas.start_saga.delay(name, payload, saga_id=...)`` (a message to the
@@ -67,7 +69,7 @@ CHAIN_CONFIGS = {
     "chain_pg_spread": "bench.pg_step",
 }
 SPREAD_QUEUES = [("s1", "bench_s1"), ("s2", "bench_s2"), ("s3", "bench_s3"), ("s4", "bench_s4")]
-DEFAULT_CONFIGS = "chain,chain_pg,sagas_spread,sagas_inline"
+DEFAULT_CONFIGS = "chain,chain_pg,chain_spread,chain_pg_spread,sagas_spread,sagas_inline"
 WARMUP = 20
 TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "120"))
 

@@ -39,6 +39,18 @@ class Settings(BaseSettings):
         "sweeper (Redis redelivers unacked messages after its visibility timeout).",
     )
     sweep_batch: int = Field(200, gt=0, description="Sagas handled per sweeper pass.")
+    stuck_after: float = Field(
+        600.0,
+        gt=0,
+        description="Seconds without progress after which the sweeper escalates an active saga "
+        "(its timers did not move it: a parked compensation, an unsent outbox, a stalled saga).",
+    )
+    escalation_task: str | None = Field(
+        None,
+        description="Celery task the sweeper sends each escalation to (kwargs saga_id, saga, "
+        "state, reason, correlation_id), e.g. one that pages an operator; unset: logs and the "
+        "sagas_escalated_total counter only.",
+    )
     local_transitions: bool = Field(
         True,
         description="A participant that can reach the store applies its step's transition "

@@ -29,7 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from . import statements
@@ -38,7 +38,7 @@ from .machine import ErrorInfo, Record, SagaStatus, StepStatus, next_wakeup
 from .payload import encode
 from .schema import event_table, handled_table, orphan_table, saga_table, step_table
 from .settings import mask_url
-from .state import ACTIVE_SAGA_STATES, SagaState, StepState
+from .state import ACTIVE_SAGA_STATES, HistoryKind, SagaState, StepState
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +323,18 @@ class Store:
                 .limit(limit)
             )
             return [r.id for r in rows]
+
+    def note_once(self, saga_id: str, key: str, kind: HistoryKind, detail: dict[str, Any]) -> bool:
+        """Append one history row unless ``key`` was noted for this saga before (the
+        idempotency ledger makes it once-only across processes). True if appended."""
+        try:
+            with self.transaction() as tx:
+                if not tx.claim(saga_id, key):
+                    return False
+                tx.record_only(saga_id, [Record(kind, detail=detail)])
+                return True
+        except IntegrityError:  # another process claimed the same key at the same moment
+            return False
 
     def clear_outbox(self, saga_id: str, outbox_at: datetime) -> None:
         """Mark the outbox written at ``outbox_at`` published.

@@ -1,7 +1,18 @@
-"""The sweeper: one pass fires every due timer and re-publishes unsent commands.
+"""The sweeper: one pass repairs what it can and escalates what it cannot.
 
-Run by beat every ``sweep_interval`` seconds. Two beats at once are safe: each saga is handled
-under its row lock with ``SKIP LOCKED``, and a ``Wake`` with nothing due changes nothing.
+Run by beat every ``sweep_interval`` seconds. Per class of trouble:
+
+- a timer is due (retry wait over, step or compensation timed out — an orphaned command —, saga
+  deadline passed): fire it (``Wake``), which retries, times out or compensates per the policy;
+- commands committed but not published (a crash between commit and publish): re-publish them;
+- an active saga without progress for ``stuck_after`` seconds that its timers do not move (a
+  parked compensation, an outbox the broker keeps refusing, a stalled choreography): escalate it
+  once per (saga, reason, version) — a ``saga_stuck`` history row, an error log, the
+  ``sagas_escalated_total`` counter and, if configured, a message to ``escalation_task``.
+
+Two beats at once are safe: each saga is handled under its row lock with ``SKIP LOCKED`` or by
+compare-and-set, a ``Wake`` with nothing due changes nothing, and an escalation is claimed in
+the store before it is sent.
 """
 
 from __future__ import annotations
@@ -10,8 +21,9 @@ from dataclasses import asdict, dataclass
 
 from . import coordinator, faults
 from .errors import SagaError
-from .observability import escape, get_logger
+from .observability import escape, get_logger, metrics, saga_context
 from .runtime import Runtime
+from .state import HistoryKind
 
 log = get_logger("sagas.sweeper")
 
@@ -20,6 +32,7 @@ log = get_logger("sagas.sweeper")
 class SweepReport:
     woken: int = 0
     republished: int = 0
+    escalated: int = 0
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -49,4 +62,36 @@ def sweep(rt: Runtime) -> SweepReport:
         except SagaError as exc:
             report.errors += 1
             log.error("sweeper could not re-publish for saga %s: %s", saga_id, escape(exc))
+    report.escalated = escalate(rt)
     return report
+
+
+def escalate(rt: Runtime) -> int:
+    """Escalate stuck sagas not escalated before in their current version. Returns how many."""
+    sent = 0
+    for record, why in rt.store.stuck(rt.settings.stuck_after, rt.settings.sweep_batch):
+        key = f"escalated:{record.lock_version}:{why}"[:200]
+        if not rt.store.note_once(record.id, key, HistoryKind.SAGA_STUCK, {"reason": why}):
+            continue  # already escalated (by us or another beat) in this version
+        sent += 1
+        metrics.inc("sagas_escalated_total", saga=record.name, reason=why)
+        with saga_context(
+            saga=record.name, saga_id=record.id, correlation_id=record.correlation_id
+        ):
+            log.error("saga escalated to an operator: %s (state %s)", why, record.state.value)
+            task = rt.settings.escalation_task
+            if task:
+                try:
+                    rt.celery.send_task(
+                        task,
+                        kwargs={
+                            "saga_id": record.id,
+                            "saga": record.name,
+                            "state": record.state.value,
+                            "reason": why,
+                            "correlation_id": record.correlation_id,
+                        },
+                    )
+                except Exception as exc:  # noqa: BLE001 - the history row and log remain
+                    log.error("escalation task %s not sent: %s", task, escape(exc))
+    return sent
