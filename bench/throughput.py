@@ -9,6 +9,9 @@ Configurations (each gets fresh workers and a fresh PostgreSQL database, run in 
   workers (-Q bench_s1 .. bench_s4).
 - ``sagas_inline``: all 4 steps on one queue; coordinator worker + 1 service worker
   (-Q bench_inline): the participant applies the transition and runs the next step inline.
+- ``sagas_spread_direct`` / ``sagas_inline_direct``: as (a) / (b) with
+  SAGAS_START_ON_STEP_QUEUE=true: start_saga.delay is routed to step 1's queue and that worker
+  records the start and runs step 1 in the same task (no coordinator hop).
 - ``sagas_spread_reply``: as sagas_spread with SAGAS_LOCAL_TRANSITIONS=false (every step
   replies to the coordinator by message: the classic orchestrator path). Not in the default set.
 - ``chain``: a raw Celery chain of 4 no-op tasks; 1 worker (-Q bench_chain).
@@ -60,6 +63,19 @@ SAGA_CONFIGS = {
         "workers": [("coord", "sagas"), ("inline", "bench_inline")],
         "env": {},
     },
+    # SAGAS_START_ON_STEP_QUEUE: start_saga.delay goes to step 1's queue (the entry queue, listed
+    # first); the coordinator worker still runs (replies, timers) but the happy path skips it.
+    "sagas_spread_direct": {
+        "saga": "bench_spread",
+        "workers": [("s1", "bench_s1"), ("coord", "sagas"), ("s2", "bench_s2"),
+                    ("s3", "bench_s3"), ("s4", "bench_s4")],
+        "env": {"SAGAS_START_ON_STEP_QUEUE": "true"},
+    },
+    "sagas_inline_direct": {
+        "saga": "bench_inline",
+        "workers": [("inline", "bench_inline"), ("coord", "sagas")],
+        "env": {"SAGAS_START_ON_STEP_QUEUE": "true"},
+    },
 }  # fmt: skip
 CHAIN_CONFIGS = {
     "chain": "bench.noop",
@@ -69,7 +85,10 @@ CHAIN_CONFIGS = {
     "chain_pg_spread": "bench.pg_step",
 }
 SPREAD_QUEUES = [("s1", "bench_s1"), ("s2", "bench_s2"), ("s3", "bench_s3"), ("s4", "bench_s4")]
-DEFAULT_CONFIGS = "chain,chain_pg,chain_spread,chain_pg_spread,sagas_spread,sagas_inline"
+DEFAULT_CONFIGS = (
+    "chain,chain_pg,chain_spread,chain_pg_spread,sagas_spread,sagas_inline,"
+    "sagas_spread_direct,sagas_inline_direct"
+)
 WARMUP = 20
 TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "120"))
 

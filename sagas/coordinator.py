@@ -8,6 +8,7 @@ between commit and publish.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -41,12 +42,13 @@ from .machine import (
     WakeAt,
     decide,
     new_status,
+    next_wakeup,
 )
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json, check_saga_id, validate_payload
 from .runtime import Runtime, get_runtime
-from .state import Action, HistoryKind, SagaState, StepState
+from .state import Action, HistoryKind, StepState
 from .store import SagaRecord, Snapshot, payload_hash
 from .transport import build_command, decode_command, encode_command, send_step, send_wake
 from .transport import still_wanted as _still_wanted
@@ -125,8 +127,14 @@ def start(
     saga_id: str | None = None,
     correlation_id: str | None = None,
     rt: Runtime | None = None,
+    inline: Inline | None = None,
+    inline_out: list[StepCommand] | None = None,
+    cursor: Cursor | None = None,
 ) -> str:
-    """Create the saga and dispatch its first step. Idempotent on ``saga_id``."""
+    """Create the saga and dispatch its first step. Idempotent on ``saga_id``.
+
+    ``inline``/``inline_out``/``cursor`` as in ``apply``: a worker that serves the first step's
+    queue may claim its dispatch and run it in the same task (``SAGAS_START_ON_STEP_QUEUE``)."""
     rt = rt or get_runtime()
     definition: Any = get_saga(name)
     if getattr(definition, "kind", "") == "choreographed":
@@ -138,7 +146,7 @@ def start(
     saga, data, sid, cid = prepare_start(name, payload, saga_id, correlation_id, rt=rt)
     for attempt in (1, 2):
         try:
-            return _start(rt, saga, data, sid, cid)
+            return _start(rt, saga, data, sid, cid, inline, inline_out, cursor)
         except IntegrityError:
             if attempt == 2:  # pragma: no cover - a second race on one id
                 raise
@@ -146,7 +154,16 @@ def start(
     raise AssertionError("unreachable")
 
 
-def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: str) -> str:
+def _start(
+    rt: Runtime,
+    saga: Saga[Any],
+    data: dict[str, Any],
+    sid: str,
+    cid: str,
+    inline: Inline | None = None,
+    inline_out: list[StepCommand] | None = None,
+    cursor: Cursor | None = None,
+) -> str:
     with saga_context(saga=saga.name, saga_id=sid, correlation_id=cid):
         existing, now = rt.store.peek(sid)  # and the database clock, in one round trip
         if existing is None:
@@ -154,7 +171,8 @@ def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: st
             if saga.deadline is not None:
                 deadline = now + timedelta(seconds=saga.deadline)
             decision = decide(saga.plan, new_status(sid, saga.plan, deadline), Start(now))
-            outbox = _outbox(decision)
+            claimed = _claim_inline(saga, decision, inline)
+            outbox = _outbox(decision, claimed)
             existing = rt.store.create(
                 now=now,
                 saga_id=sid,
@@ -171,31 +189,44 @@ def _start(rt: Runtime, saga: Saga[Any], data: dict[str, Any], sid: str, cid: st
             return sid
         metrics.inc("sagas_started_total", saga=saga.name)
         log.info("saga started")
-        record = _fresh_record(sid, saga, data, cid, now)
+        record = _fresh_record(sid, saga, data, cid, now, decision.status, outbox)
         faults.hit("coordinator.start_after_commit")
-        if _publish_safely(rt, saga, record, decision.status, decision.commands, now) and outbox:
+        rest = tuple(c for c in decision.commands if c not in claimed)
+        if _publish_safely(rt, saga, record, decision.status, rest, now) and outbox:
             rt.store.clear_outbox(sid, outbox_at=now)
+            record = replace(record, outbox=None, outbox_at=None)
+        if inline_out is not None:
+            inline_out.extend(build_command(saga, record, decision.status, c) for c in claimed)
+        if cursor is not None:
+            cursor.snapshot = Snapshot(record, decision.status, now, time.monotonic())
         return sid
 
 
 def _fresh_record(
-    sid: str, saga: Saga[Any], data: dict[str, Any], cid: str, now: datetime
+    sid: str,
+    saga: Saga[Any],
+    data: dict[str, Any],
+    cid: str,
+    now: datetime,
+    status: SagaStatus,
+    outbox: list[dict[str, Any]],
 ) -> SagaRecord:
+    """The row ``Store.create`` just inserted, as ``Store.load`` would read it."""
     return SagaRecord(
         id=sid,
         name=saga.name,
         version=saga.version,
-        state=SagaState.PENDING,
+        state=status.state,
         payload=data,
         payload_hash=payload_hash(data),
         correlation_id=cid,
         created_at=now,
         updated_at=now,
         finished_at=None,
-        deadline_at=None,
-        wake_at=None,
-        outbox=None,
-        outbox_at=None,
+        deadline_at=status.deadline_at,
+        wake_at=next_wakeup(status),
+        outbox=outbox or None,
+        outbox_at=now if outbox else None,
         parked=False,
         lock_version=1,
         failure=None,

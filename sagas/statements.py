@@ -1,4 +1,4 @@
-"""Prebuilt statements for the store's hot path on PostgreSQL.
+"""Prebuilt statements for the store's hot path (most of them PostgreSQL's).
 
 Each transition is one ``SELECT ... FOR UPDATE`` (row lock, database clock and the steps as
 JSON) and one write statement (the saga row, every changed step and the new history rows, as
@@ -13,7 +13,7 @@ from datetime import date, datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Table, bindparam, column, func, insert, literal, select, true, update
+from sqlalchemy import Table, bindparam, column, func, insert, literal, null, select, true, update
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.sql import Executable
 
@@ -25,6 +25,21 @@ SAGA_INSERT_COLUMNS = tuple(c.name for c in saga_table.c)
 # Python None is SQL NULL in every JSON column we write (not the JSON value null).
 _JSON = JSONB(none_as_null=True)
 
+SELECT_SAGA = select(saga_table).where(saga_table.c.id == bindparam("saga_id"))
+OPEN_ATTEMPT = select(
+    step_table.c.state,
+    step_table.c.attempt,
+    step_table.c.compensation_attempt,
+    step_table.c.deadline_at,
+).where(step_table.c.saga_id == bindparam("saga_id"), step_table.c.idx == bindparam("idx"))
+CLEAR_OUTBOX = (
+    update(saga_table)
+    .where(
+        saga_table.c.id == bindparam("saga_id"),
+        saga_table.c.outbox_at == bindparam("written_at", type_=saga_table.c.outbox_at.type),
+    )
+    .values(outbox=null(), outbox_at=None)
+)
 _STEPS_JSON = (
     select(func.json_agg(aggregate_order_by(step_table.table_valued(), step_table.c.idx)))
     .where(step_table.c.saga_id == saga_table.c.id)

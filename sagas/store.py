@@ -1,32 +1,31 @@
 """The saga store: every read and write of the saga tables, and nothing else.
 
-``Store.transaction()`` yields a ``Tx`` whose ``lock`` takes the saga row (``SELECT ... FOR
-UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` serialises writers on SQLite). Time comes from the
-database clock on PostgreSQL so a skewed worker clock cannot move deadlines.
+Transitions are optimistic: ``Store.load`` reads a saga (row, steps and the database clock) into
+a ``Snapshot``; ``Store.write`` applies a transition only if the row is still at the snapshot's
+``lock_version`` (compare-and-set). ``Store.transaction()`` yields a ``Tx`` whose ``lock`` takes
+the saga row instead (``SELECT ... FOR UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` serialises
+writers on SQLite), for the sweeper's re-publish and choreography handlers. Time comes from the
+database clock on PostgreSQL so a skewed worker clock cannot move deadlines. Row mapping lives in
+``sagas.records``, the write statements in ``sagas.writes`` and ``sagas.statements``.
 """
 
 from __future__ import annotations
 
 import builtins
-import hashlib
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     Engine,
-    bindparam,
     create_engine,
     event,
     func,
     insert,
-    null,
     select,
     text,
-    update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -34,94 +33,32 @@ from sqlalchemy.pool import StaticPool
 
 from . import statements
 from .errors import SagaNotFound, StoreUnavailable
-from .machine import ErrorInfo, Record, SagaStatus, StepStatus, next_wakeup
-from .payload import encode
+from .machine import Record, SagaStatus, StepStatus
+from .records import (
+    HistoryEntry as HistoryEntry,
+)
+from .records import (
+    JsonStep,
+    event_rows,
+    record_from_row,
+    status_from_rows,
+)
+from .records import (
+    SagaRecord as SagaRecord,
+)
+from .records import (
+    Snapshot as Snapshot,
+)
+from .records import (
+    payload_hash as payload_hash,
+)
+from .records import (
+    utc as utc,
+)
 from .schema import event_table, handled_table, orphan_table, saga_table, step_table
 from .settings import mask_url
 from .state import ACTIVE_SAGA_STATES, HistoryKind, SagaState, StepState
-
-
-@dataclass(frozen=True, slots=True)
-class SagaRecord:
-    """A saga row without its steps: identity, payload and bookkeeping."""
-
-    id: str
-    name: str
-    version: int
-    state: SagaState
-    payload: dict[str, Any]
-    payload_hash: str
-    correlation_id: str
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    deadline_at: datetime | None
-    wake_at: datetime | None
-    outbox: list[dict[str, Any]] | None
-    outbox_at: datetime | None
-    parked: bool
-    lock_version: int
-    failure: ErrorInfo | None
-    kind: str = "orchestrated"  # or "choreographed"
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A saga as read (or as last written by this process) at database time ``read_at``.
-
-    A transition computed from a snapshot is written with compare-and-set on the record's
-    ``lock_version``, so a snapshot that went stale costs a re-read, never a lost update."""
-
-    record: SagaRecord
-    status: SagaStatus
-    read_at: datetime
-    taken: float  # time.monotonic() when read_at was current
-
-    def now(self) -> datetime:
-        """The database clock now, estimated from the read and this process's monotonic clock
-        (immune to a skewed wall clock)."""
-        return self.read_at + timedelta(seconds=max(time.monotonic() - self.taken, 0.0))
-
-    def after_write(
-        self, new: SagaStatus, at: datetime, outbox: Sequence[dict[str, Any]], parked: bool
-    ) -> Snapshot:
-        """This snapshot as ``Store.write`` left the row (what the next write compares with)."""
-        r = self.record
-        pending = [*(r.outbox or []), *outbox] if outbox else r.outbox
-        record = replace(
-            r,
-            state=new.state,
-            failure=new.failure,
-            updated_at=at,
-            finished_at=at if new.state.terminal and not r.state.terminal else r.finished_at,
-            wake_at=next_wakeup(new),
-            outbox=pending,
-            outbox_at=at if outbox else r.outbox_at,
-            parked=parked,
-            lock_version=r.lock_version + 1,
-        )
-        return Snapshot(record, new, at, time.monotonic())
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    id: int
-    at: datetime
-    kind: str
-    step: str | None
-    attempt: int | None
-    detail: dict[str, Any] | None
-
-
-def payload_hash(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(encode(payload).encode()).hexdigest()
-
-
-def utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything in sagas is aware UTC."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+from .writes import insert_saga, write_transition
 
 
 def make_engine(url: str) -> Engine:
@@ -194,8 +131,8 @@ class Store:
             row = conn.execute(select(saga_table).where(saga_table.c.id == saga_id)).first()
             if row is None:
                 raise SagaNotFound(f"no saga with id {saga_id!r}")
-            record = _record(row)
-            status = _status(record, _steps(conn, saga_id))
+            record = record_from_row(row)
+            status = status_from_rows(record, _steps(conn, saga_id))
             events = conn.execute(
                 select(event_table)
                 .where(event_table.c.saga_id == saga_id)
@@ -220,7 +157,7 @@ class Store:
         if name is not None:
             query = query.where(saga_table.c.name == name)
         with self.engine.connect() as conn:
-            return [_record(r) for r in conn.execute(query)]
+            return [record_from_row(r) for r in conn.execute(query)]
 
     def due(self, limit: int) -> builtins.list[str]:
         """Ids of sagas with a timer due now (database clock)."""
@@ -237,7 +174,7 @@ class Store:
     def open_attempt(self, saga_id: str, index: int) -> tuple[str, int, int, bool] | None:
         """(state, attempt, compensation_attempt, in flight) of one step; None if unknown."""
         with self._autocommit() as conn:
-            row = conn.execute(_OPEN_ATTEMPT, {"saga_id": saga_id, "idx": index}).first()
+            row = conn.execute(statements.OPEN_ATTEMPT, {"saga_id": saga_id, "idx": index}).first()
         if row is None:
             return None
         return row.state, row.attempt, row.compensation_attempt, row.deadline_at is not None
@@ -271,7 +208,7 @@ class Store:
             )
             found = []
             for row in rows:
-                record = _record(row)
+                record = record_from_row(row)
                 if record.parked:
                     why = "compensation exhausted (dead-lettered)"
                     if (
@@ -299,8 +236,8 @@ class Store:
             ).all()
             out = []
             for row in rows:
-                record = _record(row)
-                for step in _status(record, _steps(conn, record.id)).steps:
+                record = record_from_row(row)
+                for step in status_from_rows(record, _steps(conn, record.id)).steps:
                     if step.state is StepState.COMPENSATION_FAILED:
                         out.append((record, step))
             return out
@@ -344,7 +281,7 @@ class Store:
         commands rewrites ``outbox_at`` and clears the lot itself once it has published.
         """
         with self._autocommit() as conn:
-            conn.execute(_CLEAR_OUTBOX, {"saga_id": saga_id, "written_at": outbox_at})
+            conn.execute(statements.CLEAR_OUTBOX, {"saga_id": saga_id, "written_at": outbox_at})
 
     @contextmanager
     def _autocommit(self) -> Iterator[Connection]:
@@ -374,8 +311,8 @@ class Store:
             row = conn.execute(statements.LOAD, {"saga_id": saga_id}).first()
         if row is None:
             return None
-        record = _record(row)
-        steps = _status(record, [_JsonStep(s) for s in row.steps or ()])
+        record = record_from_row(row)
+        steps = status_from_rows(record, [JsonStep(s) for s in row.steps or ()])
         return Snapshot(record, steps, utc(row.db_now) or row.db_now, time.monotonic())
 
     def write(
@@ -396,11 +333,13 @@ class Store:
         so a transition costs two round trips (load, write) instead of four."""
         if not self.is_postgres:
             with self.transaction() as tx:
-                return _save(
+                return write_transition(
                     tx.conn, False, record, old, new, history, outbox, now=now, parked=parked
                 )
         with self._autocommit() as conn:
-            return _save(conn, True, record, old, new, history, outbox, now=now, parked=parked)
+            return write_transition(
+                conn, True, record, old, new, history, outbox, now=now, parked=parked
+            )
 
     def peek(self, saga_id: str) -> tuple[SagaRecord | None, datetime]:
         """The saga's record if it exists, and the database clock (one round trip)."""
@@ -409,7 +348,7 @@ class Store:
                 return tx.peek(saga_id), tx.now()
         with self._autocommit() as conn:
             row = conn.execute(statements.PEEK, {"saga_id": saga_id}).one()
-        return (None if row.id is None else _record(row)), utc(row.db_now) or row.db_now
+        return (None if row.id is None else record_from_row(row)), utc(row.db_now) or row.db_now
 
     def create(
         self,
@@ -445,7 +384,7 @@ class Store:
                 tx._now = now
                 return tx.insert(**fields)
         with self._autocommit() as conn:
-            _insert(conn, True, now=now, **fields)
+            insert_saga(conn, True, now=now, **fields)
         return None
 
 
@@ -468,17 +407,17 @@ class Tx:
         round trip: how a start begins."""
         if not self.is_postgres:
             self.now()
-            row = self.conn.execute(_SELECT_SAGA, {"saga_id": saga_id}).first()
+            row = self.conn.execute(statements.SELECT_SAGA, {"saga_id": saga_id}).first()
             if row is None:
                 self._peeked = saga_id
                 return None
-            return _record(row)
+            return record_from_row(row)
         row = self.conn.execute(statements.PEEK, {"saga_id": saga_id}).one()
         self._now = utc(row.db_now)
         if row.id is None:
             self._peeked = saga_id
             return None
-        return _record(row)
+        return record_from_row(row)
 
     def insert(
         self,
@@ -502,7 +441,7 @@ class Tx:
             existing = self.peek(saga_id)
             if existing is not None:
                 return existing
-        _insert(
+        insert_saga(
             self.conn,
             self.is_postgres,
             now=self.now(),
@@ -529,13 +468,13 @@ class Tx:
             if row is None:
                 return None
             self._now = utc(row.db_now)
-            record = _record(row)
-            return record, _status(record, [_JsonStep(s) for s in row.steps or ()])
-        row = self.conn.execute(_SELECT_SAGA, {"saga_id": saga_id}).first()
+            record = record_from_row(row)
+            return record, status_from_rows(record, [JsonStep(s) for s in row.steps or ()])
+        row = self.conn.execute(statements.SELECT_SAGA, {"saga_id": saga_id}).first()
         if row is None:
             return None
-        record = _record(row)
-        return record, _status(record, _steps(self.conn, saga_id))
+        record = record_from_row(row)
+        return record, status_from_rows(record, _steps(self.conn, saga_id))
 
     def save(
         self,
@@ -549,7 +488,7 @@ class Tx:
         clear_outbox: bool = False,
     ) -> int:
         """Persist a transition of the locked saga; returns the new lock_version."""
-        saved = _save(
+        saved = write_transition(
             self.conn,
             self.is_postgres,
             record,
@@ -601,179 +540,9 @@ class Tx:
         return True
 
     def record_only(self, saga_id: str, history: Sequence[Record]) -> None:
-        events = _event_rows(saga_id, history, self.now())
+        events = event_rows(saga_id, history, self.now())
         if events:
             self.conn.execute(insert(event_table), events)
-
-
-def _insert(
-    conn: Connection,
-    is_postgres: bool,
-    *,
-    now: datetime,
-    saga_id: str,
-    name: str,
-    version: int,
-    payload: dict[str, Any],
-    correlation_id: str,
-    status: SagaStatus,
-    history: Sequence[Record],
-    outbox: Sequence[dict[str, Any]],
-    kind: str,
-) -> None:
-    saga_values = {
-        "id": saga_id,
-        "name": name,
-        "kind": kind,
-        "version": version,
-        "state": status.state.value,
-        "payload": payload,
-        "payload_hash": payload_hash(payload),
-        "correlation_id": correlation_id,
-        "failure": None,
-        "created_at": now,
-        "updated_at": now,
-        "finished_at": None,
-        "deadline_at": status.deadline_at,
-        "wake_at": next_wakeup(status),
-        "outbox": list(outbox) if outbox else None,
-        "outbox_at": now if outbox else None,
-        "parked": False,
-        "lock_version": 1,
-    }
-    steps = [_step_values(saga_id, i, st) for i, st in enumerate(status.steps)]
-    if is_postgres:
-        # One statement (atomic on its own): the saga, its steps and its first history rows.
-        params = statements.insert_params(saga_values, steps, _event_json(history))
-        conn.execute(statements.INSERT_SAGA, params)
-        return
-    conn.execute(
-        insert(saga_table).values({**saga_values, "outbox": saga_values["outbox"] or null()})
-    )
-    conn.execute(insert(step_table), steps)
-    events = _event_rows(saga_id, history, now)
-    if events:
-        conn.execute(insert(event_table), events)
-
-
-def _save(
-    conn: Connection,
-    is_postgres: bool,
-    record: SagaRecord,
-    old: SagaStatus,
-    new: SagaStatus,
-    history: Sequence[Record],
-    outbox: Sequence[dict[str, Any]],
-    *,
-    now: datetime,
-    parked: bool | None = None,
-    clear_outbox: bool = False,
-) -> bool:
-    """Write a transition if the saga row is still at ``record.lock_version``; False if not."""
-    values: dict[str, Any] = {
-        "state": new.state.value,
-        "failure": new.failure.as_json() if new.failure else None,
-        "updated_at": now,
-        "wake_at": next_wakeup(new),
-        "lock_version": record.lock_version + 1,
-    }
-    if clear_outbox:
-        values.update(outbox=None, outbox_at=None)
-    elif outbox:
-        values.update(outbox=[*(record.outbox or []), *outbox], outbox_at=now)
-    if new.state.terminal and not old.state.terminal:
-        values["finished_at"] = now
-    if parked is not None:
-        values["parked"] = parked
-    changed = [
-        _step_values(record.id, i, after)
-        for i, (before, after) in enumerate(zip(old.steps, new.steps, strict=True))
-        if before != after
-    ]
-    if is_postgres:
-        # One round trip: the saga row (if unchanged), every changed step and the history.
-        params = statements.save_params(
-            record.id, record.lock_version, now, values, changed, _event_json(history)
-        )
-        return bool(conn.execute(statements.save(tuple(values)), params).scalar_one())
-    if "outbox" in values and values["outbox"] is None:
-        values["outbox"] = null()
-    result = conn.execute(
-        update(saga_table)
-        .where(saga_table.c.id == record.id, saga_table.c.lock_version == record.lock_version)
-        .values(values)
-    )
-    if result.rowcount != 1:
-        return False
-    for step_values in changed:
-        conn.execute(
-            update(step_table)
-            .where(step_table.c.saga_id == record.id, step_table.c.idx == step_values["idx"])
-            .values(step_values)
-        )
-    events = _event_rows(record.id, history, now)
-    if events:
-        conn.execute(insert(event_table), events)
-    return True
-
-
-def _event_json(history: Sequence[Record]) -> list[dict[str, Any]]:
-    return [
-        {"kind": h.kind.value, "step": h.step, "attempt": h.attempt, "detail": h.detail}
-        for h in history
-    ]
-
-
-def _event_rows(saga_id: str, history: Sequence[Record], now: datetime) -> list[dict[str, Any]]:
-    return [
-        {
-            "saga_id": saga_id,
-            "at": now,
-            "kind": h.kind.value,
-            "step": h.step,
-            "attempt": h.attempt,
-            "detail": h.detail,
-            "message": None,
-        }
-        for h in history
-    ]
-
-
-# -- statements built once (hot path: no per-call construction) -----------------------------------
-
-_SELECT_SAGA = select(saga_table).where(saga_table.c.id == bindparam("saga_id"))
-_OPEN_ATTEMPT = select(
-    step_table.c.state,
-    step_table.c.attempt,
-    step_table.c.compensation_attempt,
-    step_table.c.deadline_at,
-).where(step_table.c.saga_id == bindparam("saga_id"), step_table.c.idx == bindparam("idx"))
-_CLEAR_OUTBOX = (
-    update(saga_table)
-    .where(
-        saga_table.c.id == bindparam("saga_id"),
-        saga_table.c.outbox_at == bindparam("written_at", type_=saga_table.c.outbox_at.type),
-    )
-    .values(outbox=null(), outbox_at=None)
-)
-
-
-# -- row mapping --------------------------------------------------------------------------------
-
-
-class _JsonStep:
-    """A saga_step row as PostgreSQL's json_agg returns it (timestamps as ISO strings)."""
-
-    __slots__ = ("_row",)
-
-    def __init__(self, row: dict[str, Any]) -> None:
-        self._row = row
-
-    def __getattr__(self, name: str) -> Any:
-        value = self._row[name]
-        if name.endswith("_at") and value is not None:
-            return datetime.fromisoformat(value)
-        return value
 
 
 def _db_now(conn: Connection, is_postgres: bool) -> datetime:
@@ -789,72 +558,6 @@ def _steps(conn: Connection, saga_id: str) -> list[Any]:
             select(step_table).where(step_table.c.saga_id == saga_id).order_by(step_table.c.idx)
         )
     )
-
-
-def _record(row: Any) -> SagaRecord:
-    return SagaRecord(
-        id=row.id,
-        name=row.name,
-        version=row.version,
-        state=SagaState(row.state),
-        payload=row.payload,
-        payload_hash=row.payload_hash,
-        correlation_id=row.correlation_id,
-        created_at=utc(row.created_at) or row.created_at,
-        updated_at=utc(row.updated_at) or row.updated_at,
-        finished_at=utc(row.finished_at),
-        deadline_at=utc(row.deadline_at),
-        wake_at=utc(row.wake_at),
-        outbox=row.outbox,
-        outbox_at=utc(row.outbox_at),
-        parked=bool(row.parked),
-        lock_version=row.lock_version,
-        failure=ErrorInfo.from_json(row.failure),
-        kind=row.kind,
-    )
-
-
-def _status(record: SagaRecord, steps: Sequence[Any]) -> SagaStatus:
-    return SagaStatus(
-        id=record.id,
-        state=record.state,
-        deadline_at=record.deadline_at,
-        failure=record.failure,
-        steps=tuple(
-            StepStatus(
-                name=s.name,
-                state=StepState(s.state),
-                attempt=s.attempt,
-                compensation_attempt=s.compensation_attempt,
-                result=s.result,
-                error=ErrorInfo.from_json(s.error),
-                started_at=utc(s.started_at),
-                finished_at=utc(s.finished_at),
-                deadline_at=utc(s.deadline_at),
-                next_attempt_at=utc(s.next_attempt_at),
-                in_doubt=bool(s.in_doubt),
-            )
-            for s in steps
-        ),
-    )
-
-
-def _step_values(saga_id: str, index: int, s: StepStatus) -> dict[str, Any]:
-    return {
-        "saga_id": saga_id,
-        "idx": index,
-        "name": s.name,
-        "state": s.state.value,
-        "attempt": s.attempt,
-        "compensation_attempt": s.compensation_attempt,
-        "result": s.result,
-        "error": s.error.as_json() if s.error else None,
-        "started_at": s.started_at,
-        "finished_at": s.finished_at,
-        "deadline_at": s.deadline_at,
-        "next_attempt_at": s.next_attempt_at,
-        "in_doubt": s.in_doubt,
-    }
 
 
 ACTIVE_STATES = tuple(s.value for s in ACTIVE_SAGA_STATES)

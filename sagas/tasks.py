@@ -60,27 +60,66 @@ class _StartSagaTask(Task):  # type: ignore[misc]
 
         if isinstance(name, str) and name in registered_sagas():
             payload = args[1] if len(args) > 1 else kwargs.get("payload")
-            coordinator.prepare_start(
+            saga, *_ = coordinator.prepare_start(
                 name,
                 payload,
                 args[2] if len(args) > 2 else kwargs.get("saga_id"),
                 args[3] if len(args) > 3 else kwargs.get("correlation_id"),
             )
+            first = _first_local_step(saga)
+            if first is not None and get_runtime().settings.start_on_step_queue:
+                options.setdefault("queue", first.queue_for(Action.FORWARD))
         options.setdefault("argsrepr", f"saga={escape(name)} id={escape(kwargs.get('saga_id'))}")
         options.setdefault("kwargsrepr", "{}")
         return super().apply_async(args, kwargs, **options)
 
 
-@shared_task(name="sagas.start_saga", base=_StartSagaTask, **COORDINATOR)
+def _first_local_step(saga: Any) -> StepDef | None:
+    """The first step, if a worker of its queue runs it as a local function (not remote)."""
+    steps = getattr(saga, "steps", None)
+    if not steps or getattr(saga, "kind", "") == "choreographed":
+        return None
+    first: StepDef = steps[0]
+    return first if first.fn is not None and first.task is None else None
+
+
+@shared_task(name="sagas.start_saga", base=_StartSagaTask, bind=True, **COORDINATOR)
 def start_saga(
+    self: Task,
     name: str,
     payload: dict[str, Any],
     saga_id: str | None = None,
     correlation_id: str | None = None,
 ) -> str:
-    """Start saga ``name`` with ``payload``. Idempotent on ``saga_id``; returns the saga id."""
+    """Start saga ``name`` with ``payload``. Idempotent on ``saga_id``; returns the saga id.
+
+    With ``SAGAS_START_ON_STEP_QUEUE`` the message may arrive on the first step's queue: this
+    worker then records the start and runs step 1 (and any following local steps) itself."""
     try:
-        return coordinator.start(name, payload, saga_id=saga_id, correlation_id=correlation_id)
+        rt = get_runtime()
+        local = _local_queues(self.app, rt)
+        saga = get_saga(name) if rt.settings.start_on_step_queue else None
+        first = _first_local_step(saga) if saga is not None else None
+        if (
+            first is None
+            or not rt.settings.local_transitions
+            or not local(first.queue_for(Action.FORWARD))
+        ):
+            return coordinator.start(name, payload, saga_id=saga_id, correlation_id=correlation_id)
+        commands: list[StepCommand] = []
+        cursor = coordinator.Cursor()
+        sid = coordinator.start(
+            name,
+            payload,
+            saga_id=saga_id,
+            correlation_id=correlation_id,
+            inline=lambda step, action: step.index == 0 and action is Action.FORWARD,
+            inline_out=commands,
+            cursor=cursor,
+        )
+        if commands:
+            _run_inline(self.app, rt, saga, commands[0], cursor.snapshot)
+        return sid
     except SagaInputError as exc:
         reason = type(exc).__name__
         metrics.inc("sagas_start_rejected_total", saga=escape(name), reason=reason)
@@ -172,6 +211,17 @@ def choreography_event(message: dict[str, Any]) -> None:
 def sweep() -> dict[str, int]:
     """Beat-scheduled: fire due timers, re-publish unsent commands. Safe to run twice at once."""
     return sweeper.sweep(get_runtime()).as_dict()
+
+
+def _run_inline(app: Any, rt: Any, saga: Any, command: StepCommand, snapshot: Any) -> None:
+    """Run a step this task claimed, settle it here, reply by message if that fails."""
+    step = saga.step_def(command.step)
+    reply = run_step(saga, step, step.fn, command)
+    faults.hit("participant.after_effect")
+    unsent = settle_locally(rt, saga, reply, _local_queues(app, rt), snapshot)
+    if unsent is not None:
+        faults.hit("participant.before_reply")
+        send_reply(app, unsent, command.correlation_id, rt.settings.coordinator_queue)
 
 
 def _local_queues(app: Any, rt: Any) -> Callable[[str], bool]:

@@ -84,6 +84,29 @@ def test_happy_path(cluster: Cluster) -> None:
     assert_in_order(effects)
 
 
+def test_start_routed_to_the_first_steps_queue(cluster: Cluster) -> None:
+    """A web process with SAGAS_START_ON_STEP_QUEUE sends start_saga to s1's queue. The worker
+    there records the start (these workers run without the setting, so they take the ordinary
+    path: publish s1 to their own queue) and the saga completes as usual."""
+    from sagas.runtime import get_runtime
+
+    rt = get_runtime()
+    before = rt.settings
+    rt.settings = before.model_copy(update={"start_on_step_queue": True})
+    try:
+        saga_id = cluster.start("probe", {"tag": "routed"})
+    finally:
+        rt.settings = before
+    record, status, history = cluster.wait_for(saga_id, TERMINAL)
+    assert record.state is SagaState.COMPLETED
+    assert [h.kind for h in history][:2] == ["saga_started", "step_dispatched"]
+    # the start was recorded by s1's worker, not by the coordinator
+    cluster.wait_for_log(STEP_QUEUES[STEPS[0]], "saga started", saga_id)
+    assert not [
+        ln for ln in cluster.log("sagas").splitlines() if "saga started" in ln and saga_id in ln
+    ]
+
+
 def test_order_fulfillment_example(cluster: Cluster) -> None:
     run = uuid.uuid4().hex[:8]
     ok = cluster.start("order_fulfillment", order_payload(f"A-{run}"))

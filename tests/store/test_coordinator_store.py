@@ -445,3 +445,72 @@ def test_cancel_compensates_through_the_store(rt: Runtime) -> None:
     assert status.steps[1].state is StepState.COMPENSATING  # charge was in flight
     assert recorder(rt).sent[-1].name == f"saga.{SAGA.name}.charge.compensate"
     assert HistoryKind.CANCEL_REQUESTED in [h.kind for h in history]
+
+
+# -- optimistic transitions: compare-and-set ----------------------------------------------------
+
+
+def test_a_write_from_a_stale_snapshot_writes_nothing(rt: Runtime) -> None:
+    """Two readers of one version: the first write wins, the second changes no row at all."""
+    sid = start(rt)
+    first, second = rt.store.load(sid), rt.store.load(sid)
+    assert first is not None and second is not None
+    assert first.record.lock_version == second.record.lock_version
+    _, _, history = rt.store.get(sid)
+
+    def succeed(snap: Any, result: dict[str, Any]) -> Any:
+        from sagas.machine import StepSucceeded, decide
+
+        return decide(
+            SAGA.plan, snap.status, StepSucceeded(0, 1, Action.FORWARD, snap.now(), result)
+        )
+
+    won, lost = succeed(first, {"n": 1}), succeed(second, {"n": 2})
+    assert rt.store.write(first.record, first.status, won.status, won.history, [], now=first.now())
+    assert not rt.store.write(
+        second.record, second.status, lost.status, lost.history, [], now=second.now()
+    )
+    record, status, history_after = rt.store.get(sid)
+    assert record.lock_version == first.record.lock_version + 1
+    assert status.steps[0].result == {"n": 1}  # the loser's result was not written
+    assert len(history_after) == len(history) + len(won.history)
+
+
+def test_a_transition_that_loses_the_race_reads_again_and_decides_again(rt: Runtime) -> None:
+    """While our reply is being decided, a duplicate of it commits first. Our write conflicts;
+    apply re-reads, finds the step settled and records the reply as ignored: one success, no
+    lost update, and no second dispatch of the next step."""
+    sid = start(rt)
+    calls = 0
+
+    def event(now: Any, saga: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # another worker's transition lands between our read and our write
+            coordinator.handle_reply(reply(sid, "reserve", result={"n": 1}), rt=rt)
+        from sagas.machine import StepSucceeded
+
+        return StepSucceeded(0, 1, Action.FORWARD, now, {"n": 2})
+
+    before = len(recorder(rt).steps())
+    decision = coordinator.apply(sid, event, rt=rt)
+    assert calls == 2 and decision is not None and decision.commands == ()
+    _, status, history = rt.store.get(sid)
+    assert status.steps[0].result == {"n": 1} and status.steps[1].state is StepState.RUNNING
+    assert [h.kind for h in history].count(HistoryKind.STEP_SUCCEEDED) == 1
+    assert history[-1].kind == HistoryKind.REPLY_IGNORED
+    assert len(recorder(rt).steps()) == before + 1  # charge dispatched once, by the winner
+
+
+def test_the_sweeper_leaves_a_saga_another_transition_is_moving(rt: Runtime) -> None:
+    """skip_locked semantics without a lock: a wake that loses the race gives up (None)."""
+    sid = start(rt)
+
+    def event(now: Any, saga: Any) -> Any:
+        coordinator.handle_reply(reply(sid, "reserve"), rt=rt)
+        return Wake(now + timedelta(seconds=3600))  # would time the step out
+
+    assert coordinator.apply(sid, event, rt=rt, skip_locked=True) is None
+    _, status, history = rt.store.get(sid)
+    assert status.steps[0].state is StepState.SUCCEEDED
+    assert HistoryKind.STEP_TIMED_OUT not in [h.kind for h in history]

@@ -1,0 +1,204 @@
+"""What the store hands out and takes in: saga records, snapshots, history entries, and the
+mapping between them and table rows (no I/O here)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .machine import ErrorInfo, Record, SagaStatus, StepStatus, next_wakeup
+from .payload import encode
+from .state import SagaState, StepState
+
+
+@dataclass(frozen=True, slots=True)
+class SagaRecord:
+    """A saga row without its steps: identity, payload and bookkeeping."""
+
+    id: str
+    name: str
+    version: int
+    state: SagaState
+    payload: dict[str, Any]
+    payload_hash: str
+    correlation_id: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    deadline_at: datetime | None
+    wake_at: datetime | None
+    outbox: list[dict[str, Any]] | None
+    outbox_at: datetime | None
+    parked: bool
+    lock_version: int
+    failure: ErrorInfo | None
+    kind: str = "orchestrated"  # or "choreographed"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A saga as read (or as last written by this process) at database time ``read_at``.
+
+    A transition computed from a snapshot is written with compare-and-set on the record's
+    ``lock_version``, so a snapshot that went stale costs a re-read, never a lost update."""
+
+    record: SagaRecord
+    status: SagaStatus
+    read_at: datetime
+    taken: float  # time.monotonic() when read_at was current
+
+    def now(self) -> datetime:
+        """The database clock now, estimated from the read and this process's monotonic clock
+        (immune to a skewed wall clock)."""
+        return self.read_at + timedelta(seconds=max(time.monotonic() - self.taken, 0.0))
+
+    def after_write(
+        self, new: SagaStatus, at: datetime, outbox: Sequence[dict[str, Any]], parked: bool
+    ) -> Snapshot:
+        """This snapshot as ``Store.write`` left the row (what the next write compares with)."""
+        r = self.record
+        pending = [*(r.outbox or []), *outbox] if outbox else r.outbox
+        record = replace(
+            r,
+            state=new.state,
+            failure=new.failure,
+            updated_at=at,
+            finished_at=at if new.state.terminal and not r.state.terminal else r.finished_at,
+            wake_at=next_wakeup(new),
+            outbox=pending,
+            outbox_at=at if outbox else r.outbox_at,
+            parked=parked,
+            lock_version=r.lock_version + 1,
+        )
+        return Snapshot(record, new, at, time.monotonic())
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    id: int
+    at: datetime
+    kind: str
+    step: str | None
+    attempt: int | None
+    detail: dict[str, Any] | None
+
+
+def payload_hash(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(encode(payload).encode()).hexdigest()
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything in sagas is aware UTC."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# -- row mapping --------------------------------------------------------------------------------
+
+
+class JsonStep:
+    """A saga_step row as PostgreSQL's json_agg returns it (timestamps as ISO strings)."""
+
+    __slots__ = ("_row",)
+
+    def __init__(self, row: dict[str, Any]) -> None:
+        self._row = row
+
+    def __getattr__(self, name: str) -> Any:
+        value = self._row[name]
+        if name.endswith("_at") and value is not None:
+            return datetime.fromisoformat(value)
+        return value
+
+
+def record_from_row(row: Any) -> SagaRecord:
+    return SagaRecord(
+        id=row.id,
+        name=row.name,
+        version=row.version,
+        state=SagaState(row.state),
+        payload=row.payload,
+        payload_hash=row.payload_hash,
+        correlation_id=row.correlation_id,
+        created_at=utc(row.created_at) or row.created_at,
+        updated_at=utc(row.updated_at) or row.updated_at,
+        finished_at=utc(row.finished_at),
+        deadline_at=utc(row.deadline_at),
+        wake_at=utc(row.wake_at),
+        outbox=row.outbox,
+        outbox_at=utc(row.outbox_at),
+        parked=bool(row.parked),
+        lock_version=row.lock_version,
+        failure=ErrorInfo.from_json(row.failure),
+        kind=row.kind,
+    )
+
+
+def status_from_rows(record: SagaRecord, steps: Sequence[Any]) -> SagaStatus:
+    return SagaStatus(
+        id=record.id,
+        state=record.state,
+        deadline_at=record.deadline_at,
+        failure=record.failure,
+        steps=tuple(
+            StepStatus(
+                name=s.name,
+                state=StepState(s.state),
+                attempt=s.attempt,
+                compensation_attempt=s.compensation_attempt,
+                result=s.result,
+                error=ErrorInfo.from_json(s.error),
+                started_at=utc(s.started_at),
+                finished_at=utc(s.finished_at),
+                deadline_at=utc(s.deadline_at),
+                next_attempt_at=utc(s.next_attempt_at),
+                in_doubt=bool(s.in_doubt),
+            )
+            for s in steps
+        ),
+    )
+
+
+def step_values(saga_id: str, index: int, s: StepStatus) -> dict[str, Any]:
+    return {
+        "saga_id": saga_id,
+        "idx": index,
+        "name": s.name,
+        "state": s.state.value,
+        "attempt": s.attempt,
+        "compensation_attempt": s.compensation_attempt,
+        "result": s.result,
+        "error": s.error.as_json() if s.error else None,
+        "started_at": s.started_at,
+        "finished_at": s.finished_at,
+        "deadline_at": s.deadline_at,
+        "next_attempt_at": s.next_attempt_at,
+        "in_doubt": s.in_doubt,
+    }
+
+
+def event_json(history: Sequence[Record]) -> list[dict[str, Any]]:
+    return [
+        {"kind": h.kind.value, "step": h.step, "attempt": h.attempt, "detail": h.detail}
+        for h in history
+    ]
+
+
+def event_rows(saga_id: str, history: Sequence[Record], now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "saga_id": saga_id,
+            "at": now,
+            "kind": h.kind.value,
+            "step": h.step,
+            "attempt": h.attempt,
+            "detail": h.detail,
+            "message": None,
+        }
+        for h in history
+    ]
