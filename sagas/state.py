@@ -94,5 +94,6 @@ class HistoryKind(StrEnum):
     EVENT_DUPLICATE = "event_duplicate"  # a handler saw an event it already processed
     EVENT_IGNORED = "event_ignored"  # an event arrived after the saga ended (or too late)
     SAGA_STUCK = "saga_stuck"  # an expected event did not arrive in time
+    SAGA_ESCALATED = "saga_escalated"  # the sweeper handed a stuck saga to an operator
     SAGA_COMPLETED = "saga_completed"
     SAGA_FAILED = "saga_failed"

@@ -7,7 +7,7 @@ Run by beat every ``sweep_interval`` seconds. Per class of trouble:
 - commands committed but not published (a crash between commit and publish): re-publish them;
 - an active saga without progress for ``stuck_after`` seconds that its timers do not move (a
   parked compensation, an outbox the broker keeps refusing, a stalled choreography): escalate it
-  once per (saga, reason, version) — a ``saga_stuck`` history row, an error log, the
+  once per (saga, reason, version) — a ``saga_escalated`` history row, an error log, the
   ``sagas_escalated_total`` counter and, if configured, a message to ``escalation_task``.
 
 Two beats at once are safe: each saga is handled under its row lock with ``SKIP LOCKED`` or by
@@ -71,7 +71,7 @@ def escalate(rt: Runtime) -> int:
     sent = 0
     for record, why in rt.store.stuck(rt.settings.stuck_after, rt.settings.sweep_batch):
         key = f"escalated:{record.lock_version}:{why}"[:200]
-        if not rt.store.note_once(record.id, key, HistoryKind.SAGA_STUCK, {"reason": why}):
+        if not rt.store.note_once(record.id, key, HistoryKind.SAGA_ESCALATED, {"reason": why}):
             continue  # already escalated (by us or another beat) in this version
         sent += 1
         metrics.inc("sagas_escalated_total", saga=record.name, reason=why)

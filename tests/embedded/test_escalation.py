@@ -68,7 +68,7 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
 
 
 def _stuck_rows(rt: Runtime, saga_id: str) -> list[dict[str, Any] | None]:
-    return [h.detail for h in rt.store.get(saga_id)[2] if h.kind == "saga_stuck"]
+    return [h.detail for h in rt.store.get(saga_id)[2] if h.kind == "saga_escalated"]
 
 
 def _poll(predicate: Any, timeout: float = 10.0) -> bool:
