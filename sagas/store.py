@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Engine,
@@ -91,6 +91,9 @@ def make_engine(url: str) -> Engine:
     # as StoreUnavailable and is retried by its caller (coordinator tasks retry their message, a
     # participant replies by message, the sweeper runs again next beat).
     return create_engine(url, pool_size=5, max_overflow=5)
+
+
+T = TypeVar("T")
 
 
 class Store:
@@ -173,8 +176,8 @@ class Store:
 
     def open_attempt(self, saga_id: str, index: int) -> tuple[str, int, int, bool] | None:
         """(state, attempt, compensation_attempt, in flight) of one step; None if unknown."""
-        with self._autocommit() as conn:
-            row = conn.execute(statements.OPEN_ATTEMPT, {"saga_id": saga_id, "idx": index}).first()
+        params = {"saga_id": saga_id, "idx": index}
+        row = self._single(lambda conn: conn.execute(statements.OPEN_ATTEMPT, params).first())
         if row is None:
             return None
         return row.state, row.attempt, row.compensation_attempt, row.deadline_at is not None
@@ -280,8 +283,23 @@ class Store:
         adds no commands leaves the outbox alone, so this clear must still apply; one that adds
         commands rewrites ``outbox_at`` and clears the lot itself once it has published.
         """
-        with self._autocommit() as conn:
-            conn.execute(statements.CLEAR_OUTBOX, {"saga_id": saga_id, "written_at": outbox_at})
+        params = {"saga_id": saga_id, "written_at": outbox_at}
+        self._single(lambda conn: conn.execute(statements.CLEAR_OUTBOX, params))
+
+    def _single(self, run: Callable[[Connection], T]) -> T:
+        """Run one statement on an autocommit connection. A pooled connection the server
+        dropped (a PostgreSQL restart; there is no pre-ping) fails its first statement and
+        SQLAlchemy invalidates the pool: that one failure is retried once on a fresh connection,
+        so a restart does not surface as "store unavailable" in every process afterwards."""
+        for attempt in (1, 2):
+            try:
+                with self._autocommit() as conn:
+                    return run(conn)
+            except StoreUnavailable as exc:
+                dropped = getattr(exc.__cause__, "connection_invalidated", False)
+                if attempt == 2 or not dropped:
+                    raise
+        raise AssertionError("unreachable")
 
     @contextmanager
     def _autocommit(self) -> Iterator[Connection]:
@@ -307,8 +325,7 @@ class Store:
             with self.transaction() as tx:
                 loaded = tx.lock(saga_id)
                 return None if loaded is None else Snapshot(*loaded, tx.now(), time.monotonic())
-        with self._autocommit() as conn:
-            row = conn.execute(statements.LOAD, {"saga_id": saga_id}).first()
+        row = self._single(lambda c: c.execute(statements.LOAD, {"saga_id": saga_id}).first())
         if row is None:
             return None
         record = record_from_row(row)
@@ -336,18 +353,20 @@ class Store:
                 return write_transition(
                     tx.conn, False, record, old, new, history, outbox, now=now, parked=parked
                 )
-        with self._autocommit() as conn:
-            return write_transition(
+        # A retry after a lost connection is safe: if the first attempt did commit, the version
+        # moved and the retry reports a conflict; the caller re-reads and finds its own write.
+        return self._single(
+            lambda conn: write_transition(
                 conn, True, record, old, new, history, outbox, now=now, parked=parked
             )
+        )
 
     def peek(self, saga_id: str) -> tuple[SagaRecord | None, datetime]:
         """The saga's record if it exists, and the database clock (one round trip)."""
         if not self.is_postgres:
             with self.transaction() as tx:
                 return tx.peek(saga_id), tx.now()
-        with self._autocommit() as conn:
-            row = conn.execute(statements.PEEK, {"saga_id": saga_id}).one()
+        row = self._single(lambda c: c.execute(statements.PEEK, {"saga_id": saga_id}).one())
         return (None if row.id is None else record_from_row(row)), utc(row.db_now) or row.db_now
 
     def create(
@@ -383,8 +402,9 @@ class Store:
             with self.transaction() as tx:
                 tx._now = now
                 return tx.insert(**fields)
-        with self._autocommit() as conn:
-            insert_saga(conn, True, now=now, **fields)
+        # Retried after a lost connection like write(): a committed first attempt makes the
+        # retry fail on the primary key, and the caller's start loop finds the row.
+        self._single(lambda conn: insert_saga(conn, True, now=now, **fields))
         return None
 
 

@@ -252,7 +252,11 @@ def test_compensation_failing_permanently_is_parked_and_nothing_loops(fc: FaultC
     time.sleep(6 * SWEEP_INTERVAL)  # several sweeper passes later: nothing more happens
     assert fc.runs(sid, "f1", "compensate") == runs
     assert len(runs) == COMPENSATION_RETRY.max_attempts
-    assert fc.store.get(sid)[2] == history
+    # ... except that the sweeper escalated it to an operator, once
+    after = fc.store.get(sid)[2]
+    escalated = kinds(after, HistoryKind.SAGA_ESCALATED)
+    assert [h.detail for h in escalated] == [{"reason": "compensation exhausted (dead-lettered)"}]
+    assert [h for h in after if h not in escalated] == [h for h in history if h not in escalated]
 
 
 # -- 8. a retry countdown longer than Redis's visibility timeout ------------------------------------
