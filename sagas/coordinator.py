@@ -408,14 +408,24 @@ def republish(saga_id: str, grace: float, *, rt: Runtime | None = None) -> int:
         record, status = loaded
         if record.outbox_at is None or (tx.now() - record.outbox_at).total_seconds() < grace:
             return 0
-        saga = _definition(record, status)
-        commands = [decode_command(c) for c in record.outbox or []]
-        wanted = [c for c in commands if not isinstance(c, Dispatch) or _still_wanted(c, status)]
         with saga_context(
             saga=record.name, saga_id=record.id, correlation_id=record.correlation_id
         ):
-            _publish(rt, saga, record, status, tuple(wanted), tx.now())
-            sent = len(wanted)
+            if record.kind == "choreographed":
+                from .eventbus import publish_outbox_entry
+
+                # Events, not commands: each is re-published as it was (same id).
+                for entry in record.outbox or []:
+                    publish_outbox_entry(rt, record, entry)
+                sent = len(record.outbox or [])
+            else:
+                saga = _definition(record, status)
+                commands = [decode_command(c) for c in record.outbox or []]
+                wanted = [
+                    c for c in commands if not isinstance(c, Dispatch) or _still_wanted(c, status)
+                ]
+                _publish(rt, saga, record, status, tuple(wanted), tx.now())
+                sent = len(wanted)
             history = []
             if sent:
                 log.warning("re-published %d command(s) left unsent by a crashed transition", sent)

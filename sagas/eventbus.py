@@ -44,7 +44,7 @@ from .choreography import (
 )
 from .coordinator import check_duplicate_start, validate_start
 from .definition import StepContext, registered_sagas
-from .errors import PermanentError, SagaInputError, TransientError
+from .errors import DefinitionError, PermanentError, SagaInputError, TransientError
 from .machine import ErrorInfo, Record, SagaStatus
 from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json
@@ -144,6 +144,7 @@ def start_choreography(
             now = tx.now()
             outcome = event_seen(choreo, new_choreo_status(choreo, sid), choreo.starts_on, now)
             history = (Record(HistoryKind.SAGA_STARTED), *outcome.history)
+            outbox = event_outbox([choreo.starts_on], cause="start", data=data)
             existing = existing or tx.insert(
                 saga_id=sid,
                 name=choreo.name,
@@ -152,7 +153,7 @@ def start_choreography(
                 correlation_id=cid,
                 status=outcome.status,
                 history=history,
-                outbox=[],
+                outbox=outbox,
                 kind=choreo.kind,
             )
         if existing is not None:
@@ -160,7 +161,7 @@ def start_choreography(
             return sid
         metrics.inc("sagas_started_total", saga=choreo.name)
         log.info("choreography started")
-        publish(rt, choreo, sid, cid, choreo.starts_on, data, cause="start")
+        _publish_outbox(rt, choreo, sid, cid, outbox, written_at=now)
     return sid
 
 
@@ -296,7 +297,9 @@ def _run_forward(rt: Runtime, choreo: Choreography[Any], h: HandlerSpec, msg: Ev
             check_json(result, field=f"{h.name} result")
             outcome = handler_done(choreo, status, h, tx.now(), result=result, attempt=msg.attempt)
             emitted = _apply_events(choreo, outcome, tx.now())
-            tx.save(record, status, emitted.status, emitted.history, [])
+            outbox = event_outbox(emitted.publish, cause=f"{h.name}:{msg.event_id}", data=result)
+            tx.save(record, status, emitted.status, emitted.history, outbox)
+            written_at = tx.now()
     except (PermanentError, SagaInputError) as exc:
         _failed(rt, choreo, h, msg, exc, retryable=False)
         return
@@ -307,7 +310,7 @@ def _run_forward(rt: Runtime, choreo: Choreography[Any], h: HandlerSpec, msg: Ev
         _failed(rt, choreo, h, msg, exc, retryable=False)
         return
     faults.hit("eventbus.after_commit")
-    _publish_all(rt, choreo, record, emitted.publish, cause=f"{h.name}:{msg.event_id}", data=result)
+    _publish_outbox(rt, choreo, record.id, record.correlation_id, outbox, written_at=written_at)
 
 
 def _failed(
@@ -358,18 +361,13 @@ def _failed(
             retry_in = None
             outcome = handler_done(choreo, status, h, tx.now(), error=error, attempt=msg.attempt)
             emitted = _apply_events(choreo, outcome, tx.now())
-            tx.save(record, status, emitted.status, emitted.history, [])
+            cause = f"{h.name}:{msg.event_id}"
+            outbox = event_outbox(emitted.publish, cause=cause, data=error.as_json())
+            tx.save(record, status, emitted.status, emitted.history, outbox)
     if retry_in is not None:
         _retry(rt, msg, h, Action.FORWARD, retry_in)
     elif emitted is not None:
-        _publish_all(
-            rt,
-            choreo,
-            record,
-            emitted.publish,
-            cause=f"{h.name}:{msg.event_id}",
-            data=error.as_json(),
-        )
+        _publish_outbox(rt, choreo, record.id, record.correlation_id, outbox, written_at=tx.now())
 
 
 def _run_compensation(
@@ -388,11 +386,13 @@ def _run_compensation(
                 return
             h.compensation(_context(choreo, record, status, h, msg, Action.COMPENSATE))
             outcome = compensation_done(choreo, status, h, tx.now())
-            tx.save(record, status, outcome.status, outcome.history, [])
+            outbox = event_outbox(outcome.publish, cause=f"{h.name}:compensated", data=None)
+            tx.save(record, status, outcome.status, outcome.history, outbox)
+            written_at = tx.now()
     except Exception as exc:  # noqa: BLE001 - compensations are retried until they succeed
         _compensation_failed(rt, h, msg, exc)
         return
-    _publish_all(rt, choreo, record, outcome.publish, cause=f"{h.name}:compensated", data=None)
+    _publish_outbox(rt, choreo, record.id, record.correlation_id, outbox, written_at=written_at)
 
 
 def _compensation_failed(
@@ -443,11 +443,12 @@ def wake(saga_id: str, *, rt: Runtime | None = None) -> bool:
             return False
         emitted = _apply_events(choreo, outcome, tx.now())
         stuck = not emitted.publish
-        tx.save(record, status, emitted.status, emitted.history, [], parked=True if stuck else None)
+        outbox = event_outbox(emitted.publish, cause="timeout", data=None)
+        tx.save(record, status, emitted.status, emitted.history, outbox, parked=stuck or None)
     with saga_context(saga=record.name, saga_id=record.id, correlation_id=record.correlation_id):
         log.warning("choreographed saga stuck: %s", [h.detail for h in outcome.history])
         metrics.inc("sagas_stuck_total", saga=record.name)
-        _publish_all(rt, choreo, record, emitted.publish, cause="timeout", data=None)
+        _publish_outbox(rt, choreo, record.id, record.correlation_id, outbox, written_at=tx.now())
     return True
 
 
@@ -467,17 +468,42 @@ def _apply_events(choreo: Choreography[Any], outcome: Outcome, at: datetime) -> 
     return Outcome(status, tuple(history), tuple(publish))
 
 
-def _publish_all(
+def event_outbox(names: Iterable[str], *, cause: str, data: Any) -> list[dict[str, Any]]:
+    """Events a transition publishes, written to the saga row's outbox in the same save: a crash
+    between commit and publish leaves them for the sweeper (their ids derive from the cause, so
+    a re-publish is a duplicate the handlers' ledger drops)."""
+    return [{"type": "event", "name": n, "cause": cause, "data": data} for n in names]
+
+
+def publish_outbox_entry(rt: Runtime, record: SagaRecord, entry: dict[str, Any]) -> None:
+    """Re-publish one ``event_outbox`` entry (the sweeper)."""
+    choreo = registered_sagas().get(record.name)
+    if not isinstance(choreo, Choreography):
+        raise DefinitionError(f"saga {record.name!r} is not a choreography this process knows")
+    publish(rt, choreo, record.id, record.correlation_id, entry["name"], entry["data"],
+            cause=entry["cause"])  # fmt: skip
+
+
+def _publish_outbox(
     rt: Runtime,
     choreo: Choreography[Any],
-    record: SagaRecord,
-    names: Iterable[str],
+    saga_id: str,
+    correlation_id: str,
+    outbox: list[dict[str, Any]],
     *,
-    cause: str,
-    data: Any,
+    written_at: datetime,
 ) -> None:
-    for name in names:
-        publish(rt, choreo, record.id, record.correlation_id, name, data, cause=cause)
+    if not outbox:
+        return
+    try:
+        for entry in outbox:
+            publish(rt, choreo, saga_id, correlation_id, entry["name"], entry["data"],
+                    cause=entry["cause"])  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - kombu/amqp/redis errors vary by transport
+        metrics.inc("sagas_publish_failed_total")
+        log.error("event publish failed, the sweeper will re-publish: %s", escape(exc))
+        return
+    rt.store.clear_outbox(saga_id, outbox_at=written_at)
 
 
 def _lock_or_orphan(
