@@ -1,9 +1,11 @@
-"""The coordinator: load, decide, save, commit, then publish.
+"""The coordinator: read, decide, write, then publish.
 
-Each entry point (start, a step reply, a timer) runs one transition under the saga's row lock
-and commits before anything is published. Commands are written to the saga row's outbox in the
-same transaction and cleared once published; the sweeper re-publishes any left behind by a crash
-between commit and publish.
+Each entry point (start, a step reply, a timer, an operator command) runs one transition: read
+the saga (or take the caller's snapshot), decide with the pure core, and write the outcome only
+if the row is still at the version read (compare-and-set; otherwise read and decide again). The
+write is committed before anything is published. Commands go into the saga row's outbox in that
+same write and are cleared once published; the sweeper re-publishes any left behind by a crash
+between commit and publish (``republish``, under a row lock).
 """
 
 from __future__ import annotations
