@@ -211,6 +211,11 @@ def demo(workers: bool, choreography: bool) -> None:
     CELERY_BROKER_URL set: that database and broker, with one worker process per service.
     """
     sys.path.insert(0, os.getcwd())  # like `celery -A`, find the example from the checkout
+    if not (os.path.isfile("celeryconfig.py") and os.path.isdir("workers")):
+        raise click.ClickException(
+            "the demo runs the example services in workers/ with celeryconfig.py: run it from "
+            "the root of the sagas checkout"
+        )
     from workers.demo import run
 
     run(spawn_workers=workers, choreography=choreography)

@@ -121,3 +121,10 @@ def test_operator_commands_on_a_healthy_store(demo_db: tuple[str, str]) -> None:
     assert not_parked.returncode == 1 and "not on the dead-letter list" in not_parked.stderr
     no_reason = run("retry", finished, db=db)
     assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
+
+
+def test_demo_outside_the_checkout_says_where_to_run_it(tmp_path: Path) -> None:
+    out = run("demo", db=f"sqlite:///{tmp_path / 'demo.db'}", cwd=tmp_path, timeout=60)
+    assert out.returncode != 0
+    assert "run it from the root of the sagas checkout" in out.stderr
+    assert "Traceback" not in out.stderr
