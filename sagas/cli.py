@@ -93,6 +93,19 @@ def stuck(older_than: float) -> None:
     click.echo(report.table(["ID", "NAME", "STATE", "LAST PROGRESS", "WHY"], rows))
 
 
+@main.command()
+@_one_line_errors
+def metrics() -> None:
+    """Store-wide gauges in Prometheus text format (for a textfile collector or a scrape job).
+
+    Computed from the saga tables, so they cover every worker process; the per-process
+    counters (sagas_started_total, ...) are in each process's ``sagas.observability.metrics``."""
+    from .settings import Settings
+
+    stats = _store().stats(unsent_grace=Settings().outbox_grace)
+    click.echo(report.prometheus(stats))
+
+
 _APP_OPTION = click.option(
     "--app",
     "app_path",

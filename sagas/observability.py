@@ -75,7 +75,8 @@ def get_logger(name: str) -> logging.LoggerAdapter[logging.Logger]:
 
 
 class Metrics:
-    """Thread-safe counters keyed by (name, labels). Exported by ``saga metrics`` / hooks."""
+    """Thread-safe per-process counters keyed by (name, labels); ``snapshot()`` renders them
+    for an exporter. Store-wide gauges: ``saga metrics``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from .machine import SagaStatus
 from .observability import escape
@@ -100,3 +101,28 @@ def _duration(start: datetime | None, end: datetime | None) -> str:
         return "-"
     seconds = (end - start).total_seconds()
     return f"{seconds * 1000:.0f}ms" if seconds < 1 else f"{seconds:.2f}s"
+
+
+def prometheus(stats: dict[str, Any]) -> str:
+    """``Store.stats`` in the Prometheus text exposition format (labels escaped)."""
+
+    def label(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    lines = [
+        "# HELP sagas_in_store Sagas in the store by saga name and state.",
+        "# TYPE sagas_in_store gauge",
+    ]
+    for (name, state), n in sorted(stats["by_state"].items()):
+        lines.append(f'sagas_in_store{{saga="{label(name)}",state="{label(state)}"}} {n}')
+    for metric, key, text in (
+        ("sagas_parked", "parked", "Sagas parked for an operator (dead-lettered compensations, "
+         "choreographies flagged stuck)."),
+        ("sagas_timers_due", "timers_due", "Sagas with a timer due now (the sweeper's backlog)."),
+        ("sagas_outbox_unsent", "outbox_unsent", "Sagas whose committed commands were not "
+         "published within the outbox grace."),
+        ("sagas_oldest_active_seconds", "oldest_active_seconds", "Age of the oldest saga not "
+         "yet completed or failed."),
+    ):  # fmt: skip
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge", f"{metric} {stats[key]}"]
+    return "\n".join(lines)

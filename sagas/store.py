@@ -228,6 +228,35 @@ class Store:
                 found.append((record, why))
             return found
 
+    def stats(self, *, unsent_grace: float) -> dict[str, Any]:
+        """Store-wide gauges: sagas by (name, state), parked, due timers, unsent outboxes and the
+        age of the oldest active saga (database clock). One scan of the saga table."""
+        active = saga_table.c.state.in_(ACTIVE_STATES)
+        with self.engine.connect() as conn:
+            now = _db_now(conn, self.is_postgres)
+            counts = conn.execute(
+                select(saga_table.c.name, saga_table.c.state, func.count()).group_by(
+                    saga_table.c.name, saga_table.c.state
+                )
+            ).all()
+            cutoff = now - timedelta(seconds=unsent_grace)
+            row = conn.execute(
+                select(
+                    func.count().filter(saga_table.c.parked.is_(True)),
+                    func.count().filter(saga_table.c.wake_at <= now),
+                    func.count().filter(saga_table.c.outbox_at <= cutoff),
+                    func.min(saga_table.c.created_at).filter(active),
+                )
+            ).one()
+        oldest = utc(row[3])
+        return {
+            "by_state": {(name, state): int(n) for name, state, n in counts},
+            "parked": int(row[0]),
+            "timers_due": int(row[1]),
+            "outbox_unsent": int(row[2]),
+            "oldest_active_seconds": (now - oldest).total_seconds() if oldest else 0.0,
+        }
+
     def dead_letters(self, limit: int = 100) -> builtins.list[tuple[SagaRecord, StepStatus]]:
         """Parked sagas with the compensation that exhausted its retries."""
         with self.engine.connect() as conn:

@@ -128,3 +128,16 @@ def test_demo_outside_the_checkout_says_where_to_run_it(tmp_path: Path) -> None:
     assert out.returncode != 0
     assert "run it from the root of the sagas checkout" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_metrics_prints_store_gauges_in_prometheus_format(demo_db: tuple[str, str]) -> None:
+    db, _ = demo_db
+    result = run("metrics", db=db)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert 'sagas_in_store{saga="order_fulfillment",state="completed"} 2' in lines
+    assert 'sagas_in_store{saga="order_fulfillment",state="failed"} 1' in lines
+    for gauge in ("sagas_parked 0", "sagas_timers_due 0", "sagas_outbox_unsent 0"):
+        assert gauge in lines
+    assert "sagas_oldest_active_seconds 0.0" in lines  # nothing active after the demo
+    assert all(ln.startswith(("# HELP ", "# TYPE ", "sagas_")) for ln in lines)

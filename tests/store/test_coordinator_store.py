@@ -514,3 +514,18 @@ def test_the_sweeper_leaves_a_saga_another_transition_is_moving(rt: Runtime) -> 
     _, status, history = rt.store.get(sid)
     assert status.steps[0].state is StepState.SUCCEEDED
     assert HistoryKind.STEP_TIMED_OUT not in [h.kind for h in history]
+
+
+def test_stats_count_sagas_by_state_and_what_needs_attention(rt: Runtime) -> None:
+    empty = rt.store.stats(unsent_grace=10)
+    assert empty["by_state"] == {} and empty["oldest_active_seconds"] == 0.0
+    done = start(rt, saga_id="done-1")
+    for step in STEPS:
+        coordinator.handle_reply(reply(done, step), rt=rt)
+    start(rt, saga_id="open-1")
+    time.sleep(0.05)
+    stats = rt.store.stats(unsent_grace=10)
+    assert stats["by_state"] == {(SAGA.name, "completed"): 1, (SAGA.name, "pending"): 1}
+    assert stats["parked"] == 0 and stats["outbox_unsent"] == 0
+    assert stats["timers_due"] == 0  # open-1's step deadline is 30 s away
+    assert 0.0 < stats["oldest_active_seconds"] < 30
