@@ -51,7 +51,7 @@ from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json, check_saga_id, validate_payload
 from .runtime import Runtime, get_runtime
 from .state import Action, HistoryKind, StepState
-from .store import SagaRecord, Snapshot, payload_hash
+from .store import NewSaga, SagaRecord, Snapshot, Transition, payload_hash
 from .transport import build_command, decode_command, encode_command, send_step, send_wake
 from .transport import still_wanted as _still_wanted
 
@@ -175,17 +175,10 @@ def _start(
             decision = decide(saga.plan, new_status(sid, saga.plan, deadline), Start(now))
             claimed = _claim_inline(saga, decision, inline)
             outbox = _outbox(decision, claimed)
-            existing = rt.store.create(
-                now=now,
-                saga_id=sid,
-                name=saga.name,
-                version=saga.version,
-                payload=data,
-                correlation_id=cid,
-                status=decision.status,
-                history=decision.history,
-                outbox=outbox,
+            new = NewSaga(
+                sid, saga.name, saga.version, data, cid, decision.status, decision.history, outbox
             )
+            existing = rt.store.create(new, now=now)
         if existing is not None:
             check_duplicate_start(existing, saga.name, data)
             return sid
@@ -290,9 +283,8 @@ def apply(
             # Parked while any compensation is dead-lettered; an operator retry clears it.
             parked = any(st.state is StepState.COMPENSATION_FAILED for st in decision.status.steps)
             history = decision.history
-            if rt.store.write(
-                record, status, decision.status, history, outbox, now=now, parked=parked
-            ):
+            change = Transition(record, status, decision.status, history, outbox, parked)
+            if rt.store.write(change, now=now):
                 snap = snap.after_write(decision.status, now, outbox, parked)
                 break
             # Another transition on this saga committed between our read and our write.

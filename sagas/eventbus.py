@@ -51,7 +51,7 @@ from .payload import check_json
 from .retry import DEFAULT_COMPENSATION_RETRY
 from .runtime import Runtime, get_runtime
 from .state import Action, HistoryKind, StepState
-from .store import SagaRecord
+from .store import NewSaga, SagaRecord
 
 log = get_logger("sagas.eventbus")
 
@@ -145,17 +145,11 @@ def start_choreography(
             outcome = event_seen(choreo, new_choreo_status(choreo, sid), choreo.starts_on, now)
             history = (Record(HistoryKind.SAGA_STARTED), *outcome.history)
             outbox = event_outbox([choreo.starts_on], cause="start", data=data)
-            existing = existing or tx.insert(
-                saga_id=sid,
-                name=choreo.name,
-                version=choreo.version,
-                payload=data,
-                correlation_id=cid,
-                status=outcome.status,
-                history=history,
-                outbox=outbox,
+            new = NewSaga(
+                sid, choreo.name, choreo.version, data, cid, outcome.status, history, outbox,
                 kind=choreo.kind,
-            )
+            )  # fmt: skip
+            existing = existing or tx.insert(new)
         if existing is not None:
             check_duplicate_start(existing, choreo.name, data)
             return sid

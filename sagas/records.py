@@ -40,6 +40,34 @@ class SagaRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class NewSaga:
+    """A saga about to be inserted: its identity, payload, first status, history and outbox."""
+
+    saga_id: str
+    name: str
+    version: int
+    payload: dict[str, Any]
+    correlation_id: str
+    status: SagaStatus
+    history: Sequence[Record]
+    outbox: Sequence[dict[str, Any]]
+    kind: str = "orchestrated"  # or "choreographed"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A decided change to a saga read at ``record.lock_version``: what to write."""
+
+    record: SagaRecord
+    old: SagaStatus
+    new: SagaStatus
+    history: Sequence[Record]
+    outbox: Sequence[dict[str, Any]] = ()
+    parked: bool | None = None  # None: leave the flag as it is
+    clear_outbox: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """A saga as read (or as last written by this process) at database time ``read_at``.
 

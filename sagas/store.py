@@ -44,10 +44,16 @@ from .records import (
     status_from_rows,
 )
 from .records import (
+    NewSaga as NewSaga,
+)
+from .records import (
     SagaRecord as SagaRecord,
 )
 from .records import (
     Snapshot as Snapshot,
+)
+from .records import (
+    Transition as Transition,
 )
 from .records import (
     payload_hash as payload_hash,
@@ -361,17 +367,7 @@ class Store:
         steps = status_from_rows(record, [JsonStep(s) for s in row.steps or ()])
         return Snapshot(record, steps, utc(row.db_now) or row.db_now, time.monotonic())
 
-    def write(
-        self,
-        record: SagaRecord,
-        old: SagaStatus,
-        new: SagaStatus,
-        history: Sequence[Record],
-        outbox: Sequence[dict[str, Any]],
-        *,
-        now: datetime,
-        parked: bool | None = None,
-    ) -> bool:
+    def write(self, t: Transition, *, now: datetime) -> bool:
         """Persist a transition computed from ``load``; False if the saga moved meanwhile
         (compare-and-set on ``lock_version``; the caller loads again and re-decides).
 
@@ -379,16 +375,10 @@ class Store:
         so a transition costs two round trips (load, write) instead of four."""
         if not self.is_postgres:
             with self.transaction() as tx:
-                return write_transition(
-                    tx.conn, False, record, old, new, history, outbox, now=now, parked=parked
-                )
+                return write_transition(tx.conn, False, t, now=now)
         # A retry after a lost connection is safe: if the first attempt did commit, the version
         # moved and the retry reports a conflict; the caller re-reads and finds its own write.
-        return self._single(
-            lambda conn: write_transition(
-                conn, True, record, old, new, history, outbox, now=now, parked=parked
-            )
-        )
+        return self._single(lambda conn: write_transition(conn, True, t, now=now))
 
     def peek(self, saga_id: str) -> tuple[SagaRecord | None, datetime]:
         """The saga's record if it exists, and the database clock (one round trip)."""
@@ -398,42 +388,18 @@ class Store:
         row = self._single(lambda c: c.execute(statements.PEEK, {"saga_id": saga_id}).one())
         return (None if row.id is None else record_from_row(row)), utc(row.db_now) or row.db_now
 
-    def create(
-        self,
-        *,
-        now: datetime,
-        saga_id: str,
-        name: str,
-        version: int,
-        payload: dict[str, Any],
-        correlation_id: str,
-        status: SagaStatus,
-        history: Sequence[Record],
-        outbox: Sequence[dict[str, Any]],
-        kind: str = "orchestrated",
-    ) -> SagaRecord | None:
+    def create(self, new: NewSaga, *, now: datetime) -> SagaRecord | None:
         """Insert a saga ``peek`` found free; the existing record if the id was taken since.
 
         On PostgreSQL the insert is one statement in autocommit (atomic on its own); a start that
         lost a race on the id gets IntegrityError and its caller looks again."""
-        fields: dict[str, Any] = {
-            "saga_id": saga_id,
-            "name": name,
-            "version": version,
-            "payload": payload,
-            "correlation_id": correlation_id,
-            "status": status,
-            "history": history,
-            "outbox": outbox,
-            "kind": kind,
-        }
         if not self.is_postgres:
             with self.transaction() as tx:
                 tx._now = now
-                return tx.insert(**fields)
+                return tx.insert(new)
         # Retried after a lost connection like write(): a committed first attempt makes the
         # retry fail on the primary key, and the caller's start loop finds the row.
-        self._single(lambda conn: insert_saga(conn, True, now=now, **fields))
+        self._single(lambda conn: insert_saga(conn, True, new, now=now))
         return None
 
 
@@ -468,42 +434,17 @@ class Tx:
             return None
         return record_from_row(row)
 
-    def insert(
-        self,
-        *,
-        saga_id: str,
-        name: str,
-        version: int,
-        payload: dict[str, Any],
-        correlation_id: str,
-        status: SagaStatus,
-        history: Sequence[Record],
-        outbox: Sequence[dict[str, Any]],
-        kind: str = "orchestrated",
-    ) -> SagaRecord | None:
+    def insert(self, new: NewSaga) -> SagaRecord | None:
         """Create a saga; returns the existing record instead if the id is taken.
 
         Two starts racing on one new id both find it free; the loser's insert raises
         IntegrityError and its caller starts over (and then finds the winner's row).
         """
-        if self._peeked != saga_id:
-            existing = self.peek(saga_id)
+        if self._peeked != new.saga_id:
+            existing = self.peek(new.saga_id)
             if existing is not None:
                 return existing
-        insert_saga(
-            self.conn,
-            self.is_postgres,
-            now=self.now(),
-            saga_id=saga_id,
-            name=name,
-            version=version,
-            payload=payload,
-            correlation_id=correlation_id,
-            status=status,
-            history=history,
-            outbox=outbox,
-            kind=kind,
-        )
+        insert_saga(self.conn, self.is_postgres, new, now=self.now())
         return None
 
     def lock(
@@ -537,18 +478,8 @@ class Tx:
         clear_outbox: bool = False,
     ) -> int:
         """Persist a transition of the locked saga; returns the new lock_version."""
-        saved = write_transition(
-            self.conn,
-            self.is_postgres,
-            record,
-            old,
-            new,
-            history,
-            outbox,
-            now=self.now(),
-            parked=parked,
-            clear_outbox=clear_outbox,
-        )
+        t = Transition(record, old, new, history, outbox, parked, clear_outbox)
+        saved = write_transition(self.conn, self.is_postgres, t, now=self.now())
         if not saved:  # pragma: no cover - the row is locked: nobody else can have moved it
             raise StoreUnavailable(f"saga {record.id!r} changed under its row lock")
         return record.lock_version + 1

@@ -4,7 +4,6 @@ inside the caller's transaction."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -12,35 +11,22 @@ from sqlalchemy import insert, null, update
 from sqlalchemy.engine import Connection
 
 from . import statements
-from .machine import Record, SagaStatus, next_wakeup
-from .records import SagaRecord, event_json, event_rows, payload_hash, step_values
+from .machine import next_wakeup
+from .records import NewSaga, Transition, event_json, event_rows, payload_hash, step_values
 from .schema import event_table, saga_table, step_table
 
 
-def insert_saga(
-    conn: Connection,
-    is_postgres: bool,
-    *,
-    now: datetime,
-    saga_id: str,
-    name: str,
-    version: int,
-    payload: dict[str, Any],
-    correlation_id: str,
-    status: SagaStatus,
-    history: Sequence[Record],
-    outbox: Sequence[dict[str, Any]],
-    kind: str,
-) -> None:
+def insert_saga(conn: Connection, is_postgres: bool, new: NewSaga, *, now: datetime) -> None:
+    saga_id, status, outbox = new.saga_id, new.status, new.outbox
     saga_values = {
         "id": saga_id,
-        "name": name,
-        "kind": kind,
-        "version": version,
+        "name": new.name,
+        "kind": new.kind,
+        "version": new.version,
         "state": status.state.value,
-        "payload": payload,
-        "payload_hash": payload_hash(payload),
-        "correlation_id": correlation_id,
+        "payload": new.payload,
+        "payload_hash": payload_hash(new.payload),
+        "correlation_id": new.correlation_id,
         "failure": None,
         "created_at": now,
         "updated_at": now,
@@ -55,32 +41,22 @@ def insert_saga(
     steps = [step_values(saga_id, i, st) for i, st in enumerate(status.steps)]
     if is_postgres:
         # One statement (atomic on its own): the saga, its steps and its first history rows.
-        params = statements.insert_params(saga_values, steps, event_json(history))
+        params = statements.insert_params(saga_values, steps, event_json(new.history))
         conn.execute(statements.INSERT_SAGA, params)
         return
     conn.execute(
         insert(saga_table).values({**saga_values, "outbox": saga_values["outbox"] or null()})
     )
     conn.execute(insert(step_table), steps)
-    events = event_rows(saga_id, history, now)
+    events = event_rows(saga_id, new.history, now)
     if events:
         conn.execute(insert(event_table), events)
 
 
-def write_transition(
-    conn: Connection,
-    is_postgres: bool,
-    record: SagaRecord,
-    old: SagaStatus,
-    new: SagaStatus,
-    history: Sequence[Record],
-    outbox: Sequence[dict[str, Any]],
-    *,
-    now: datetime,
-    parked: bool | None = None,
-    clear_outbox: bool = False,
-) -> bool:
-    """Write a transition if the saga row is still at ``record.lock_version``; False if not."""
+def write_transition(conn: Connection, is_postgres: bool, t: Transition, *, now: datetime) -> bool:
+    """Write a transition if the saga row is still at ``t.record.lock_version``; False if not."""
+    record, old, new, history, outbox = t.record, t.old, t.new, t.history, t.outbox
+    parked, clear_outbox = t.parked, t.clear_outbox
     values: dict[str, Any] = {
         "state": new.state.value,
         "failure": new.failure.as_json() if new.failure else None,

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from celery.signals import before_task_publish
 
 import sagas
 from sagas import SagaState, StepState
@@ -19,6 +18,7 @@ from sagas.observability import metrics
 from sagas.runtime import Runtime
 from sagas.settings import Settings
 from sagas.testing import embedded, wait_for
+from tests.embedded.conftest import Published
 from workers.app import app
 
 ORDER: dict[str, Any] = {
@@ -42,20 +42,6 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     )
     with embedded(app, settings=settings, sweep_interval=0.1) as runtime:
         yield runtime
-
-
-@pytest.fixture
-def published() -> Iterator[list[dict[str, Any]]]:
-    seen: list[dict[str, Any]] = []
-
-    def capture(sender: str, headers: dict[str, Any], body: Any, **_: Any) -> None:
-        seen.append({"task": sender, "headers": dict(headers), "body": body})
-
-    before_task_publish.connect(capture, weak=False)
-    try:
-        yield seen
-    finally:
-        before_task_publish.disconnect(capture)
 
 
 def _sid() -> str:
@@ -91,7 +77,7 @@ def test_declined_card_releases_inventory_and_fails(rt: Runtime) -> None:
 
 
 def test_every_step_message_names_saga_step_attempt_and_carries_correlation_id(
-    rt: Runtime, published: list[dict[str, Any]]
+    rt: Runtime, published: Published
 ) -> None:
     saga_id, corr = _sid(), f"corr-{uuid.uuid4().hex}"
     payload = {**ORDER, "card_number": "4000000000000002"}  # forward steps and a compensation

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from celery.signals import before_task_publish
 
 import sagas
 from sagas import SagaState, StepState
 from sagas.runtime import Runtime
 from sagas.testing import embedded, wait_for
+from tests.embedded.conftest import Published
 from tests.embedded.test_embedded import ORDER
 from workers.app import app
 
@@ -26,22 +25,8 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
         yield runtime
 
 
-@pytest.fixture
-def published() -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def capture(sender: str, headers: dict[str, Any], **_: Any) -> None:
-        seen.append(f"{sender} {headers.get('saga_id', '')}")
-
-    before_task_publish.connect(capture, weak=False)
-    try:
-        yield seen
-    finally:
-        before_task_publish.disconnect(capture)
-
-
 def test_local_steps_run_inline_and_only_remote_hops_use_the_broker(
-    rt: Runtime, published: list[str]
+    rt: Runtime, published: Published
 ) -> None:
     saga_id = f"in-{uuid.uuid4().hex[:12]}"
     sagas.get_saga("order_fulfillment").start(ORDER, saga_id=saga_id)
@@ -49,7 +34,7 @@ def test_local_steps_run_inline_and_only_remote_hops_use_the_broker(
     _, status, history = rt.store.get(saga_id)
     assert record.state is SagaState.COMPLETED
     assert [s.state for s in status.steps] == [StepState.SUCCEEDED] * 4
-    mine = [p.split()[0] for p in published if p.endswith(saga_id)]
+    mine = published.tasks_of(saga_id)
     assert mine == [
         "saga.order_fulfillment.reserve_inventory",  # sent by start
         "notification.send_confirmation",  # the remote step is always a message
@@ -68,7 +53,7 @@ def test_local_steps_run_inline_and_only_remote_hops_use_the_broker(
     assert record.outbox is None
 
 
-def test_compensations_run_inline_too(rt: Runtime, published: list[str]) -> None:
+def test_compensations_run_inline_too(rt: Runtime, published: Published) -> None:
     saga_id = f"in-{uuid.uuid4().hex[:12]}"
     payload = {**ORDER, "simulate": {"undeliverable": True}}
     sagas.get_saga("order_fulfillment").start(payload, saga_id=saga_id)
@@ -82,6 +67,4 @@ def test_compensations_run_inline_too(rt: Runtime, published: list[str]) -> None
     ]
     order = [h.step for h in history if h.kind == "step_compensated"]
     assert order == ["charge_payment", "reserve_inventory"]
-    assert [p.split()[0] for p in published if p.endswith(saga_id)] == [
-        "saga.order_fulfillment.reserve_inventory"
-    ]
+    assert published.tasks_of(saga_id) == ["saga.order_fulfillment.reserve_inventory"]

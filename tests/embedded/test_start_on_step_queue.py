@@ -6,15 +6,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from celery.signals import before_task_publish
 
 from sagas import SagaState, StepState, start_saga
 from sagas.runtime import Runtime
 from sagas.settings import Settings
 from sagas.testing import embedded, wait_for
+from tests.embedded.conftest import Published
 from tests.embedded.test_embedded import ORDER
 from workers.app import app
 
@@ -29,22 +28,8 @@ def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
         yield runtime
 
 
-@pytest.fixture
-def published() -> Iterator[list[tuple[str, str | None, str]]]:
-    seen: list[tuple[str, str | None, str]] = []
-
-    def capture(sender: str, headers: dict[str, Any], routing_key: str = "", **_: Any) -> None:
-        seen.append((sender, headers.get("saga_id"), routing_key))
-
-    before_task_publish.connect(capture, weak=False)
-    try:
-        yield seen
-    finally:
-        before_task_publish.disconnect(capture)
-
-
 def test_start_goes_to_the_first_steps_queue_and_runs_it_in_the_same_task(
-    rt: Runtime, published: list[tuple[str, str | None, str]]
+    rt: Runtime, published: Published
 ) -> None:
     saga_id = f"sq-{uuid.uuid4().hex[:12]}"
     start_saga.delay("order_fulfillment", ORDER, saga_id=saga_id)
@@ -53,10 +38,10 @@ def test_start_goes_to_the_first_steps_queue_and_runs_it_in_the_same_task(
     assert record.state is SagaState.COMPLETED and record.outbox is None
     assert [s.state for s in status.steps] == [StepState.SUCCEEDED] * 4
     # the start message was routed to reserve_inventory's queue ...
-    starts = [p for p in published if p[0] == "sagas.start_saga"]
-    assert starts[-1][2] == "inventory"
+    starts = [m for m in published if m["task"] == "sagas.start_saga"]
+    assert starts[-1]["routing_key"] == "inventory"
     # ... and no step command was published for the local steps: only the remote step's hop
-    mine = [p[0] for p in published if p[1] == saga_id]
+    mine = published.tasks_of(saga_id)
     assert mine == ["notification.send_confirmation", "sagas.remote_reply"]
     kinds = [(h.kind, h.step) for h in history]
     assert kinds[:4] == [

@@ -6,26 +6,18 @@ bound to the topic exchange per event it handles) but it also imports the probe 
 probe choreographies. The test process builds its own client app with ``make_app(broker_url)``
 so it can talk to each broker in turn.
 
-``SAGAS_IT_KEYPREFIX`` (Redis only) puts every key of this run under a prefix, so a run never
-sees messages left by an earlier one or by another process using the same Redis database.
-``SAGAS_IT_PARENT_PID`` names the test process: when it disappears, the worker stops itself.
+Key prefix, watchdog and saga log fields: ``tests/worker_harness.py``, shared with the fault
+suite's app.
 """
 
 from __future__ import annotations
 
 import importlib
-import logging
-import os
-import signal
-import threading
-import time
 
 from celery import Celery
-from celery.signals import after_setup_logger
 
-import sagas
 from sagas.eventbus import choreographies, event_queues
-from sagas.observability import SagaContextFilter
+from tests.worker_harness import base_app, start_worker_process
 
 IMPORTS = [
     "tests.integration.probe",
@@ -34,28 +26,12 @@ IMPORTS = [
     "workers.order_choreography",
     "workers.notification",
 ]
-# Plain (non-engine) log lines carry the saga's correlation id too, through the filter below.
+# Plain (non-engine) log lines carry the saga's correlation id too (the harness's log filter).
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s {corr=%(correlation_id)s}"
 
 
-def transport_options(broker_url: str, keyprefix: str = "") -> dict[str, object]:
-    if broker_url.startswith(("amqp", "pyamqp")):
-        return {"confirm_publish": True}
-    options: dict[str, object] = {"visibility_timeout": 3600}
-    if keyprefix:
-        options["global_keyprefix"] = keyprefix
-    return options
-
-
 def make_app(broker_url: str | None = None, keyprefix: str | None = None) -> Celery:
-    broker_url = broker_url or os.environ.get("CELERY_BROKER_URL", "redis://127.0.0.1:6379/15")
-    keyprefix = os.environ.get("SAGAS_IT_KEYPREFIX", "") if keyprefix is None else keyprefix
-    app = Celery("sagas_integration", set_as_current=False)
-    app.config_from_object("celeryconfig")
-    app.conf.broker_url = broker_url
-    app.conf.broker_transport_options = transport_options(broker_url, keyprefix)
-    app.conf.imports = IMPORTS
-    app.conf.worker_log_format = LOG_FORMAT
+    app = base_app("sagas_integration", IMPORTS, LOG_FORMAT, broker_url, keyprefix)
     # The choreographies must be registered before their event queues are computed (as
     # workers/app.py does with ``import_default_modules``); the queues carry the bindings.
     for module in IMPORTS:
@@ -74,30 +50,5 @@ def served_choreographies() -> set[str]:
     }
 
 
-def _stop_with(pid: int) -> None:
-    """Stop this process group (a worker and its pool) once the test process ``pid`` is gone,
-    so a test run killed hard (no fixture teardown) leaves no worker behind."""
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os.killpg(os.getpgid(0), signal.SIGTERM)
-                return
-
-    threading.Thread(target=watch, name="sagas-it-watchdog", daemon=True).start()
-
-
 app = make_app()
-if os.environ.get("SAGAS_DATABASE_URL"):  # set for the workers; the test process configures itself
-    sagas.configure(app=app)
-if os.environ.get("SAGAS_IT_PARENT_PID") and os.getpgid(0) == os.getpid():
-    _stop_with(int(os.environ["SAGAS_IT_PARENT_PID"]))
-
-
-@after_setup_logger.connect(weak=False)
-def _saga_log_fields(logger: logging.Logger, **_: object) -> None:
-    for handler in logger.handlers:
-        handler.addFilter(SagaContextFilter())
+start_worker_process(app)

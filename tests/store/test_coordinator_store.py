@@ -31,7 +31,7 @@ from sagas.retry import RetryPolicy
 from sagas.runtime import Runtime
 from sagas.settings import Settings
 from sagas.state import Action, HistoryKind, SagaState, StepState
-from sagas.store import Store
+from sagas.store import Store, Transition
 from sagas.transport import CORRELATION_HEADER, WAKE_TASK
 from tests.store.helpers import count_rows
 
@@ -466,9 +466,11 @@ def test_a_write_from_a_stale_snapshot_writes_nothing(rt: Runtime) -> None:
         )
 
     won, lost = succeed(first, {"n": 1}), succeed(second, {"n": 2})
-    assert rt.store.write(first.record, first.status, won.status, won.history, [], now=first.now())
+    assert rt.store.write(
+        Transition(first.record, first.status, won.status, won.history), now=first.now()
+    )
     assert not rt.store.write(
-        second.record, second.status, lost.status, lost.history, [], now=second.now()
+        Transition(second.record, second.status, lost.status, lost.history), now=second.now()
     )
     record, status, history_after = rt.store.get(sid)
     assert record.lock_version == first.record.lock_version + 1

@@ -28,7 +28,7 @@ from sagas.machine import (
 )
 from sagas.retry import RetryPolicy
 from sagas.state import Action, HistoryKind, SagaState, StepState
-from sagas.store import HistoryEntry, SagaRecord, Store, payload_hash
+from sagas.store import HistoryEntry, NewSaga, SagaRecord, Store, payload_hash
 
 PLAN = Plan(
     tuple(
@@ -65,14 +65,16 @@ def insert(
     decision = started(saga_id, at or utcnow(), deadline)
     with store.transaction() as tx:
         existing = tx.insert(
-            saga_id=saga_id,
-            name=name,
-            version=3,
-            payload=payload if payload is not None else PAYLOAD,
-            correlation_id=f"corr-{saga_id}",
-            status=decision.status,
-            history=decision.history,
-            outbox=[{"type": "dispatch", "step": 0}] if outbox is None else outbox,
+            NewSaga(
+                saga_id=saga_id,
+                name=name,
+                version=3,
+                payload=payload if payload is not None else PAYLOAD,
+                correlation_id=f"corr-{saga_id}",
+                status=decision.status,
+                history=decision.history,
+                outbox=[{"type": "dispatch", "step": 0}] if outbox is None else outbox,
+            )
         )
     assert existing is None
     return decision
@@ -135,14 +137,16 @@ def test_insert_twice_returns_the_existing_record_and_changes_nothing(store: Sto
     again = started("s-1", utcnow() + timedelta(seconds=3))
     with store.transaction() as tx:
         existing = tx.insert(
-            saga_id="s-1",
-            name="other",
-            version=9,
-            payload={"different": True},
-            correlation_id="other-corr",
-            status=again.status,
-            history=again.history,
-            outbox=[],
+            NewSaga(
+                saga_id="s-1",
+                name="other",
+                version=9,
+                payload={"different": True},
+                correlation_id="other-corr",
+                status=again.status,
+                history=again.history,
+                outbox=[],
+            )
         )
     assert isinstance(existing, SagaRecord)
     assert existing.id == "s-1" and existing.name == "order" and existing.payload == PAYLOAD
