@@ -18,6 +18,8 @@ import time
 
 from celery import Celery
 from celery.signals import after_setup_logger
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.pool import NullPool
 
 import sagas
 from sagas.observability import SagaContextFilter
@@ -70,6 +72,25 @@ def start_worker_process(app: Celery) -> None:
         sagas.configure(app=app)
     if os.environ.get("SAGAS_IT_PARENT_PID") and os.getpgid(0) == os.getpid():
         _stop_with(int(os.environ["SAGAS_IT_PARENT_PID"]))
+
+
+_engine: Engine | None = None
+_engine_pid: int | None = None
+_engine_lock = threading.Lock()
+
+
+def process_engine() -> Engine:
+    """An engine on SAGAS_DATABASE_URL for the probes' own tables (effects, runs): one per
+    process, made on first use, so a prefork child never shares its parent's connections."""
+    global _engine, _engine_pid
+    with _engine_lock:
+        if _engine is None or _engine_pid != os.getpid():
+            url = os.environ["SAGAS_DATABASE_URL"]
+            if url.startswith("postgresql://"):
+                url = "postgresql+psycopg://" + url.split("://", 1)[1]
+            _engine = create_engine(url, poolclass=NullPool)
+            _engine_pid = os.getpid()
+        return _engine
 
 
 def _stop_with(pid: int) -> None:

@@ -14,17 +14,15 @@ attempts, or sleep (to exceed the step's timeout or the saga's deadline).
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import time
 from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.pool import NullPool
+from sqlalchemy import text
 
 from sagas import Action, PermanentError, RetryPolicy, Saga, StepContext, TransientError
+from tests.worker_harness import process_engine
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +56,7 @@ class Probe(BaseModel):
 
 # -- the effect log: one small engine per process, made on first use (after the fork) ----------
 
-_engine: Engine | None = None
-_engine_pid: int | None = None
-_engine_lock = threading.Lock()
-
-
-def _effects_engine() -> Engine:
-    global _engine, _engine_pid
-    with _engine_lock:
-        if _engine is None or _engine_pid != os.getpid():
-            url = os.environ["SAGAS_DATABASE_URL"]
-            if url.startswith("postgresql://"):
-                url = "postgresql+psycopg://" + url.split("://", 1)[1]
-            _engine = create_engine(url, poolclass=NullPool)
-            _engine_pid = os.getpid()
-        return _engine
+_effects_engine = process_engine
 
 
 def record_effect(ctx: StepContext[Any]) -> None:
