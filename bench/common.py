@@ -103,8 +103,8 @@ def fresh_database(prefix: str, *, keep: bool = False) -> Iterator[str]:
 
 
 def migrate(name: str) -> None:
-    from sagas.migrate import upgrade
     from sagas.store import make_engine
+    from sagas.store.migrate import upgrade
 
     engine = make_engine(sa_url(name))
     try:

@@ -26,9 +26,9 @@ from bench import common, sqlcount
 
 def _engine_run(url: str, n: int) -> dict[str, Any]:
     from bench import saga_defs
-    from sagas import coordinator
+    from sagas import coordinator, starter
+    from sagas.install import configure
     from sagas.messages import StepReply
-    from sagas.runtime import configure
     from sagas.settings import Settings
     from sagas.state import Action
 
@@ -39,15 +39,13 @@ def _engine_run(url: str, n: int) -> dict[str, Any]:
 
     def one(i: int) -> None:
         sid = uuid.uuid4().hex
-        coordinator.start(saga.name, {"n": i}, saga_id=sid, rt=rt)
+        starter.start(saga.name, {"n": i}, saga_id=sid, rt=rt)
         for step in saga.steps:
             snap = rt.store.load(sid)  # the participant reads the saga before its step
             reply = StepReply(
                 saga_id=sid, step=step.name, action=Action.FORWARD, attempt=1, ok=True
             )
-            coordinator.handle_reply(
-                reply, rt=rt, cursor=coordinator.Cursor(snap)
-            )  # its transition
+            coordinator.handle_reply(reply, rt=rt, snapshot=snap)  # its transition
 
     sqlcount.disable()
     for i in range(20):  # warm caches and the pool

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from .definition import Saga, StepContext, get_saga, registered_sagas
+from . import starter as _starter  # binds Saga.start/Choreography.start to the engine
+from .catalog import get_saga, registered_sagas
+from .definition import Saga, StepContext
 from .errors import (
     DefinitionError,
     InvalidSagaId,
@@ -14,15 +16,20 @@ from .errors import (
     SagaError,
     SagaInputError,
     SagaNotFound,
+    StoreConflict,
+    StoreError,
     StoreUnavailable,
     TransientError,
     UnknownSaga,
 )
+from .install import configure
 from .retry import RetryPolicy
-from .runtime import configure, get_runtime
+from .runtime import get_runtime
 from .settings import Settings
-from .state import Action, SagaState, StepState
+from .state import Action, SagaKind, SagaState, StepState
 from .tasks import start_saga
+
+del _starter
 
 __all__ = [
     "Action",
@@ -37,11 +44,14 @@ __all__ = [
     "SagaConflict",
     "SagaError",
     "SagaInputError",
+    "SagaKind",
     "SagaNotFound",
     "SagaState",
     "Settings",
     "StepContext",
     "StepState",
+    "StoreConflict",
+    "StoreError",
     "StoreUnavailable",
     "TransientError",
     "UnknownSaga",

@@ -6,6 +6,7 @@ Configuration is read here, once, from the environment (``SAGAS_DATABASE_URL``,
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Callable
@@ -13,14 +14,18 @@ from functools import wraps
 from typing import Any, TypeVar
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
-from . import report
-from .errors import SagaError
+from . import coordinator, report
+from .errors import SagaError, StoreError
+from .install import configure
 from .observability import escape
+from .payload import check_saga_id
+from .runtime import Runtime
 from .settings import Settings
 from .state import SagaState
 from .store import Store
+from .store.migrate import current_revision
+from .store.migrate import upgrade as run_upgrade
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -30,13 +35,14 @@ def _one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except StoreError as exc:
+            text = str(exc).splitlines()[0]
+            missing = "no such table" in text or "does not exist" in text
+            hint = " (run `saga db upgrade`?)" if missing else ""
+            click.echo(f"error: {text}{hint}", err=True)
+            sys.exit(1)
         except SagaError as exc:
             click.echo(f"error: {exc}".splitlines()[0], err=True)
-            sys.exit(1)
-        except SQLAlchemyError as exc:
-            text = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            hint = " (run `saga db upgrade`?)" if "saga" in text else ""
-            click.echo(f"error: database: {text}{hint}", err=True)
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
@@ -74,8 +80,6 @@ def list_(state: str | None, name: str | None, limit: int) -> None:
 @_one_line_errors
 def show(saga_id: str) -> None:
     """Show one saga's steps and its full timeline."""
-    from .payload import check_saga_id
-
     check_saga_id(saga_id, field="ID")
     click.echo(report.timeline(*_store().get(saga_id)))
 
@@ -100,8 +104,6 @@ def metrics() -> None:
 
     Computed from the saga tables, so they cover every worker process; the per-process
     counters (sagas_started_total, ...) are in each process's ``sagas.observability.metrics``."""
-    from .settings import Settings
-
     stats = _store().stats(unsent_grace=Settings().outbox_grace)
     click.echo(report.prometheus(stats))
 
@@ -124,7 +126,6 @@ _REASON = click.option("--reason", required=True, help="Recorded in the saga's h
 @_one_line_errors
 def retry(saga_id: str, reason: str, app_path: str) -> None:
     """Re-drive a saga from its open step or its dead-lettered compensation."""
-    from . import coordinator
 
     decision = coordinator.retry(saga_id, reason, rt=_operator_runtime(app_path))
     click.echo(f"saga {saga_id}: retry dispatched ({decision.status.state.value})")
@@ -137,7 +138,6 @@ def retry(saga_id: str, reason: str, app_path: str) -> None:
 @_one_line_errors
 def cancel(saga_id: str, reason: str, app_path: str) -> None:
     """Stop a running saga and compensate what it did, newest first."""
-    from . import coordinator
 
     decision = coordinator.cancel(saga_id, reason, rt=_operator_runtime(app_path))
     click.echo(f"saga {saga_id}: cancelled, now {decision.status.state.value}")
@@ -176,7 +176,6 @@ def dlq_list() -> None:
 @_one_line_errors
 def dlq_retry(saga_id: str, reason: str, app_path: str) -> None:
     """Try a dead-lettered compensation again."""
-    from . import coordinator
 
     store = _store()
     if not any(r.id == saga_id for r, _ in store.dead_letters(limit=100000)):
@@ -185,11 +184,7 @@ def dlq_retry(saga_id: str, reason: str, app_path: str) -> None:
     click.echo(f"saga {saga_id}: compensation re-dispatched")
 
 
-def _operator_runtime(app_path: str) -> Any:
-    import importlib
-
-    from .runtime import configure
-
+def _operator_runtime(app_path: str) -> Runtime:
     sys.path.insert(0, os.getcwd())
     module, _, attr = app_path.partition(":")
     app = getattr(importlib.import_module(module), attr or "app")
@@ -205,8 +200,6 @@ def db() -> None:
 @_one_line_errors
 def upgrade() -> None:
     """Apply the saga tables' migrations (idempotent)."""
-    from .migrate import current_revision
-    from .migrate import upgrade as run_upgrade
 
     store = _store()
     run_upgrade(store.engine)
@@ -229,6 +222,7 @@ def demo(workers: bool, choreography: bool) -> None:
             "the demo runs the example services in workers/ with celeryconfig.py: run it from "
             "the root of the sagas checkout"
         )
-    from workers.demo import run
+    # The example deployment lives in the checkout, not in the package: found at run time.
+    run = importlib.import_module("workers.demo").run
 
     run(spawn_workers=workers, choreography=choreography)

@@ -21,14 +21,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-from .errors import DefinitionError, UnknownSaga
+from .errors import DefinitionError, SagaError, UnknownSaga
 from .machine import Plan, StepPlan
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
-from .state import Action
+from .state import Action, SagaKind
 
 P = TypeVar("P", bound=BaseModel)
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -94,6 +94,10 @@ class StepDef:
             return self.task or f"saga.{self.saga}.{self.name}"
         return self.compensation_task or f"saga.{self.saga}.{self.name}.compensate"
 
+    def fn_for(self, action: Action) -> StepFn | None:
+        """The local function that carries this step's action (None: remote, or none)."""
+        return self.fn if action is Action.FORWARD else self.compensation_fn
+
     def queue_for(self, action: Action) -> str:
         return self.queue if action is Action.FORWARD else self.compensation_queue
 
@@ -110,6 +114,8 @@ class StepDef:
 
 class Saga(Generic[P]):
     """A named, versioned, ordered list of steps over a pydantic payload model."""
+
+    kind: ClassVar[SagaKind] = SagaKind.ORCHESTRATED
 
     def __init__(
         self,
@@ -130,12 +136,12 @@ class Saga(Generic[P]):
         self.payload_model: type[P] = payload
         self.version = version
         self.deadline = (
-            _seconds(deadline, f"saga {name!r}: deadline") if deadline is not None else None
+            seconds_of(deadline, f"saga {name!r}: deadline") if deadline is not None else None
         )
         self.steps: list[StepDef] = []
         self._plan: Plan | None = None
         if register:
-            _register(self)
+            _register_definition(self)
 
     def __repr__(self) -> str:
         return f"<Saga {self.name} v{self.version} steps={[s.name for s in self.steps]}>"
@@ -249,9 +255,9 @@ class Saga(Generic[P]):
             kwargs.get("compensation_retry", DEFAULT_COMPENSATION_RETRY), RetryPolicy
         ):
             raise DefinitionError(f"{where}: retry policies must be RetryPolicy instances")
-        step_timeout = _seconds(timeout, f"{where}: timeout")
+        step_timeout = seconds_of(timeout, f"{where}: timeout")
         comp_timeout = (
-            _seconds(compensation_timeout, f"{where}: compensation_timeout")
+            seconds_of(compensation_timeout, f"{where}: compensation_timeout")
             if compensation_timeout is not None
             else step_timeout
         )
@@ -267,10 +273,8 @@ class Saga(Generic[P]):
             **kwargs,
         )
         self.steps.append(step)
-        if step.fn is not None:
-            from .tasks import bind_local_step  # Celery stays out of the definition module
-
-            bind_local_step(self, step)
+        for listener in _step_listeners:
+            listener(self, step)
         return step
 
     # -- using it -----------------------------------------------------------------------------
@@ -299,37 +303,100 @@ class Saga(Generic[P]):
         saga_id: str | None = None,
         correlation_id: str | None = None,
     ) -> str:
-        """Start this saga now, in this process (needs the store); returns the saga id."""
-        from .coordinator import start
-
-        return start(self.name, payload, saga_id=saga_id, correlation_id=correlation_id)
+        """Start this saga now, in this process (needs the store); returns the saga id once
+        the saga row is committed."""
+        return start_through_hook(self, payload, StartOptions(saga_id, correlation_id))
 
 
 # -- registry: saga names -> definitions, like Celery's task registry -----------------------------
-
-_REGISTRY: dict[str, Saga[Any]] = {}
-
-
-def _register(saga: Saga[Any]) -> None:
-    existing = _REGISTRY.get(saga.name)
-    if existing is not None and existing is not saga:
-        raise DefinitionError(f"saga {saga.name!r} is defined twice")
-    _REGISTRY[saga.name] = saga
+#
+# Orchestrated sagas and choreographies share one namespace. The registry holds them as plain
+# objects; ``get_orchestrated`` and ``choreography.get_choreography`` narrow to the kind they need,
+# ``sagas.catalog`` gives the union of both.
 
 
-def get_saga(name: object) -> Saga[Any]:
-    saga = _REGISTRY.get(name) if isinstance(name, str) else None
-    if saga is None:
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_REGISTRY: dict[str, object] = {}
+
+
+def register(definition: _Named) -> None:
+    existing = _REGISTRY.get(definition.name)
+    if existing is not None and existing is not definition:
+        raise DefinitionError(f"saga {definition.name!r} is defined twice")
+    _REGISTRY[definition.name] = definition
+
+
+_register_definition = register  # ``Saga.__init__``'s ``register`` flag shadows the name
+
+
+def lookup(name: object) -> object:
+    """The definition registered as ``name``, of either kind (``UnknownSaga`` if none)."""
+    found = _REGISTRY.get(name) if isinstance(name, str) else None
+    if found is None:
         known = ", ".join(sorted(_REGISTRY)) or "none registered in this process"
         raise UnknownSaga(f"unknown saga {name!r} (known: {known})", field="name")
-    return saga
+    return found
 
 
-def registered_sagas() -> dict[str, Saga[Any]]:
+def registered() -> dict[str, object]:
     return dict(_REGISTRY)
 
 
-def _seconds(value: timedelta | float | int, what: str) -> float:
+def get_orchestrated(name: object) -> Saga[Any]:
+    """The registered orchestrated saga called ``name`` (``UnknownSaga`` if there is none)."""
+    found = lookup(name)
+    if not isinstance(found, Saga):
+        raise UnknownSaga(f"{name!r} is a choreography, not an orchestrated saga", field="name")
+    return found
+
+
+def orchestrated_sagas() -> dict[str, Saga[Any]]:
+    """Every registered orchestrated saga, by name."""
+    return {n: d for n, d in _REGISTRY.items() if isinstance(d, Saga)}
+
+
+# -- extension points: how the engine plugs into inert definitions -------------------------------
+#
+# Definitions sit at the bottom of the import graph, so they cannot import the engine that starts
+# them or the Celery tasks that run their steps. The engine registers itself here instead
+# (``sagas.starter`` binds the starter when the package loads; ``sagas.install`` adds a step
+# listener once an app is configured), the way Celery's shared tasks wait for an app.
+
+
+@dataclass(frozen=True, slots=True)
+class StartOptions:
+    saga_id: str | None = None
+    correlation_id: str | None = None
+
+
+Starter = Callable[[Any, Any, StartOptions], str]  # (definition, payload, options) -> saga id
+StepListener = Callable[["Saga[Any]", StepDef], None]
+
+_starter: list[Starter] = []
+_step_listeners: list[StepListener] = []
+
+
+def bind_starter(starter: Starter) -> None:
+    _starter[:] = [starter]
+
+
+def start_through_hook(definition: object, payload: Any, options: StartOptions) -> str:
+    if not _starter:  # pragma: no cover - importing any part of sagas loads the starter
+        raise SagaError("the sagas engine is not loaded (import sagas)")
+    return _starter[0](definition, payload, options)
+
+
+def on_step_declared(listener: StepListener) -> None:
+    """Call ``listener(saga, step)`` for every step declared from now on."""
+    if listener not in _step_listeners:
+        _step_listeners.append(listener)
+
+
+def seconds_of(value: timedelta | float | int, what: str) -> float:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):

@@ -5,6 +5,7 @@
 - ``DefinitionError``: a saga is declared wrongly; raised when its module loads.
 - ``SagaInputError`` (and subclasses): a caller sent bad input; nothing was written.
 - ``SagaNotFound``: an id that names no saga.
+- ``StoreError`` (``StoreUnavailable``, ``StoreConflict``): the saga store failed or refused.
 """
 
 from __future__ import annotations
@@ -76,5 +77,13 @@ class SagaNotFound(SagaError, LookupError):
     """No saga with this id exists in the store."""
 
 
-class StoreUnavailable(SagaError):
-    """The saga store cannot be reached (wrong URL, server down)."""
+class StoreError(SagaError):
+    """The saga store refused an operation (the message says why; no SQL driver error leaks)."""
+
+
+class StoreUnavailable(StoreError):
+    """The saga store cannot be reached (wrong URL, server down): try again later."""
+
+
+class StoreConflict(StoreError):
+    """A concurrent writer took the same unique key first (two starts of one new saga id)."""

@@ -21,7 +21,7 @@ POINTS = (
     "participant.after_effect",  # the step ran, its outcome not yet reported or applied
     "participant.before_reply",  # about to send the reply message
     "sweeper.after_select",  # due sagas selected, none handled yet
-    "eventbus.after_commit",  # a handler's outcome committed, its events not yet published
+    "choreography.after_commit",  # a handler's outcome committed, its events not yet published
 )
 
 

@@ -28,14 +28,15 @@ from typing import Any
 
 from .retry import RetryPolicy
 from .state import (
-    SAGA_TRANSITIONS,
-    STEP_TRANSITIONS,
     Action,
     HistoryKind,
     SagaState,
     StepState,
+    check_saga_transition,
+    check_step_transition,
 )
 
+MAX_ERROR_MESSAGE = 2000  # characters of an exception's message kept in the store
 TIMEOUT_ERROR = "StepTimeout"
 DEADLINE_ERROR = "SagaDeadlineExceeded"
 CANCELLED_ERROR = "SagaCancelled"
@@ -76,6 +77,11 @@ class ErrorInfo:
 
     def as_json(self) -> dict[str, Any]:
         return {"type": self.type, "message": self.message, "retryable": self.retryable}
+
+    @classmethod
+    def of(cls, exc: BaseException, *, retryable: bool, type_name: str | None = None) -> ErrorInfo:
+        """An exception as the store keeps it (type name, message cut to a bounded length)."""
+        return cls(type_name or type(exc).__name__, str(exc)[:MAX_ERROR_MESSAGE], retryable)
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> ErrorInfo | None:
@@ -212,7 +218,7 @@ Command = Dispatch | WakeAt | Parked | Finished
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
+class HistoryRecord:
     kind: HistoryKind
     step: str | None = None
     attempt: int | None = None
@@ -223,7 +229,7 @@ class Record:
 class Decision:
     status: SagaStatus
     commands: tuple[Command, ...] = ()
-    history: tuple[Record, ...] = ()
+    history: tuple[HistoryRecord, ...] = ()
 
     @property
     def changed(self) -> bool:
@@ -278,23 +284,34 @@ def next_wakeup(saga: SagaStatus) -> datetime | None:
 # -- forward path -----------------------------------------------------------------------------
 
 
-def _open_attempt(b: _Builder, step: int, attempt: int, running: StepState) -> str | None:
-    """Why a reply for (step, attempt) cannot be accepted, or None when it can."""
-    if not 0 <= step < len(b.saga.steps):
-        return "unknown step"
-    s = b.saga.steps[step]
-    current = s.attempt if running is StepState.RUNNING else s.compensation_attempt
-    if s.state is not running:
-        return f"step is {s.state.value}"
+def why_not_open(step: StepStatus, action: Action, attempt: int) -> str | None:
+    """Why (action, attempt) is not the step's open attempt, or None when it is: the attempt
+    the saga dispatched last and still waits for. The one answer to that question: replies,
+    redelivered commands and re-published outbox entries are all judged by it."""
+    running = StepState.RUNNING if action is Action.FORWARD else StepState.COMPENSATING
+    current = step.attempt if action is Action.FORWARD else step.compensation_attempt
+    if step.state is not running:
+        return f"step is {step.state.value}"
     if attempt != current:
         return f"stale attempt {attempt} (current {current})"
-    if not s.in_flight:
+    if not step.in_flight:
         return f"attempt {attempt} already settled"
     return None
 
 
+def is_open_attempt(step: StepStatus, action: Action, attempt: int) -> bool:
+    return why_not_open(step, action, attempt) is None
+
+
+def _open_attempt(b: _Builder, step: int, attempt: int, action: Action) -> str | None:
+    """Why a reply for (step, attempt) cannot be accepted, or None when it can."""
+    if not 0 <= step < len(b.saga.steps):
+        return "unknown step"
+    return why_not_open(b.saga.steps[step], action, attempt)
+
+
 def _forward_succeeded(b: _Builder, ev: StepSucceeded) -> None:
-    why = _open_attempt(b, ev.step, ev.attempt, StepState.RUNNING)
+    why = _open_attempt(b, ev.step, ev.attempt, Action.FORWARD)
     if why is None and b.saga.state is not SagaState.PENDING:
         why = "saga is " + b.saga.state.value
     if why is not None:
@@ -318,7 +335,7 @@ def _forward_succeeded(b: _Builder, ev: StepSucceeded) -> None:
 
 
 def _forward_failed(b: _Builder, ev: StepFailed) -> None:
-    why = _open_attempt(b, ev.step, ev.attempt, StepState.RUNNING)
+    why = _open_attempt(b, ev.step, ev.attempt, Action.FORWARD)
     if why is None and b.saga.state is not SagaState.PENDING:
         why = "saga is " + b.saga.state.value
     if why is not None:
@@ -389,7 +406,7 @@ def _next_compensation(b: _Builder, at: datetime) -> None:
 
 
 def _compensation_succeeded(b: _Builder, ev: StepSucceeded) -> None:
-    why = _open_attempt(b, ev.step, ev.attempt, StepState.COMPENSATING)
+    why = _open_attempt(b, ev.step, ev.attempt, Action.COMPENSATE)
     if why is not None:
         b.ignore(ev, why)
         return
@@ -399,7 +416,7 @@ def _compensation_succeeded(b: _Builder, ev: StepSucceeded) -> None:
 
 
 def _compensation_failed(b: _Builder, ev: StepFailed) -> None:
-    why = _open_attempt(b, ev.step, ev.attempt, StepState.COMPENSATING)
+    why = _open_attempt(b, ev.step, ev.attempt, Action.COMPENSATE)
     if why is not None:
         b.ignore(ev, why)
         return
@@ -488,7 +505,7 @@ class _Builder:
         self.plan = plan
         self.saga = saga
         self.commands: list[Command] = []
-        self.history: list[Record] = []
+        self.history: list[HistoryRecord] = []
 
     def build(self) -> Decision:
         return Decision(self.saga, tuple(self.commands), tuple(self.history))
@@ -501,7 +518,7 @@ class _Builder:
         detail: dict[str, Any] | None = None,
     ) -> None:
         name = self.saga.steps[step].name if step is not None else None
-        self.history.append(Record(kind, name, attempt, detail))
+        self.history.append(HistoryRecord(kind, name, attempt, detail))
 
     def ignore(self, ev: StepSucceeded | StepFailed, why: str) -> None:
         ok = isinstance(ev, StepSucceeded)
@@ -509,19 +526,16 @@ class _Builder:
             self.saga.steps[ev.step].name if 0 <= ev.step < len(self.saga.steps) else str(ev.step)
         )
         detail = {"action": ev.action.value, "outcome": "ok" if ok else "error", "why": why}
-        self.history.append(Record(HistoryKind.REPLY_IGNORED, name, ev.attempt, detail))
+        self.history.append(HistoryRecord(HistoryKind.REPLY_IGNORED, name, ev.attempt, detail))
 
     def set_saga(self, state: SagaState) -> None:
         if state is not self.saga.state:
-            if state not in SAGA_TRANSITIONS[self.saga.state]:
-                raise AssertionError(f"illegal saga transition {self.saga.state} -> {state}")
+            check_saga_transition(self.saga.state, state)
             self.saga = replace(self.saga, state=state)
 
     def set_step(self, index: int, **changes: Any) -> None:
         old = self.saga.steps[index]
-        new_state = changes.get("state", old.state)
-        if new_state is not old.state and new_state not in STEP_TRANSITIONS[old.state]:
-            raise AssertionError(f"illegal step transition {old.state} -> {new_state}")
+        check_step_transition(old.state, changes.get("state", old.state))
         steps: Sequence[StepStatus] = self.saga.steps
         self.saga = replace(
             self.saga,

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .choreography.definition import EVENT_RE
 from .state import Action
 
 
@@ -56,3 +57,22 @@ class StepReply(_Message):
         side = "" if self.action is Action.FORWARD else " (compensate)"
         outcome = "ok" if self.ok else f"error={self.error_type}"
         return f"id={self.saga_id} step={self.step}{side} attempt={self.attempt} {outcome}"
+
+
+class EventMessage(_Message):
+    """A domain event of a choreographed saga on the bus. ``handler``/``attempt`` are set only
+    on a handler's retry (sent straight to that handler's queue)."""
+
+    name: str = Field(max_length=100, pattern=EVENT_RE.pattern)
+    saga_id: str = Field(min_length=1, max_length=128)
+    event_id: str = Field(min_length=1, max_length=64)
+    choreography: str = Field(max_length=64)
+    correlation_id: str = Field(max_length=128)
+    data: Any = None
+    handler: str | None = None
+    action: Action = Action.FORWARD
+    attempt: int = Field(1, ge=1)
+
+    def describe(self) -> str:
+        extra = f" handler={self.handler} attempt={self.attempt}" if self.handler else ""
+        return f"event={self.name} saga={self.choreography} id={self.saga_id}{extra}"

@@ -10,38 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy.exc import SQLAlchemyError
-
-from .definition import Saga, StepContext, StepDef, StepFn, get_saga
-from .errors import PermanentError, SagaInputError, StoreUnavailable, TransientError
+from . import coordinator
+from .context import step_context
+from .definition import Saga, StepDef, StepFn
+from .errors import PermanentError, SagaInputError, StoreError, TransientError
+from .machine import ErrorInfo, is_open_attempt
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, saga_context
 from .payload import check_json
 from .runtime import Runtime
-from .state import Action, StepState
+from .state import Action
 from .store import Snapshot
-from .transport import idempotency_key
 
 log = get_logger("sagas.participant")
-
-MAX_ERROR_MESSAGE = 2000
-
-
-def context_from_command(command: StepCommand, saga: Saga[Any] | None = None) -> StepContext[Any]:
-    saga = saga or get_saga(command.saga)
-    return StepContext(
-        saga_id=command.saga_id,
-        saga_name=command.saga,
-        step=command.step,
-        action=command.action,
-        attempt=command.attempt,
-        payload=saga.payload_model.model_validate(command.payload),
-        results=dict(command.results),
-        idempotency_key=idempotency_key(command.saga_id, command.step, command.action),
-        correlation_id=command.correlation_id,
-        deadline_at=command.deadline_at,
-        result=command.result,
-    )
 
 
 def run_step(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -> StepReply:
@@ -51,7 +32,7 @@ def run_step(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -
     ):
         log.info("running %s", command.describe())
         try:
-            ctx = context_from_command(command, saga)
+            ctx = step_context(saga.payload_model, command)
             result = fn(ctx)
             check_json(result, field=f"{step.name} result")
         except PermanentError as exc:
@@ -84,89 +65,77 @@ def settle_locally(
     """Apply ``reply``'s transition here; run following steps on local queues inline.
 
     Starts from ``snapshot`` (the saga as read before the step ran) when given, and carries the
-    snapshot it writes into each inline step's transition: a step costs one write when nothing
-    else touched the saga meanwhile. Returns None when everything was settled, or the reply
-    still to send by message (the store is unreachable from this worker, or it does not know
-    the saga).
+    snapshot each transition wrote into the next inline step's transition: a step costs one
+    write when nothing else touched the saga meanwhile. Returns None when everything was
+    settled, or the reply still to send by message (the store is unreachable from this
+    worker, or it does not know the saga).
     """
-    from . import coordinator  # the participant performs the coordinator's transition
 
-    def inline(step: StepDef, action: Action) -> bool:
-        fn = step.fn if action is Action.FORWARD else step.compensation_fn
-        return fn is not None and local_queue(step.queue_for(action))
+    def claim(step: StepDef, action: Action) -> bool:
+        return step.fn_for(action) is not None and local_queue(step.queue_for(action))
 
-    cursor = coordinator.Cursor(snapshot)
     while True:
-        commands: list[StepCommand] = []
         try:
-            decision = coordinator.handle_reply(
-                reply, rt=rt, inline=inline, inline_out=commands, cursor=cursor
-            )
-        except (StoreUnavailable, SQLAlchemyError) as exc:
+            applied = coordinator.handle_reply(reply, rt=rt, claim=claim, snapshot=snapshot)
+        except StoreError as exc:
             log.warning(
                 "cannot settle %s here (%s); replying by message",
                 reply.describe(),
                 escape(type(exc).__name__),
             )
             return reply
-        if decision is None:
+        if applied is None:
             return reply
-        if not commands:
+        if not applied.claimed:
             return None
-        command = commands[0]
-        step = saga.step_def(command.step)
-        fn = step.fn if command.action is Action.FORWARD else step.compensation_fn
-        assert fn is not None
-        reply = run_step(saga, step, fn, command)
+        command, snapshot = applied.claimed[0], applied.snapshot
+        reply = run_claimed(saga, command)
 
 
-def still_open(rt: Runtime, step: StepDef, command: StepCommand) -> bool:
-    """Is this command the step's open attempt? A redelivered or duplicated command for an
-    attempt the saga has moved past (timed out, retried, settled) must not run its effect again;
-    this is also what bounds a poison message that kills its worker on every delivery.
-    When the store cannot be read the command runs (the reply will be judged stale if it is)."""
-    try:
-        row = rt.store.open_attempt(command.saga_id, step.index)
-    except (StoreUnavailable, SQLAlchemyError):
-        return True
-    if row is None:
-        return True
-    state, attempt, compensation_attempt, in_flight = row
-    return _answers(command, StepState(state), attempt, compensation_attempt, in_flight)
+def run_claimed(saga: Saga[Any], command: StepCommand) -> StepReply:
+    """Run a local step's action that this worker claimed from a transition."""
+    step = saga.step_def(command.step)
+    fn = step.fn_for(command.action)
+    assert fn is not None, "only local steps are claimed"
+    return run_step(saga, step, fn, command)
 
 
 def open_snapshot(rt: Runtime, step: StepDef, command: StepCommand) -> tuple[bool, Snapshot | None]:
-    """``still_open`` that reads the whole saga, for a participant that will then apply the
-    step's transition itself: the snapshot spares that transition its own read."""
+    """Is this command the step's open attempt? A redelivered or duplicated command for an
+    attempt the saga has moved past (timed out, retried, settled) must not run its effect
+    again; this is also what bounds a poison message that kills its worker on every delivery.
+
+    Reads the whole saga, for a worker that will then apply the step's transition itself: the
+    snapshot spares that transition its own read. When the store cannot be read the command
+    runs (the reply will be judged stale if it is)."""
     try:
         snap = rt.store.load(command.saga_id)
-    except (StoreUnavailable, SQLAlchemyError):
+    except StoreError:
         return True, None
     if snap is None or not 0 <= step.index < len(snap.status.steps):
         return True, None
-    s = snap.status.steps[step.index]
-    open_ = _answers(command, s.state, s.attempt, s.compensation_attempt, s.in_flight)
+    open_ = is_open_attempt(snap.status.steps[step.index], command.action, command.attempt)
     return open_, snap
 
 
-def _answers(
-    command: StepCommand, state: StepState, attempt: int, compensation_attempt: int, live: bool
-) -> bool:
-    if command.action is Action.FORWARD:
-        return state is StepState.RUNNING and attempt == command.attempt and live
-    return state is StepState.COMPENSATING and compensation_attempt == command.attempt and live
+def still_open(rt: Runtime, step: StepDef, command: StepCommand) -> bool:
+    """``open_snapshot`` reading only the step's row (the reply goes by message anyway)."""
+    try:
+        status = rt.store.open_attempt(command.saga_id, step.index)
+    except StoreError:
+        return True
+    return status is None or is_open_attempt(status, command.action, command.attempt)
 
 
 def _error(
     command: StepCommand, exc: BaseException, *, retryable: bool, type_name: str | None = None
 ) -> StepReply:
-    name = type_name or type(exc).__name__
-    message = str(exc)[:MAX_ERROR_MESSAGE]
+    error = ErrorInfo.of(exc, retryable=retryable, type_name=type_name)
     log.warning(
         "%s failed: %s: %s%s",
         command.describe(),
-        name,
-        escape(message),
+        error.type,
+        escape(error.message),
         "" if retryable else " (permanent)",
     )
     return StepReply(
@@ -175,7 +144,7 @@ def _error(
         action=command.action,
         attempt=command.attempt,
         ok=False,
-        error_type=name,
-        error_message=message,
+        error_type=error.type,
+        error_message=error.message,
         retryable=retryable,
     )

@@ -1,56 +1,61 @@
 """The configured runtime: settings, store and Celery app, built once at the edge.
 
-``configure()`` is called by the worker bootstrap, the CLI or a test; ``get_runtime()`` builds
-one from the environment on first use when nobody configured it (a Django/Flask process that
-only imports ``start_saga``).
+``sagas.install.configure()`` sets it (the worker bootstrap, the CLI, a test); ``get_runtime()``
+builds one from the environment on first use when nobody configured it (a Django/Flask process
+that only imports ``start_saga``), from any thread.
 """
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any
 
 from .settings import Settings
 from .store import Store
+from .transport import CeleryApp, current_app
 
 
 @dataclass
 class Runtime:
     settings: Settings
     store: Store
-    app: Any = None  # a Celery app; None means celery.current_app at publish time
+    app: CeleryApp | None = None  # None: Celery's current app at publish time
 
     @property
-    def celery(self) -> Any:
-        if self.app is not None:
-            return self.app
-        from celery import current_app
-
-        return current_app
+    def celery(self) -> CeleryApp:
+        return self.app if self.app is not None else current_app()
 
 
 _lock = threading.Lock()
 _runtime: Runtime | None = None
 
 
-def configure(
-    *, settings: Settings | None = None, store: Store | None = None, app: Any = None
+def set_runtime(
+    *, settings: Settings | None = None, store: Store | None = None, app: CeleryApp | None = None
 ) -> Runtime:
     global _runtime
     settings = settings or Settings()
     store = store or Store(settings.database_url_sqlalchemy)
+    runtime = Runtime(settings=settings, store=store, app=app)
     with _lock:
-        _runtime = Runtime(settings=settings, store=store, app=app)
-        return _runtime
+        _runtime = runtime
+    return runtime
 
 
 def get_runtime() -> Runtime:
-    if _runtime is None:
-        with _lock:
-            if _runtime is None:
-                return configure()
-    assert _runtime is not None
+    global _runtime
+    runtime = _runtime
+    if runtime is not None:
+        return runtime
+    with _lock:
+        if _runtime is None:  # built once even when several threads ask at once
+            settings = Settings()
+            _runtime = Runtime(settings=settings, store=Store(settings.database_url_sqlalchemy))
+        return _runtime
+
+
+def current_runtime() -> Runtime | None:
+    """The runtime if one was built (never builds one)."""
     return _runtime
 
 

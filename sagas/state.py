@@ -8,6 +8,13 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+class SagaKind(StrEnum):
+    """Which pattern runs a saga; stored in ``saga.kind``."""
+
+    ORCHESTRATED = "orchestrated"  # a coordinator decides (``Saga``, ``sagas.machine``)
+    CHOREOGRAPHED = "choreographed"  # services react to events (``sagas.choreography``)
+
+
 class SagaState(StrEnum):
     STARTED = "started"  # accepted, first step not yet dispatched
     PENDING = "pending"  # running forward
@@ -62,6 +69,18 @@ STEP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
     StepState.COMPENSATION_FAILED: frozenset({StepState.COMPENSATING}),
     StepState.SKIPPED: frozenset(),
 }
+
+
+def check_saga_transition(old: SagaState, new: SagaState) -> None:
+    """Raise if ``old -> new`` is not in ``SAGA_TRANSITIONS`` (a bug in a rule, never input)."""
+    if new is not old and new not in SAGA_TRANSITIONS[old]:
+        raise AssertionError(f"illegal saga transition {old} -> {new}")
+
+
+def check_step_transition(old: StepState, new: StepState) -> None:
+    """Raise if ``old -> new`` is not in ``STEP_TRANSITIONS``."""
+    if new is not old and new not in STEP_TRANSITIONS[old]:
+        raise AssertionError(f"illegal step transition {old} -> {new}")
 
 
 class Action(StrEnum):

@@ -20,10 +20,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from . import coordinator, faults
+from .choreography import runner
 from .errors import SagaError
 from .observability import escape, get_logger, metrics, saga_context
 from .runtime import Runtime
-from .state import HistoryKind
+from .state import HistoryKind, SagaKind
+from .transport import send_escalation
 
 log = get_logger("sagas.sweeper")
 
@@ -45,20 +47,24 @@ def sweep(rt: Runtime) -> SweepReport:
     faults.hit("sweeper.after_select")
     for saga_id, kind in due:
         try:
-            if kind == "choreographed":
-                from . import eventbus
-
-                woke = eventbus.wake(saga_id, rt=rt)
-            else:
-                woke = coordinator.wake(saga_id, rt=rt, skip_locked=True) is not None
+            match kind:
+                case SagaKind.CHOREOGRAPHED:
+                    woke = runner.wake(saga_id, rt=rt)
+                case SagaKind.ORCHESTRATED:
+                    woke = coordinator.wake(saga_id, rt=rt, skip_locked=True) is not None
             if woke:
                 report.woken += 1
         except SagaError as exc:
             report.errors += 1
             log.error("sweeper could not wake saga %s: %s", saga_id, escape(exc))
-    for saga_id in rt.store.unsent(rt.settings.outbox_grace, rt.settings.sweep_batch):
+    grace = rt.settings.outbox_grace
+    for saga_id, kind in rt.store.unsent_kinds(grace, rt.settings.sweep_batch):
         try:
-            report.republished += coordinator.republish(saga_id, rt.settings.outbox_grace, rt=rt)
+            match kind:
+                case SagaKind.CHOREOGRAPHED:
+                    report.republished += runner.republish(saga_id, grace, rt=rt)
+                case SagaKind.ORCHESTRATED:
+                    report.republished += coordinator.republish(saga_id, grace, rt=rt)
         except SagaError as exc:
             report.errors += 1
             log.error("sweeper could not re-publish for saga %s: %s", saga_id, escape(exc))
@@ -82,9 +88,10 @@ def escalate(rt: Runtime) -> int:
             task = rt.settings.escalation_task
             if task:
                 try:
-                    rt.celery.send_task(
+                    send_escalation(
+                        rt.celery,
                         task,
-                        kwargs={
+                        {
                             "saga_id": record.id,
                             "saga": record.name,
                             "state": record.state.value,

@@ -1,9 +1,11 @@
-"""Every Celery task sagas registers. The only module (with ``transport``) that knows Celery.
+"""Every Celery task sagas registers: the inbound door to Celery (``transport`` is the outbound).
 
 Coordinator tasks run on the coordinator queue; step tasks (one pair per local step, named
-``saga.<saga>.<step>`` and ``saga.<saga>.<step>.compensate``) run on the owning service's queue.
-All are ``acks_late`` with ``reject_on_worker_lost``: a killed worker's message is redelivered,
-and the database (attempt numbers, deadlines) decides what a redelivery may still change.
+``saga.<saga>.<step>`` and ``saga.<saga>.<step>.compensate``) run on the owning service's queue
+and are bound by ``bind_step_tasks`` (called by ``sagas.install.configure``), never by declaring
+a saga. All are ``acks_late`` with ``reject_on_worker_lost``: a killed worker's message is
+redelivered, and the database (attempt numbers, deadlines) decides what a redelivery may still
+change.
 """
 
 from __future__ import annotations
@@ -12,18 +14,32 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import worker_process_init
+from celery.signals import import_modules, worker_init, worker_process_init
 from pydantic import ValidationError
 
-from . import coordinator, faults, sweeper
-from .definition import Saga, StepDef, get_saga
+from . import coordinator, faults, starter, sweeper
+from .catalog import get_saga, registered_sagas
+from .choreography import runner
+from .definition import Saga, StepDef, get_orchestrated, on_step_declared, orchestrated_sagas
 from .errors import SagaInputError, StoreUnavailable
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, metrics, saga_context
-from .participant import open_snapshot, run_step, settle_locally, still_open
-from .runtime import get_runtime
+from .participant import open_snapshot, run_claimed, run_step, settle_locally, still_open
+from .runtime import Runtime, current_runtime, get_runtime
 from .state import Action
-from .transport import send_reply
+from .store import Snapshot
+from .transport import (
+    EVENT_TASK,
+    REMOTE_ERROR_TASK,
+    REMOTE_OK_TASK,
+    REPLY_TASK,
+    START_TASK,
+    SWEEP_TASK,
+    WAKE_TASK,
+    CeleryApp,
+    consumed_queues,
+    send_reply,
+)
 
 log = get_logger("sagas.tasks")
 
@@ -43,10 +59,9 @@ COORDINATOR: dict[str, Any] = {
 @worker_process_init.connect(weak=False)
 def _after_fork(**_: Any) -> None:
     # A prefork child must not reuse the parent's pooled database connections.
-    from . import runtime
-
-    if runtime._runtime is not None:
-        runtime._runtime.store.engine.dispose(close=False)
+    rt = current_runtime()
+    if rt is not None:
+        rt.store.engine.dispose(close=False)
 
 
 class _StartSagaTask(Task):  # type: ignore[misc]
@@ -56,17 +71,15 @@ class _StartSagaTask(Task):  # type: ignore[misc]
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         args, kwargs = list(args or ()), dict(kwargs or {})
         name = args[0] if args else kwargs.get("name")
-        from .definition import registered_sagas
-
-        if isinstance(name, str) and name in registered_sagas():
-            payload = args[1] if len(args) > 1 else kwargs.get("payload")
-            saga, *_ = coordinator.prepare_start(
-                name,
-                payload,
+        definition = registered_sagas().get(name) if isinstance(name, str) else None
+        if definition is not None:
+            starter.validate(
+                definition,
+                args[1] if len(args) > 1 else kwargs.get("payload"),
                 args[2] if len(args) > 2 else kwargs.get("saga_id"),
                 args[3] if len(args) > 3 else kwargs.get("correlation_id"),
             )
-            first = _first_local_step(saga)
+            first = _first_local_step(definition) if isinstance(definition, Saga) else None
             if first is not None and get_runtime().settings.start_on_step_queue:
                 options.setdefault("queue", first.queue_for(Action.FORWARD))
         options.setdefault("argsrepr", f"saga={escape(name)} id={escape(kwargs.get('saga_id'))}")
@@ -74,16 +87,13 @@ class _StartSagaTask(Task):  # type: ignore[misc]
         return super().apply_async(args, kwargs, **options)
 
 
-def _first_local_step(saga: Any) -> StepDef | None:
+def _first_local_step(saga: Saga[Any]) -> StepDef | None:
     """The first step, if a worker of its queue runs it as a local function (not remote)."""
-    steps = getattr(saga, "steps", None)
-    if not steps or getattr(saga, "kind", "") == "choreographed":
-        return None
-    first: StepDef = steps[0]
-    return first if first.fn is not None and first.task is None else None
+    first = saga.steps[0] if saga.steps else None
+    return first if first is not None and first.fn is not None and first.task is None else None
 
 
-@shared_task(name="sagas.start_saga", base=_StartSagaTask, bind=True, **COORDINATOR)
+@shared_task(name=START_TASK, base=_StartSagaTask, bind=True, **COORDINATOR)
 def start_saga(
     self: Task,
     name: str,
@@ -97,28 +107,19 @@ def start_saga(
     worker then records the start and runs step 1 (and any following local steps) itself."""
     try:
         rt = get_runtime()
-        local = _local_queues(self.app, rt)
-        saga = get_saga(name) if rt.settings.start_on_step_queue else None
-        first = _first_local_step(saga) if saga is not None else None
-        if (
-            first is None
-            or not rt.settings.local_transitions
-            or not local(first.queue_for(Action.FORWARD))
-        ):
-            return coordinator.start(name, payload, saga_id=saga_id, correlation_id=correlation_id)
-        commands: list[StepCommand] = []
-        cursor = coordinator.Cursor()
-        sid = coordinator.start(
-            name,
+        direct = _direct_start(self.app, rt, name)
+        if direct is None:
+            return starter.start(name, payload, saga_id=saga_id, correlation_id=correlation_id)
+        sid, applied = starter.start_claiming(
+            direct,
             payload,
             saga_id=saga_id,
             correlation_id=correlation_id,
-            inline=lambda step, action: step.index == 0 and action is Action.FORWARD,
-            inline_out=commands,
-            cursor=cursor,
+            claim=lambda step, action: step.index == 0 and action is Action.FORWARD,
+            rt=rt,
         )
-        if commands:
-            _run_inline(self.app, rt, saga, commands[0], cursor.snapshot)
+        if applied is not None and applied.claimed:
+            _run_inline(self.app, rt, direct, applied.claimed[0], applied.snapshot)
         return sid
     except SagaInputError as exc:
         reason = type(exc).__name__
@@ -132,7 +133,19 @@ def start_saga(
         raise
 
 
-@shared_task(name="sagas.step_reply", **COORDINATOR)
+def _direct_start(app: CeleryApp, rt: Runtime, name: str) -> Saga[Any] | None:
+    """The saga, when this worker should record its start and run step 1 itself."""
+    if not (rt.settings.start_on_step_queue and rt.settings.local_transitions):
+        return None
+    found = get_saga(name)
+    first = _first_local_step(found) if isinstance(found, Saga) else None
+    if first is None or not _local_queues(app, rt)(first.queue_for(Action.FORWARD)):
+        return None
+    assert isinstance(found, Saga)
+    return found
+
+
+@shared_task(name=REPLY_TASK, **COORDINATOR)
 def step_reply(reply: dict[str, Any]) -> None:
     try:
         parsed = StepReply.model_validate(reply)
@@ -143,7 +156,7 @@ def step_reply(reply: dict[str, Any]) -> None:
     coordinator.handle_remote_reply(parsed)
 
 
-@shared_task(name="sagas.remote_reply", **COORDINATOR)
+@shared_task(name=REMOTE_OK_TASK, **COORDINATOR)
 def remote_reply(
     result: Any, *, saga_id: str, step: str, attempt: int, action: str, correlation_id: str = ""
 ) -> None:
@@ -160,7 +173,7 @@ def remote_reply(
     )
 
 
-@shared_task(name="sagas.remote_failed", bind=True, **COORDINATOR)
+@shared_task(name=REMOTE_ERROR_TASK, bind=True, **COORDINATOR)
 def remote_failed(
     self: Task,
     task_id: str,
@@ -194,29 +207,28 @@ def remote_failed(
     )
 
 
-@shared_task(name="sagas.wake", **COORDINATOR)
+@shared_task(name=WAKE_TASK, **COORDINATOR)
 def wake(saga_id: str) -> None:
     coordinator.wake(saga_id)
 
 
-@shared_task(name="choreography.event", **{**COORDINATOR, "queue": None})
+@shared_task(name=EVENT_TASK, **{**COORDINATOR, "queue": None})
 def choreography_event(message: dict[str, Any]) -> None:
     """A domain event of a choreographed saga: run this worker's handlers for it."""
-    from . import eventbus
-
-    eventbus.deliver(message)
+    runner.deliver(message)
 
 
-@shared_task(name="sagas.sweep", queue="sagas", ignore_result=True)
+@shared_task(name=SWEEP_TASK, queue="sagas", ignore_result=True)
 def sweep() -> dict[str, int]:
     """Beat-scheduled: fire due timers, re-publish unsent commands. Safe to run twice at once."""
     return sweeper.sweep(get_runtime()).as_dict()
 
 
-def _run_inline(app: Any, rt: Any, saga: Any, command: StepCommand, snapshot: Any) -> None:
+def _run_inline(
+    app: CeleryApp, rt: Runtime, saga: Saga[Any], command: StepCommand, snapshot: Snapshot
+) -> None:
     """Run a step this task claimed, settle it here, reply by message if that fails."""
-    step = saga.step_def(command.step)
-    reply = run_step(saga, step, step.fn, command)
+    reply = run_claimed(saga, command)
     faults.hit("participant.after_effect")
     unsent = settle_locally(rt, saga, reply, _local_queues(app, rt), snapshot)
     if unsent is not None:
@@ -224,20 +236,51 @@ def _run_inline(app: Any, rt: Any, saga: Any, command: StepCommand, snapshot: An
         send_reply(app, unsent, command.correlation_id, rt.settings.coordinator_queue)
 
 
-def _local_queues(app: Any, rt: Any) -> Callable[[str], bool]:
+def _local_queues(app: CeleryApp, rt: Runtime) -> Callable[[str], bool]:
     """Queues this worker consumes (a step on one of them may run inline here)."""
     if not rt.settings.inline_steps:
         return lambda _queue: False
-    consume_from = getattr(app.amqp.queues, "consume_from", None)
-    names = set(consume_from) if consume_from else None
+    names = consumed_queues(app)
     return lambda queue: names is None or queue in names
+
+
+# -- step tasks: bound by the worker bootstrap or ``configure``, never by a declaration --------
+
+_bound: set[str] = set()
+
+
+def bind_all_step_tasks() -> None:
+    """Bind every local step declared so far, and every one declared from now on."""
+    bind_step_tasks()
+    on_step_declared(bind_local_step)
+
+
+@worker_init.connect(weak=False)
+def _bind_on_worker_start(**_: Any) -> None:
+    # A worker whose app never called ``configure`` still runs the steps its modules declare.
+    bind_all_step_tasks()
+
+
+@import_modules.connect(weak=False)
+def _bind_after_imports(**_: Any) -> None:
+    bind_step_tasks()  # the app's ``imports``/``include`` modules may have declared sagas
+
+
+def bind_step_tasks(sagas: list[Saga[Any]] | None = None) -> None:
+    """Register the Celery tasks that run every local step (and compensation) of ``sagas``
+    (default: every registered saga). Idempotent; shared tasks reach every app."""
+    for saga in sagas if sagas is not None else list(orchestrated_sagas().values()):
+        for step in saga.steps:
+            bind_local_step(saga, step)
 
 
 def bind_local_step(saga: Saga[Any], step: StepDef) -> None:
     """Register the Celery tasks that run a local step and its compensation."""
-    for action, fn in ((Action.FORWARD, step.fn), (Action.COMPENSATE, step.compensation_fn)):
-        if fn is not None:
-            _register_step_task(saga.name, step.name, action, step.task_name(action))
+    for action in (Action.FORWARD, Action.COMPENSATE):
+        name = step.task_name(action)
+        if step.fn_for(action) is not None and name not in _bound:
+            _bound.add(name)
+            _register_step_task(saga.name, step.name, action, name)
 
 
 def _register_step_task(saga_name: str, step_name: str, action: Action, task_name: str) -> None:
@@ -248,9 +291,9 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
             metrics.inc("sagas_bad_commands_total", reason="schema")
             log.error("malformed step command for %s dropped: %s", task_name, escape(exc))
             return
-        saga = get_saga(saga_name)
+        saga = get_orchestrated(saga_name)
         step = saga.step_def(step_name)
-        fn = step.fn if action is Action.FORWARD else step.compensation_fn
+        fn = step.fn_for(action)
         assert fn is not None
         rt = get_runtime()
         # Checked whenever the store is readable (not only with local transitions): it is what

@@ -16,21 +16,23 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from celery.contrib.testing.worker import start_worker
+
 from . import sweeper
-from .definition import registered_sagas
+from .catalog import registered_sagas
+from .choreography.definition import Choreography
 from .errors import SagaError, SagaNotFound
-from .migrate import upgrade
-from .runtime import Runtime, configure
+from .install import configure
+from .runtime import Runtime
 from .settings import Settings
 from .state import SagaState
 from .store import SagaRecord, Store
+from .store.migrate import upgrade
+from .transport import COMBINED_QUEUE, event_queues
 
 
 def saga_queues(coordinator_queue: str = "sagas") -> list[str]:
     """Every queue the registered sagas use, plus the coordinator's."""
-    from .choreography import Choreography
-    from .eventbus import COMBINED_QUEUE
-
     queues = {coordinator_queue}
     for saga in registered_sagas().values():
         if isinstance(saga, Choreography):
@@ -52,8 +54,6 @@ def embedded(
     settings: Settings | None = None,
 ) -> Iterator[Runtime]:
     """Configure sagas on ``app`` with an in-memory broker and run a worker and a sweeper."""
-    from celery.contrib.testing.worker import start_worker
-
     settings = settings or Settings(database_url=database_url, sweep_interval=sweep_interval)
     store = Store(settings.database_url_sqlalchemy)
     upgrade(store.engine)
@@ -62,8 +62,6 @@ def embedded(
     # memory:// polls; the default one-second poll would add a second to every hop.
     app.conf.broker_transport_options = {"polling_interval": 0.01}
     app.conf.task_always_eager = False
-    from .eventbus import event_queues
-
     # Choreography events reach the single worker through one queue bound to every event.
     combined = event_queues(combined=True)
     known = {q.name for q in app.conf.task_queues or ()}

@@ -1,97 +1,89 @@
-"""Everything the engine sends on the broker, in one place.
+"""Everything the engine sends on the broker, in one place (the outbound door to Celery).
 
-All messages are JSON; Flower shows ``argsrepr`` (saga, id, step, attempt), never payloads.
-The saga's correlation id rides in the message headers of every step and compensation.
+All messages are JSON; Flower shows ``argsrepr`` (saga, id, step, attempt), never payloads. The
+saga's correlation id rides in the headers of every message. Also here: the choreography event
+bus's kombu topology (one topic exchange, one queue per service bound per event) and which
+queues this worker consumes. ``sagas.tasks`` is the inbound door: every task received.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
 from celery import Signature
+from celery import current_app as _current_app
+from kombu.entity import Exchange, Queue, binding
+from pydantic import BaseModel
 
-from .definition import Saga, StepDef
-from .machine import Dispatch, SagaStatus, WakeAt
-from .messages import StepCommand, StepReply
-from .state import Action, StepState
-from .store import SagaRecord
+from .catalog import choreographies
+from .choreography.definition import Choreography, event_queue_name
+from .context import remote_context, step_context
+from .definition import StepDef
+from .messages import EventMessage, StepCommand, StepReply
+from .state import Action
 
+START_TASK = "sagas.start_saga"
 REPLY_TASK = "sagas.step_reply"
 REMOTE_OK_TASK = "sagas.remote_reply"
 REMOTE_ERROR_TASK = "sagas.remote_failed"
 WAKE_TASK = "sagas.wake"
+SWEEP_TASK = "sagas.sweep"
+EVENT_TASK = "choreography.event"
 CORRELATION_HEADER = "saga_correlation_id"
 
-
-def encode_command(cmd: Dispatch | WakeAt) -> dict[str, Any]:
-    if isinstance(cmd, WakeAt):
-        return {"type": "wake", "at": cmd.at.isoformat()}
-    return {
-        "type": "dispatch",
-        "step": cmd.step,
-        "attempt": cmd.attempt,
-        "action": cmd.action.value,
-        "deadline_at": cmd.deadline_at.isoformat(),
-    }
+EXCHANGE = Exchange("sagas.events", type="topic", durable=True)
+COMBINED_QUEUE = "sagas.events"  # the embedded default's one queue bound to every event
 
 
-def decode_command(data: dict[str, Any]) -> Dispatch | WakeAt:
-    if data["type"] == "wake":
-        return WakeAt(datetime.fromisoformat(data["at"]))
-    return Dispatch(
-        step=int(data["step"]),
-        attempt=int(data["attempt"]),
-        action=Action(data["action"]),
-        deadline_at=datetime.fromisoformat(data["deadline_at"]),
-    )
+class CeleryApp(Protocol):
+    """The part of a Celery app the engine uses (Celery itself is untyped)."""
+
+    @property
+    def amqp(self) -> Any: ...
+
+    @property
+    def conf(self) -> Any: ...
+
+    def send_task(self, name: str, *args: Any, **options: Any) -> Any: ...
 
 
-def still_wanted(cmd: Dispatch, status: SagaStatus) -> bool:
-    """Is this dispatch still the step's open attempt? (re-publishing from the outbox)"""
-    s = status.steps[cmd.step]
-    if cmd.action is Action.FORWARD:
-        return s.state is StepState.RUNNING and s.attempt == cmd.attempt and s.in_flight
-    return (
-        s.state is StepState.COMPENSATING and s.compensation_attempt == cmd.attempt and s.in_flight
-    )
+def current_app() -> CeleryApp:
+    """The app a process that configured none publishes with (Celery's current app)."""
+    app: CeleryApp = _current_app._get_current_object()
+    return app
 
 
-def build_command(
-    saga: Saga[Any], record: SagaRecord, status: SagaStatus, cmd: Dispatch
-) -> StepCommand:
-    step = saga.steps[cmd.step]
-    # Earlier steps that produced a result (succeeded, possibly being compensated since).
-    results = {s.name: s.result for s in status.steps[: cmd.step] if s.result is not None}
-    deadline = cmd.deadline_at
-    if status.deadline_at is not None and cmd.action is Action.FORWARD:
-        deadline = min(deadline, status.deadline_at)
-    return StepCommand(
-        saga_id=record.id,
-        saga=saga.name,
-        version=record.version,
-        step=step.name,
-        action=cmd.action,
-        attempt=cmd.attempt,
-        correlation_id=record.correlation_id,
-        deadline_at=deadline,
-        payload=record.payload,
-        results=results,
-        result=status.steps[cmd.step].result if cmd.action is Action.COMPENSATE else None,
-    )
+def headers(correlation_id: str, saga_id: str) -> dict[str, str]:
+    return {CORRELATION_HEADER: correlation_id, "saga_id": saga_id}
 
 
-def send_step(app: Any, step: StepDef, command: StepCommand, coordinator_queue: str) -> None:
-    headers = {CORRELATION_HEADER: command.correlation_id, "saga_id": command.saga_id}
+def consumed_queues(app: CeleryApp) -> set[str] | None:
+    """Queues this worker consumes; None when not known (not a worker, or every queue)."""
+    consume_from = getattr(getattr(app, "amqp", None), "queues", None)
+    names = getattr(consume_from, "consume_from", None)
+    return set(names) if names else None
+
+
+# -- orchestration ------------------------------------------------------------------------------
+
+
+def send_step(
+    app: CeleryApp,
+    step: StepDef,
+    command: StepCommand,
+    coordinator_queue: str,
+    payload_model: type[BaseModel],
+) -> None:
+    hdrs = headers(command.correlation_id, command.saga_id)
     queue = step.queue_for(command.action)
-    name = step.task_name(command.action)
     remote = step.compensation_task if command.action is Action.COMPENSATE else step.task
     if remote is None:
         app.send_task(
-            name,
+            step.task_name(command.action),
             args=[command.model_dump(mode="json")],
             queue=queue,
-            headers=headers,
+            headers=hdrs,
             argsrepr=command.describe(),
             kwargsrepr="{}",
         )
@@ -103,12 +95,12 @@ def send_step(app: Any, step: StepDef, command: StepCommand, coordinator_queue: 
         "action": command.action.value,
         "correlation_id": command.correlation_id,
     }
-    options = {"queue": coordinator_queue, "headers": headers}
+    options = {"queue": coordinator_queue, "headers": hdrs}
     app.send_task(
         remote,
-        kwargs=remote_arguments(step, command),
+        kwargs=remote_arguments(step, command, payload_model),
         queue=queue,
-        headers=headers,
+        headers=hdrs,
         link=Signature(REMOTE_OK_TASK, kwargs=ids, options=options, app=app),
         link_error=Signature(REMOTE_ERROR_TASK, kwargs=ids, options=options, app=app),
         argsrepr=command.describe(),
@@ -116,42 +108,30 @@ def send_step(app: Any, step: StepDef, command: StepCommand, coordinator_queue: 
     )
 
 
-def remote_arguments(step: StepDef, command: StepCommand) -> dict[str, Any]:
-    context = {
-        "saga_id": command.saga_id,
-        "saga": command.saga,
-        "step": command.step,
-        "action": command.action.value,
-        "attempt": command.attempt,
-        "idempotency_key": idempotency_key(command.saga_id, command.step, command.action),
-        "correlation_id": command.correlation_id,
-        "deadline_at": command.deadline_at.isoformat() if command.deadline_at else None,
-        "results": command.results,
-        "result": command.result,
-    }
+def remote_arguments(
+    step: StepDef, command: StepCommand, payload_model: type[BaseModel]
+) -> dict[str, Any]:
+    """Keyword arguments of a remote step's task: ``arguments(ctx)`` if declared, else
+    ``payload=<dict>, saga=<ids, attempt, idempotency key, ...>``."""
     if step.arguments is not None:
-        from .participant import context_from_command
-
-        return step.arguments(context_from_command(command))
-    return {"payload": command.payload, "saga": context}
+        return step.arguments(step_context(payload_model, command))
+    return {"payload": command.payload, "saga": remote_context(command)}
 
 
-def idempotency_key(saga_id: str, step: str, action: Action) -> str:
-    return f"{saga_id}:{step}" if action is Action.FORWARD else f"{saga_id}:{step}:compensate"
-
-
-def send_reply(app: Any, reply: StepReply, correlation_id: str, coordinator_queue: str) -> None:
+def send_reply(
+    app: CeleryApp, reply: StepReply, correlation_id: str, coordinator_queue: str
+) -> None:
     app.send_task(
         REPLY_TASK,
         args=[reply.model_dump(mode="json")],
         queue=coordinator_queue,
-        headers={CORRELATION_HEADER: correlation_id, "saga_id": reply.saga_id},
+        headers=headers(correlation_id, reply.saga_id),
         argsrepr=reply.describe(),
         kwargsrepr="{}",
     )
 
 
-def send_wake(app: Any, saga_id: str, countdown: float, coordinator_queue: str) -> None:
+def send_wake(app: CeleryApp, saga_id: str, countdown: float, coordinator_queue: str) -> None:
     app.send_task(
         WAKE_TASK,
         args=[saga_id],
@@ -159,3 +139,96 @@ def send_wake(app: Any, saga_id: str, countdown: float, coordinator_queue: str) 
         countdown=max(countdown, 0.0),
         argsrepr=f"id={saga_id}",
     )
+
+
+def send_escalation(app: CeleryApp, task: str, kwargs: dict[str, Any]) -> None:
+    """The operator's own escalation task (``SAGAS_ESCALATION_TASK``)."""
+    app.send_task(task, kwargs=kwargs)
+
+
+# -- the choreography event bus -----------------------------------------------------------------
+
+
+def event_queues(*, combined: bool = False, only: Iterable[str] | None = None) -> list[Queue]:
+    """Queues to declare and consume: one per service (or one combined), bound per event.
+
+    ``only`` limits them to the named choreographies (default: every registered one)."""
+    return queues_for(choreographies(), combined=combined, only=only)
+
+
+def queues_for(
+    choreos: Iterable[Choreography[Any]],
+    *,
+    combined: bool = False,
+    only: Iterable[str] | None = None,
+) -> list[Queue]:
+    subs: dict[str, set[str]] = {}
+    names = set(only) if only is not None else None
+    for choreo in choreos:
+        if names is not None and choreo.name not in names:
+            continue
+        for service, keys in choreo.subscriptions().items():
+            queue = COMBINED_QUEUE if combined else event_queue_name(service)
+            subs.setdefault(queue, set()).update(keys)
+    return [
+        Queue(name, bindings=[binding(EXCHANGE, routing_key=k) for k in sorted(keys)], durable=True)
+        for name, keys in sorted(subs.items())
+    ]
+
+
+def _queues_to_declare(app: CeleryApp) -> list[Queue]:
+    """The event queues this app is configured with (per service, or the embedded default's
+    combined one): declaring any other would leave a copy of every event in a queue nobody
+    reads. An app without configured event queues declares one per service."""
+    configured = getattr(getattr(app, "amqp", None), "queues", None) or {}
+    mine = [q for name, q in configured.items() if name.startswith(COMBINED_QUEUE)]
+    return mine or event_queues()
+
+
+def publish_event(app: CeleryApp, message: EventMessage) -> None:
+    """Publish a domain event to the topic exchange (routing key = the event's name)."""
+    app.send_task(
+        EVENT_TASK,
+        args=[message.model_dump(mode="json")],
+        exchange=EXCHANGE,
+        routing_key=message.name,
+        # Declaring the bound queues on publish means no event is lost because a subscriber's
+        # worker has not started yet.
+        declare=_queues_to_declare(app),
+        headers=headers(message.correlation_id, message.saga_id),
+        argsrepr=message.describe(),
+        kwargsrepr="{}",
+    )
+
+
+def send_event_retry(app: CeleryApp, message: EventMessage, service: str, countdown: float) -> None:
+    """A handler's next attempt, straight to that service's queue (or the combined one when
+    this worker consumes only that), after ``countdown`` seconds."""
+    app.send_task(
+        EVENT_TASK,
+        args=[message.model_dump(mode="json")],
+        queue=_event_queue_here(app, service),
+        countdown=countdown,
+        headers=headers(message.correlation_id, message.saga_id),
+        argsrepr=message.describe(),
+        kwargsrepr="{}",
+    )
+
+
+def _event_queue_here(app: CeleryApp, service: str) -> str:
+    queue = event_queue_name(service)
+    consumed = consumed_queues(app)
+    if consumed is not None and COMBINED_QUEUE in consumed and queue not in consumed:
+        return COMBINED_QUEUE
+    return queue
+
+
+def local_services(choreo: Choreography[Any], consumed: Iterable[str] | None) -> set[str]:
+    """Services of ``choreo`` whose event queue this worker consumes (all when unknown)."""
+    services = {h.service for h in choreo.handlers}
+    if consumed is None:
+        return services
+    names = set(consumed)
+    if COMBINED_QUEUE in names:
+        return services
+    return {s for s in services if event_queue_name(s) in names}

@@ -11,8 +11,8 @@ from celery import Celery
 from celery.signals import after_setup_logger
 
 import sagas
-from sagas.eventbus import event_queues
 from sagas.observability import SagaContextFilter
+from sagas.transport import event_queues
 
 app = Celery("sagas_example")
 app.config_from_object("celeryconfig")

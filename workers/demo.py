@@ -27,10 +27,10 @@ import click
 
 import sagas
 from sagas import report
-from sagas.migrate import upgrade
 from sagas.runtime import Runtime
 from sagas.settings import Settings, mask_url
 from sagas.store import Store
+from sagas.store.migrate import upgrade
 from sagas.testing import embedded, wait_for
 
 SERVICES = ("inventory", "payment", "shipping", "notification")

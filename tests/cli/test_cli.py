@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sagas.migrate import head_revision
+from sagas.store.migrate import head_revision
 from tests.services import scratch_database
 
 ROOT = Path(__file__).resolve().parents[2]

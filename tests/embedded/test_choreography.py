@@ -12,14 +12,15 @@ import pytest
 from pydantic import BaseModel
 
 import sagas
-from sagas import RetryPolicy, SagaState, StepState, TransientError
+from sagas import RetryPolicy, SagaState, StepState, TransientError, starter
 from sagas.choreography import Choreography, Handler
-from sagas.eventbus import EventMessage, deliver, event_id_for
-from sagas.migrate import upgrade
+from sagas.choreography.runner import deliver, event_id_for
+from sagas.messages import EventMessage
 from sagas.observability import metrics
 from sagas.runtime import Runtime
 from sagas.settings import Settings
 from sagas.store import Store
+from sagas.store.migrate import upgrade
 from sagas.testing import embedded, wait_for
 from workers.app import app
 
@@ -195,9 +196,7 @@ def direct(tmp_path: Any) -> Runtime:
 
 
 def _start(direct: Runtime) -> tuple[str, dict[str, Any]]:
-    from sagas.eventbus import start_choreography
-
-    saga_id = start_choreography(stall, {"n": 7}, saga_id=_sid(), rt=direct)
+    saga_id = starter.start(stall, {"n": 7}, saga_id=_sid(), rt=direct)
     message = direct.app.sent[-1]["args"][0]
     assert (
         message["name"] == "tick.started"
@@ -222,7 +221,7 @@ def test_an_event_after_the_saga_ended_is_recorded_and_ignored(direct: Runtime) 
     with direct.store.transaction() as tx:
         from sqlalchemy import update
 
-        from sagas.schema import saga_table
+        from sagas.store.schema import saga_table
 
         tx.conn.execute(update(saga_table).where(saga_table.c.id == saga_id).values(state="failed"))
     before = direct.store.get(saga_id)[1]

@@ -48,10 +48,10 @@ import sagas
 import tests.faults.fprobe  # noqa: F401 - the test process validates starts client-side
 from sagas import report
 from sagas.errors import SagaError
-from sagas.migrate import upgrade
 from sagas.runtime import reset
 from sagas.settings import Settings
 from sagas.store import Store
+from sagas.store.migrate import upgrade
 from tests.faults import invariants
 from tests.faults.fault_app import make_app
 from tests.faults.fprobe import TABLES_DDL

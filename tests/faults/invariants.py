@@ -47,10 +47,11 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from sagas import report
-from sagas.definition import get_saga
+from sagas.catalog import get_saga
 from sagas.errors import SagaError, SagaNotFound
+from sagas.machine import SagaStatus
 from sagas.state import HistoryKind, SagaState, StepState
-from sagas.store import HistoryEntry, SagaRecord, SagaStatus, Store
+from sagas.store import HistoryEntry, SagaRecord, Store
 
 SAGA_TABLES = ("saga", "saga_step", "saga_event", "saga_handled", "saga_orphan_event")
 UNSETTLED_STEP_STATES = {

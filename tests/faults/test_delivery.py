@@ -2,7 +2,7 @@
 Redis's visibility timeout.
 
 Duplicates and stale replies are the real messages the engine sends, rebuilt from the store
-(``transport.build_command``) or written as ``transport.send_reply`` writes them, and sent by
+(``coordinator.build_command``) or written as ``transport.send_reply`` writes them, and sent by
 name. Every test ends with the invariant check (``conftest._fault_test``).
 """
 
@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 
 from sagas import Action, SagaState, StepState
-from sagas.definition import get_saga
+from sagas.catalog import get_saga
+from sagas.coordinator import build_command
 from sagas.machine import Dispatch
 from sagas.state import HistoryKind
-from sagas.transport import build_command, send_step
+from sagas.transport import send_step
 from tests.faults.conftest import SWEEP_INTERVAL, TERMINAL, FaultCluster, Spec, poll
 from tests.faults.fprobe import COMPENSATION_RETRY, SHORT_RETRY, SLOW_RETRY_INTERVAL, STEP_TIMEOUT
 
@@ -53,7 +54,7 @@ def resend_command(fc: FaultCluster, saga_id: str, step: int, attempt: int) -> N
     saga = get_saga(record.name)
     deadline = status.steps[step].deadline_at or record.created_at
     command = build_command(saga, record, status, Dispatch(step, attempt, Action.FORWARD, deadline))
-    send_step(fc.app, saga.steps[step], command, "sagas")
+    send_step(fc.app, saga.steps[step], command, "sagas", saga.payload_model)
 
 
 def ignored(history: list) -> list[tuple[str, int, str]]:

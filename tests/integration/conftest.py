@@ -44,10 +44,11 @@ import workers.order_choreography  # noqa: F401
 import workers.order_fulfillment  # noqa: F401
 from sagas import receipts, report
 from sagas.choreography import event_queue_name
-from sagas.migrate import upgrade
+from sagas.machine import SagaStatus
 from sagas.runtime import reset
 from sagas.settings import Settings
-from sagas.store import HistoryEntry, SagaRecord, SagaStatus, Store
+from sagas.store import HistoryEntry, SagaRecord, Store
+from sagas.store.migrate import upgrade
 from tests.integration.choreo_probe import GATE_TABLE_DDL
 from tests.integration.probe import EFFECT_TABLE_DDL
 from tests.integration.worker_app import make_app

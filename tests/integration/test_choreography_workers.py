@@ -21,17 +21,14 @@ import pytest
 from sqlalchemy import text
 
 from sagas import SagaState, StepState, report
-from sagas.choreography import COMPENSATED_EVENT, Choreography
-from sagas.eventbus import (
-    EVENT_TASK,
-    EXCHANGE,
-    EventMessage,
-    choreographies,
-    event_id_for,
-    event_queues,
-)
+from sagas.catalog import choreographies
+from sagas.choreography import Choreography
+from sagas.choreography.definition import COMPENSATED_EVENT
+from sagas.choreography.runner import event_id_for
+from sagas.messages import EventMessage
 from sagas.state import HistoryKind
 from sagas.store import HistoryEntry
+from sagas.transport import EVENT_TASK, EXCHANGE, event_queues
 from tests.integration.choreo_probe import STALL_TIMEOUT, choreo_probe
 from tests.integration.conftest import QUEUES, SERVICE_QUEUES, Cluster, Effect, Snapshot, poll
 from tests.integration.worker_app import served_choreographies
@@ -123,7 +120,7 @@ def event(
     correlation_id: str,
     data: Any = None,
 ) -> dict[str, Any]:
-    """An event message exactly as ``sagas.eventbus.publish`` builds it."""
+    """An event message exactly as ``sagas.choreography.runner.publish`` builds it."""
     return EventMessage(
         name=name,
         saga_id=saga_id,

@@ -552,7 +552,9 @@ def test_published_commands_leave_the_outbox_when_a_later_transition_commits_fir
             ok=True,
             result={"step": "s1", "attempt": 1},
         )
-        decision = coordinator.handle_reply(duplicate)  # transition B, in this process
+        applied = coordinator.handle_reply(duplicate)  # transition B, in this process
+
+        decision = applied.decision if applied is not None else None
         assert decision is not None and not decision.commands
     finally:
         release_clears(cluster)

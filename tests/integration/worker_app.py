@@ -16,7 +16,8 @@ import importlib
 
 from celery import Celery
 
-from sagas.eventbus import choreographies, event_queues
+from sagas.catalog import choreographies
+from sagas.transport import event_queues
 from tests.worker_harness import base_app, start_worker_process
 
 IMPORTS = [

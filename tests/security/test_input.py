@@ -18,16 +18,15 @@ from sagas import (
     SagaConflict,
     SagaNotFound,
     SagaState,
-    coordinator,
     get_saga,
-    migrate,
     start_saga,
+    starter,
 )
 from sagas.observability import metrics
 from sagas.payload import check_json, validate_payload
 from sagas.runtime import Runtime
 from sagas.settings import Settings
-from sagas.store import Store
+from sagas.store import Store, migrate
 from sagas.testing import wait_for
 from tests.security.conftest import eventually, sid
 from tests.security.probe import Probe
@@ -167,16 +166,14 @@ def test_a_conflicting_start_on_postgresql_leaves_the_original_untouched() -> No
         broker = _NoBroker()
         pg = Runtime(settings=Settings(database_url=url), store=store, app=broker)
         try:
-            saga_id = coordinator.start(
-                "security_probe", {"text": "original"}, saga_id=sid(), rt=pg
-            )
+            saga_id = starter.start("security_probe", {"text": "original"}, saga_id=sid(), rt=pg)
             before = _snapshot(store, saga_id)
             assert broker.sent == ["saga.security_probe.echo"]
             with pytest.raises(SagaConflict) as info:
-                coordinator.start("security_probe", {"text": "other"}, saga_id=saga_id, rt=pg)
+                starter.start("security_probe", {"text": "other"}, saga_id=saga_id, rt=pg)
             assert info.value.field == "saga_id"
             with pytest.raises(SagaConflict):
-                coordinator.start("security_lost", {"text": "original"}, saga_id=saga_id, rt=pg)
+                starter.start("security_lost", {"text": "original"}, saga_id=saga_id, rt=pg)
             assert _snapshot(store, saga_id) == before
             assert broker.sent == ["saga.security_probe.echo"]  # nothing published either
         finally:

@@ -17,17 +17,23 @@ RAW_SQL_CALLS = {"text", "exec_driver_sql", "execute", "executemany", "executesc
 
 # (file, literal): why it must be raw SQL.
 ALLOWED = {
-    ("sagas/store.py", "PRAGMA journal_mode=WAL"): "SQLite connection setup (DBAPI cursor)",
-    ("sagas/store.py", "PRAGMA foreign_keys=ON"): "SQLite connection setup (DBAPI cursor)",
-    ("sagas/store.py", "PRAGMA busy_timeout=30000"): "SQLite connection setup (DBAPI cursor)",
-    ("sagas/store.py", "BEGIN IMMEDIATE"): "SQLite's write lock up front; Core has no spelling",
-    ("sagas/store.py", "SELECT 1"): "Store.ping: a connectivity probe",
-    ("sagas/schema.py", "false"): "server_default of a Boolean column",
-    ("sagas/schema.py", "0"): "server_default of an Integer column",
-    ("sagas/schema.py", "'orchestrated'"): "server_default of the saga kind column",
-    ("sagas/migrations/versions/0001_saga_tables.py", "false"): "server_default (migration)",
-    ("sagas/migrations/versions/0001_saga_tables.py", "0"): "server_default (migration)",
-    ("sagas/migrations/versions/0002_choreography.py", "'orchestrated'"): "server_default",
+    ("sagas/store/engine.py", "PRAGMA journal_mode=WAL"): "SQLite connection setup (DBAPI cursor)",
+    ("sagas/store/engine.py", "PRAGMA foreign_keys=ON"): "SQLite connection setup (DBAPI cursor)",
+    (
+        "sagas/store/engine.py",
+        "PRAGMA busy_timeout=30000",
+    ): "SQLite connection setup (DBAPI cursor)",
+    (
+        "sagas/store/engine.py",
+        "BEGIN IMMEDIATE",
+    ): "SQLite's write lock up front; Core has no spelling",
+    ("sagas/store/store.py", "SELECT 1"): "Store.ping: a connectivity probe",
+    ("sagas/store/schema.py", "false"): "server_default of a Boolean column",
+    ("sagas/store/schema.py", "0"): "server_default of an Integer column",
+    ("sagas/store/schema.py", "'orchestrated'"): "server_default of the saga kind column",
+    ("sagas/store/migrations/versions/0001_saga_tables.py", "false"): "server_default (migration)",
+    ("sagas/store/migrations/versions/0001_saga_tables.py", "0"): "server_default (migration)",
+    ("sagas/store/migrations/versions/0002_choreography.py", "'orchestrated'"): "server_default",
 }
 
 

@@ -10,8 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sagas import migrate
-from sagas.store import Store
+from sagas.store import Store, migrate
 from tests.services import scratch_database
 from tests.store.helpers import wipe
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from sagas import coordinator
+from sagas import coordinator, starter
 from sagas.definition import Saga, StepContext
 from sagas.errors import (
     InvalidSagaId,
@@ -147,7 +147,7 @@ def reply(saga_id: str, step: str, attempt: int = 1, **kw: Any) -> StepReply:
 
 def start(rt: Runtime, saga_id: str = "order-1", **kw: Any) -> str:
     payload = kw.pop("payload", PAYLOAD)
-    return coordinator.start(SAGA.name, payload, saga_id=saga_id, rt=rt, **kw)
+    return starter.start(SAGA.name, payload, saga_id=saga_id, rt=rt, **kw)
 
 
 # -- start ----------------------------------------------------------------------------------------
@@ -190,7 +190,7 @@ def test_start_creates_the_saga_and_publishes_one_step_command(rt: Runtime) -> N
 
 
 def test_start_without_ids_generates_them(rt: Runtime) -> None:
-    sid = coordinator.start(SAGA.name, PAYLOAD, rt=rt)
+    sid = starter.start(SAGA.name, PAYLOAD, rt=rt)
     record = rt.store.get(sid)[0]
     assert len(sid) == 32 and record.correlation_id and record.correlation_id != sid
     assert recorder(rt).sent[0].options["headers"][CORRELATION_HEADER] == record.correlation_id
@@ -200,7 +200,11 @@ def test_replying_ok_to_each_step_completes_the_saga(rt: Runtime) -> None:
     sid = start(rt)
     results = [{"reserved": 2, "where": "Z\u00fcrich \u2603"}, {"charged": True}, None]
     for i, (name, result) in enumerate(zip(STEPS, results, strict=True)):
-        decision = coordinator.handle_reply(reply(sid, name, result=result), rt=rt)
+        applied = coordinator.handle_reply(reply(sid, name, result=result), rt=rt)
+
+        assert applied is not None
+
+        decision = applied.decision
         assert decision is not None
         assert HistoryKind.STEP_SUCCEEDED in [h.kind for h in decision.history]
         steps_sent = recorder(rt).steps()
@@ -246,7 +250,7 @@ def test_start_with_the_same_id_and_a_different_payload_conflicts(rt: Runtime) -
         start(rt, payload={**PAYLOAD, "qty": 3})
     assert exc.value.field == "saga_id"
     with pytest.raises(SagaConflict):
-        coordinator.start(OTHER.name, PAYLOAD, saga_id=sid, rt=rt)  # same id, other saga
+        starter.start(OTHER.name, PAYLOAD, saga_id=sid, rt=rt)  # same id, other saga
     assert rt.store.get(sid) == before
     assert len(recorder(rt).sent) == 1
 
@@ -285,7 +289,7 @@ def test_bad_starts_raise_typed_errors_and_write_nothing(
     args: dict[str, Any] = {"name": SAGA.name, "payload": PAYLOAD, "saga_id": "order-1"}
     args.update(case)
     with pytest.raises(error) as exc:
-        coordinator.start(args.pop("name"), args.pop("payload"), rt=rt, **args)
+        starter.start(args.pop("name"), args.pop("payload"), rt=rt, **args)
     assert exc.value.field == field_name
     assert count_rows(store) == {"saga": 0, "saga_step": 0, "saga_event": 0}
     assert recorder(rt).sent == []
@@ -300,7 +304,11 @@ def test_a_duplicate_reply_is_recorded_and_changes_nothing(rt: Runtime) -> None:
     _, status, history = rt.store.get(sid)
     published = len(recorder(rt).sent)
 
-    decision = coordinator.handle_reply(reply(sid, "reserve", result={"n": 2}), rt=rt)
+    applied = coordinator.handle_reply(reply(sid, "reserve", result={"n": 2}), rt=rt)
+
+    assert applied is not None
+
+    decision = applied.decision
     assert decision is not None and decision.commands == ()
     _, status_after, history_after = rt.store.get(sid)
     assert status_after == status
@@ -366,7 +374,11 @@ def test_a_result_json_cannot_carry_fails_the_step_instead_of_the_coordinator(
     rt: Runtime, bad: Any
 ) -> None:
     sid = start(rt)
-    decision = coordinator.handle_reply(reply(sid, "reserve", result={"v": bad}), rt=rt)
+    applied = coordinator.handle_reply(reply(sid, "reserve", result={"v": bad}), rt=rt)
+
+    assert applied is not None
+
+    decision = applied.decision
     assert decision is not None
     record, status, history = rt.store.get(sid)
     assert status.steps[0].error is not None
@@ -382,7 +394,11 @@ def test_a_result_json_cannot_carry_fails_the_step_instead_of_the_coordinator(
 def test_wake_with_nothing_due_changes_nothing(rt: Runtime) -> None:
     sid = start(rt)
     before = rt.store.get(sid)
-    decision = coordinator.wake(sid, rt=rt)
+    applied = coordinator.wake(sid, rt=rt)
+
+    assert applied is not None
+
+    decision = applied.decision
     assert decision is not None and not decision.changed
     assert rt.store.get(sid) == before
     assert len(recorder(rt).sent) == 1
@@ -420,7 +436,11 @@ def test_a_retryable_failure_is_retried_when_its_timer_fires(rt: Runtime) -> Non
 
 def test_a_timeout_schedules_a_retry_and_a_late_reply_is_ignored(rt: Runtime) -> None:
     sid = start(rt)
-    later = coordinator.apply(sid, lambda now, _saga: Wake(now + timedelta(seconds=31)), rt=rt)
+    applied = coordinator.apply(sid, lambda now, _saga: Wake(now + timedelta(seconds=31)), rt=rt)
+
+    assert applied is not None
+
+    later = applied.decision
     assert later is not None
     assert [h.kind for h in later.history] == [
         HistoryKind.STEP_TIMED_OUT,
@@ -430,7 +450,11 @@ def test_a_timeout_schedules_a_retry_and_a_late_reply_is_ignored(rt: Runtime) ->
     assert wake_msg.name == WAKE_TASK
     assert 31 < wake_msg.options["countdown"] < 31 + 5  # 31 s ahead + the ~1 s backoff
 
-    decision = coordinator.handle_reply(reply(sid, "reserve", attempt=1), rt=rt)
+    applied = coordinator.handle_reply(reply(sid, "reserve", attempt=1), rt=rt)
+
+    assert applied is not None
+
+    decision = applied.decision
     assert decision is not None
     assert [h.kind for h in decision.history] == [HistoryKind.REPLY_IGNORED]
     assert rt.store.get(sid)[1].steps[0].state is StepState.PENDING
@@ -495,7 +519,11 @@ def test_a_transition_that_loses_the_race_reads_again_and_decides_again(rt: Runt
         return StepSucceeded(0, 1, Action.FORWARD, now, {"n": 2})
 
     before = len(recorder(rt).steps())
-    decision = coordinator.apply(sid, event, rt=rt)
+    applied = coordinator.apply(sid, event, rt=rt)
+
+    assert applied is not None
+
+    decision = applied.decision
     assert calls == 2 and decision is not None and decision.commands == ()
     _, status, history = rt.store.get(sid)
     assert status.steps[0].result == {"n": 1} and status.steps[1].state is StepState.RUNNING

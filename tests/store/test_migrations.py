@@ -11,9 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect
 
-from sagas import migrate
-from sagas.schema import Base
-from sagas.store import make_engine
+from sagas.store import make_engine, migrate
+from sagas.store.schema import Base
 from tests.services import scratch_database
 
 TABLES = set(Base.metadata.tables)

@@ -15,8 +15,8 @@ from sagas.errors import SagaNotFound
 from sagas.machine import (
     Decision,
     ErrorInfo,
+    HistoryRecord,
     Plan,
-    Record,
     SagaStatus,
     Start,
     StepFailed,
@@ -254,7 +254,9 @@ def test_finishing_sets_finished_at_and_clears_wake_at(store: Store) -> None:
 def test_record_only_appends_history(store: Store) -> None:
     insert(store, "s-1")
     with store.transaction() as tx:
-        tx.record_only("s-1", [Record(HistoryKind.COMMANDS_REPUBLISHED, detail={"count": 2})])
+        tx.record_only(
+            "s-1", [HistoryRecord(HistoryKind.COMMANDS_REPUBLISHED, detail={"count": 2})]
+        )
     record, _, history = store.get("s-1")
     assert record.lock_version == 1
     assert history[-1].kind == HistoryKind.COMMANDS_REPUBLISHED
@@ -402,7 +404,9 @@ class Holder(threading.Thread):
                 loaded = tx.lock(self.saga_id)
                 assert loaded is not None
                 record, status = loaded
-                tx.save(record, status, status, [Record(HistoryKind.COMMANDS_REPUBLISHED)], [])
+                tx.save(
+                    record, status, status, [HistoryRecord(HistoryKind.COMMANDS_REPUBLISHED)], []
+                )
                 self.locked.set()
                 assert self.release.wait(30), "never released"
         except BaseException as exc:  # noqa: BLE001 - reported by the test

@@ -10,9 +10,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from .machine import ErrorInfo, Record, SagaStatus, StepStatus, next_wakeup
-from .payload import encode
-from .state import SagaState, StepState
+from ..machine import ErrorInfo, HistoryRecord, SagaStatus, StepStatus, next_wakeup
+from ..payload import encode
+from ..state import SagaKind, SagaState, StepState
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,7 @@ class SagaRecord:
     parked: bool
     lock_version: int
     failure: ErrorInfo | None
-    kind: str = "orchestrated"  # or "choreographed"
+    kind: SagaKind = SagaKind.ORCHESTRATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +49,9 @@ class NewSaga:
     payload: dict[str, Any]
     correlation_id: str
     status: SagaStatus
-    history: Sequence[Record]
+    history: Sequence[HistoryRecord]
     outbox: Sequence[dict[str, Any]]
-    kind: str = "orchestrated"  # or "choreographed"
+    kind: SagaKind = SagaKind.ORCHESTRATED
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +61,7 @@ class Transition:
     record: SagaRecord
     old: SagaStatus
     new: SagaStatus
-    history: Sequence[Record]
+    history: Sequence[HistoryRecord]
     outbox: Sequence[dict[str, Any]] = ()
     parked: bool | None = None  # None: leave the flag as it is
     clear_outbox: bool = False
@@ -84,25 +84,95 @@ class Snapshot:
         (immune to a skewed wall clock)."""
         return self.read_at + timedelta(seconds=max(time.monotonic() - self.taken, 0.0))
 
-    def after_write(
-        self, new: SagaStatus, at: datetime, outbox: Sequence[dict[str, Any]], parked: bool
-    ) -> Snapshot:
+    def after_write(self, t: Transition, at: datetime) -> Snapshot:
         """This snapshot as ``Store.write`` left the row (what the next write compares with)."""
-        r = self.record
-        pending = [*(r.outbox or []), *outbox] if outbox else r.outbox
-        record = replace(
-            r,
-            state=new.state,
-            failure=new.failure,
-            updated_at=at,
-            finished_at=at if new.state.terminal and not r.state.terminal else r.finished_at,
-            wake_at=next_wakeup(new),
-            outbox=pending,
-            outbox_at=at if outbox else r.outbox_at,
-            parked=parked,
-            lock_version=r.lock_version + 1,
-        )
-        return Snapshot(record, new, at, time.monotonic())
+        return Snapshot(written_record(t, at), t.new, at, time.monotonic())
+
+
+# -- the shape of a written row: derived here only, used by the writes and by the snapshots ------
+
+
+def inserted_record(new: NewSaga, now: datetime) -> SagaRecord:
+    """The saga row ``insert_saga`` writes, as ``record_from_row`` would read it back."""
+    return SagaRecord(
+        id=new.saga_id,
+        name=new.name,
+        version=new.version,
+        state=new.status.state,
+        payload=new.payload,
+        payload_hash=payload_hash(new.payload),
+        correlation_id=new.correlation_id,
+        created_at=now,
+        updated_at=now,
+        finished_at=None,
+        deadline_at=new.status.deadline_at,
+        wake_at=next_wakeup(new.status),
+        outbox=list(new.outbox) or None,
+        outbox_at=now if new.outbox else None,
+        parked=False,
+        lock_version=1,
+        failure=None,
+        kind=new.kind,
+    )
+
+
+def written_record(t: Transition, now: datetime) -> SagaRecord:
+    """The saga row after ``write_transition`` applied ``t`` at ``now``."""
+    r = t.record
+    if t.clear_outbox:
+        outbox, outbox_at = None, None
+    elif t.outbox:
+        outbox, outbox_at = [*(r.outbox or []), *t.outbox], now
+    else:
+        outbox, outbox_at = r.outbox, r.outbox_at
+    return replace(
+        r,
+        state=t.new.state,
+        failure=t.new.failure,
+        updated_at=now,
+        finished_at=now if t.new.state.terminal and not t.old.state.terminal else r.finished_at,
+        wake_at=next_wakeup(t.new),
+        outbox=outbox,
+        outbox_at=outbox_at,
+        parked=r.parked if t.parked is None else t.parked,
+        lock_version=r.lock_version + 1,
+    )
+
+
+def saga_values(r: SagaRecord) -> dict[str, Any]:
+    """A record as the saga table's column values."""
+    return {
+        "id": r.id,
+        "name": r.name,
+        "kind": r.kind.value,
+        "version": r.version,
+        "state": r.state.value,
+        "payload": r.payload,
+        "payload_hash": r.payload_hash,
+        "correlation_id": r.correlation_id,
+        "failure": r.failure.as_json() if r.failure else None,
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "finished_at": r.finished_at,
+        "deadline_at": r.deadline_at,
+        "wake_at": r.wake_at,
+        "outbox": r.outbox,
+        "outbox_at": r.outbox_at,
+        "parked": r.parked,
+        "lock_version": r.lock_version,
+    }
+
+
+def changed_columns(t: Transition) -> tuple[str, ...]:
+    """The saga columns a transition writes (the rest stay as they are)."""
+    columns = ["state", "failure", "updated_at", "wake_at", "lock_version"]
+    if t.clear_outbox or t.outbox:
+        columns += ["outbox", "outbox_at"]
+    if t.new.state.terminal and not t.old.state.terminal:
+        columns.append("finished_at")
+    if t.parked is not None:
+        columns.append("parked")
+    return tuple(columns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +233,7 @@ def record_from_row(row: Any) -> SagaRecord:
         parked=bool(row.parked),
         lock_version=row.lock_version,
         failure=ErrorInfo.from_json(row.failure),
-        kind=row.kind,
+        kind=SagaKind(row.kind),
     )
 
 
@@ -210,14 +280,16 @@ def step_values(saga_id: str, index: int, s: StepStatus) -> dict[str, Any]:
     }
 
 
-def event_json(history: Sequence[Record]) -> list[dict[str, Any]]:
+def history_json(history: Sequence[HistoryRecord]) -> list[dict[str, Any]]:
     return [
         {"kind": h.kind.value, "step": h.step, "attempt": h.attempt, "detail": h.detail}
         for h in history
     ]
 
 
-def event_rows(saga_id: str, history: Sequence[Record], now: datetime) -> list[dict[str, Any]]:
+def history_rows(
+    saga_id: str, history: Sequence[HistoryRecord], now: datetime
+) -> list[dict[str, Any]]:
     return [
         {
             "saga_id": saga_id,

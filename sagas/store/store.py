@@ -3,101 +3,44 @@
 Transitions are optimistic: ``Store.load`` reads a saga (row, steps and the database clock) into
 a ``Snapshot``; ``Store.write`` applies a transition only if the row is still at the snapshot's
 ``lock_version`` (compare-and-set). ``Store.transaction()`` yields a ``Tx`` whose ``lock`` takes
-the saga row instead (``SELECT ... FOR UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` serialises
-writers on SQLite), for the sweeper's re-publish and choreography handlers. Time comes from the
+the saga row instead, for the sweeper's re-publish and choreography. Time comes from the
 database clock on PostgreSQL so a skewed worker clock cannot move deadlines. Row mapping lives in
-``sagas.records``, the write statements in ``sagas.writes`` and ``sagas.statements``.
+``records``, the write statements in ``writes`` and ``statements``, driver errors are translated
+in ``engine``.
 """
 
 from __future__ import annotations
 
 import builtins
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    Engine,
-    create_engine,
-    event,
-    func,
-    insert,
-    select,
-    text,
-)
+from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
 
+from ..errors import SagaNotFound, StoreConflict, StoreUnavailable
+from ..machine import HistoryRecord, SagaStatus, StepStatus
+from ..settings import mask_url
+from ..state import ACTIVE_SAGA_STATES, HistoryKind, SagaKind, SagaState, StepState
 from . import statements
-from .errors import SagaNotFound, StoreUnavailable
-from .machine import Record, SagaStatus, StepStatus
+from .engine import db_now, dropped_connection, make_engine, translated
 from .records import (
-    HistoryEntry as HistoryEntry,
-)
-from .records import (
+    HistoryEntry,
     JsonStep,
-    event_rows,
+    NewSaga,
+    SagaRecord,
+    Snapshot,
+    Transition,
     record_from_row,
     status_from_rows,
+    utc,
 )
-from .records import (
-    NewSaga as NewSaga,
-)
-from .records import (
-    SagaRecord as SagaRecord,
-)
-from .records import (
-    Snapshot as Snapshot,
-)
-from .records import (
-    Transition as Transition,
-)
-from .records import (
-    payload_hash as payload_hash,
-)
-from .records import (
-    utc as utc,
-)
-from .schema import event_table, handled_table, orphan_table, saga_table, step_table
-from .settings import mask_url
-from .state import ACTIVE_SAGA_STATES, HistoryKind, SagaState, StepState
+from .schema import history_table, orphan_table, saga_table
+from .tx import Tx, steps_of
 from .writes import insert_saga, write_transition
-
-
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        memory = url in ("sqlite://", "sqlite:///:memory:")
-        engine = create_engine(
-            url,
-            connect_args={"check_same_thread": False, "timeout": 30},
-            poolclass=StaticPool if memory else None,
-        )
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below take effect
-            cur = dbapi_conn.cursor()
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Connection) -> None:
-            # Take the write lock up front: this is SQLite's stand-in for SELECT ... FOR UPDATE.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    # No pre-ping: it costs a round trip on every checkout. A connection the server dropped fails
-    # its first statement instead; SQLAlchemy then invalidates the whole pool, the call surfaces
-    # as StoreUnavailable and is retried by its caller (coordinator tasks retry their message, a
-    # participant replies by message, the sweeper runs again next beat).
-    return create_engine(url, pool_size=5, max_overflow=5)
-
 
 T = TypeVar("T")
 
@@ -113,22 +56,22 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        try:
-            with self.engine.begin() as conn:
-                yield Tx(conn, self.is_postgres)
-        except OperationalError as exc:
-            raise StoreUnavailable(
-                f"saga store {mask_url(self.url)} unavailable: {exc.orig}"
-            ) from exc
+        with translated(self.url), self.engine.begin() as conn:
+            yield Tx(conn, self.is_postgres)
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """A connection for reads; driver errors come out as the store's typed errors."""
+        with translated(self.url), self.engine.connect() as conn:
+            yield conn
 
     def ping(self) -> None:
         try:
-            with self.engine.connect() as conn:
+            with self._connect() as conn:
                 conn.execute(text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            raise StoreUnavailable(
-                f"saga store {mask_url(self.url)} unreachable: {getattr(exc, 'orig', exc)}"
-            ) from exc
+        except StoreUnavailable as exc:
+            cause = getattr(exc.__cause__, "orig", exc.__cause__)
+            raise StoreUnavailable(f"saga store {mask_url(self.url)} unreachable: {cause}") from exc
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -136,16 +79,16 @@ class Store:
     # -- reads for operators and the sweeper --------------------------------------------------
 
     def get(self, saga_id: str) -> tuple[SagaRecord, SagaStatus, builtins.list[HistoryEntry]]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(select(saga_table).where(saga_table.c.id == saga_id)).first()
             if row is None:
                 raise SagaNotFound(f"no saga with id {saga_id!r}")
             record = record_from_row(row)
-            status = status_from_rows(record, _steps(conn, saga_id))
+            status = status_from_rows(record, steps_of(conn, saga_id))
             events = conn.execute(
-                select(event_table)
-                .where(event_table.c.saga_id == saga_id)
-                .order_by(event_table.c.id)
+                select(history_table)
+                .where(history_table.c.saga_id == saga_id)
+                .order_by(history_table.c.id)
             ).all()
         history = [
             HistoryEntry(e.id, utc(e.at) or e.at, e.kind, e.step, e.attempt, e.detail)
@@ -165,13 +108,13 @@ class Store:
             query = query.where(saga_table.c.state == state.value)
         if name is not None:
             query = query.where(saga_table.c.name == name)
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [record_from_row(r) for r in conn.execute(query)]
 
     def due(self, limit: int) -> builtins.list[str]:
         """Ids of sagas with a timer due now (database clock)."""
-        with self.engine.connect() as conn:
-            now = _db_now(conn, self.is_postgres)
+        with self._connect() as conn:
+            now = db_now(conn, self.is_postgres)
             rows = conn.execute(
                 select(saga_table.c.id)
                 .where(saga_table.c.wake_at <= now)
@@ -180,30 +123,37 @@ class Store:
             )
             return [r.id for r in rows]
 
-    def open_attempt(self, saga_id: str, index: int) -> tuple[str, int, int, bool] | None:
-        """(state, attempt, compensation_attempt, in flight) of one step; None if unknown."""
+    def open_attempt(self, saga_id: str, index: int) -> StepStatus | None:
+        """One step's state, attempts and deadline (what decides whether an attempt is still
+        open); None if unknown. One indexed read."""
         params = {"saga_id": saga_id, "idx": index}
         row = self._single(lambda conn: conn.execute(statements.OPEN_ATTEMPT, params).first())
         if row is None:
             return None
-        return row.state, row.attempt, row.compensation_attempt, row.deadline_at is not None
+        return StepStatus(
+            name=row.name,
+            state=StepState(row.state),
+            attempt=row.attempt,
+            compensation_attempt=row.compensation_attempt,
+            deadline_at=utc(row.deadline_at),
+        )
 
-    def due_kinds(self, limit: int) -> builtins.list[tuple[str, str]]:
+    def due_kinds(self, limit: int) -> builtins.list[tuple[str, SagaKind]]:
         """(id, kind) of sagas with a timer due now (database clock)."""
-        with self.engine.connect() as conn:
-            now = _db_now(conn, self.is_postgres)
+        with self._connect() as conn:
+            now = db_now(conn, self.is_postgres)
             rows = conn.execute(
                 select(saga_table.c.id, saga_table.c.kind)
                 .where(saga_table.c.wake_at <= now)
                 .order_by(saga_table.c.wake_at)
                 .limit(limit)
             )
-            return [(r.id, r.kind) for r in rows]
+            return [(r.id, SagaKind(r.kind)) for r in rows]
 
     def stuck(self, older_than: float, limit: int = 100) -> builtins.list[tuple[SagaRecord, str]]:
         """Active sagas an operator should look at, each with the reason."""
-        with self.engine.connect() as conn:
-            cutoff = _db_now(conn, self.is_postgres) - timedelta(seconds=older_than)
+        with self._connect() as conn:
+            cutoff = db_now(conn, self.is_postgres) - timedelta(seconds=older_than)
             rows = conn.execute(
                 select(saga_table)
                 .where(
@@ -221,7 +171,7 @@ class Store:
                 if record.parked:
                     why = "compensation exhausted (dead-lettered)"
                     if (
-                        record.kind == "choreographed"
+                        record.kind is SagaKind.CHOREOGRAPHED
                         and record.state is not SagaState.COMPENSATING
                     ):
                         why = "expected event not seen in time"
@@ -238,8 +188,8 @@ class Store:
         """Store-wide gauges: sagas by (name, state), parked, due timers, unsent outboxes and the
         age of the oldest active saga (database clock). One scan of the saga table."""
         active = saga_table.c.state.in_(ACTIVE_STATES)
-        with self.engine.connect() as conn:
-            now = _db_now(conn, self.is_postgres)
+        with self._connect() as conn:
+            now = db_now(conn, self.is_postgres)
             counts = conn.execute(
                 select(saga_table.c.name, saga_table.c.state, func.count()).group_by(
                     saga_table.c.name, saga_table.c.state
@@ -265,7 +215,7 @@ class Store:
 
     def dead_letters(self, limit: int = 100) -> builtins.list[tuple[SagaRecord, StepStatus]]:
         """Parked sagas with the compensation that exhausted its retries."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(
                 select(saga_table)
                 .where(saga_table.c.parked.is_(True))
@@ -275,13 +225,13 @@ class Store:
             out = []
             for row in rows:
                 record = record_from_row(row)
-                for step in status_from_rows(record, _steps(conn, record.id)).steps:
+                for step in status_from_rows(record, steps_of(conn, record.id)).steps:
                     if step.state is StepState.COMPENSATION_FAILED:
                         out.append((record, step))
             return out
 
     def orphans(self, limit: int = 100) -> builtins.list[dict[str, Any]]:
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             rows = conn.execute(
                 select(orphan_table).order_by(orphan_table.c.at.desc()).limit(limit)
             )
@@ -289,8 +239,8 @@ class Store:
 
     def unsent(self, grace: float, limit: int) -> builtins.list[str]:
         """Ids of sagas whose committed commands were not confirmed published in time."""
-        with self.engine.connect() as conn:
-            cutoff = _db_now(conn, self.is_postgres) - timedelta(seconds=grace)
+        with self._connect() as conn:
+            cutoff = db_now(conn, self.is_postgres) - timedelta(seconds=grace)
             rows = conn.execute(
                 select(saga_table.c.id)
                 .where(saga_table.c.outbox_at <= cutoff)
@@ -299,6 +249,18 @@ class Store:
             )
             return [r.id for r in rows]
 
+    def unsent_kinds(self, grace: float, limit: int) -> builtins.list[tuple[str, SagaKind]]:
+        """``unsent`` with each saga's kind (the sweeper re-publishes commands or events)."""
+        with self._connect() as conn:
+            cutoff = db_now(conn, self.is_postgres) - timedelta(seconds=grace)
+            rows = conn.execute(
+                select(saga_table.c.id, saga_table.c.kind)
+                .where(saga_table.c.outbox_at <= cutoff)
+                .order_by(saga_table.c.outbox_at)
+                .limit(limit)
+            )
+            return [(r.id, SagaKind(r.kind)) for r in rows]
+
     def note_once(self, saga_id: str, key: str, kind: HistoryKind, detail: dict[str, Any]) -> bool:
         """Append one history row unless ``key`` was noted for this saga before (the
         idempotency ledger makes it once-only across processes). True if appended."""
@@ -306,9 +268,9 @@ class Store:
             with self.transaction() as tx:
                 if not tx.claim(saga_id, key):
                     return False
-                tx.record_only(saga_id, [Record(kind, detail=detail)])
+                tx.record_only(saga_id, [HistoryRecord(kind, detail=detail)])
                 return True
-        except IntegrityError:  # another process claimed the same key at the same moment
+        except StoreConflict:  # another process claimed the same key at the same moment
             return False
 
     def clear_outbox(self, saga_id: str, outbox_at: datetime) -> None:
@@ -331,8 +293,7 @@ class Store:
                 with self._autocommit() as conn:
                     return run(conn)
             except StoreUnavailable as exc:
-                dropped = getattr(exc.__cause__, "connection_invalidated", False)
-                if attempt == 2 or not dropped:
+                if attempt == 2 or not dropped_connection(exc):
                     raise
         raise AssertionError("unreachable")
 
@@ -340,17 +301,12 @@ class Store:
     def _autocommit(self) -> Iterator[Connection]:
         """A connection for one statement that needs no transaction of its own (saves the
         BEGIN and COMMIT round trips)."""
-        try:
-            with self.engine.connect() as conn:
-                if self.is_postgres:
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                yield conn
-                if not self.is_postgres:
-                    conn.commit()
-        except OperationalError as exc:
-            raise StoreUnavailable(
-                f"saga store {mask_url(self.url)} unavailable: {exc.orig}"
-            ) from exc
+        with translated(self.url), self.engine.connect() as conn:
+            if self.is_postgres:
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+            yield conn
+            if not self.is_postgres:
+                conn.commit()
 
     # -- optimistic transitions (the hot path) --------------------------------------------------
 
@@ -389,155 +345,24 @@ class Store:
         return (None if row.id is None else record_from_row(row)), utc(row.db_now) or row.db_now
 
     def create(self, new: NewSaga, *, now: datetime) -> SagaRecord | None:
-        """Insert a saga ``peek`` found free; the existing record if the id was taken since.
+        """Insert a saga ``peek`` found free; None when inserted, or the existing record if the
+        id was taken since (by a concurrent start, or by this call's own first attempt).
 
-        On PostgreSQL the insert is one statement in autocommit (atomic on its own); a start that
-        lost a race on the id gets IntegrityError and its caller looks again."""
+        On PostgreSQL the insert is one statement in autocommit (atomic on its own)."""
         if not self.is_postgres:
             with self.transaction() as tx:
-                tx._now = now
+                tx.now_is(now)
                 return tx.insert(new)
-        # Retried after a lost connection like write(): a committed first attempt makes the
-        # retry fail on the primary key, and the caller's start loop finds the row.
-        self._single(lambda conn: insert_saga(conn, True, new, now=now))
+        try:
+            # Retried after a lost connection like write(): a committed first attempt makes the
+            # retry fail on the primary key, and the row found is this start's own.
+            self._single(lambda conn: insert_saga(conn, True, new, now=now))
+        except StoreConflict:
+            existing, _ = self.peek(new.saga_id)
+            if existing is None:  # pragma: no cover - a conflict on a row deleted since
+                raise
+            return existing
         return None
-
-
-class Tx:
-    """One open transaction on the saga tables."""
-
-    def __init__(self, conn: Connection, is_postgres: bool) -> None:
-        self.conn = conn
-        self.is_postgres = is_postgres
-        self._now: datetime | None = None
-        self._peeked: str | None = None  # a saga id peek() found free in this transaction
-
-    def now(self) -> datetime:
-        if self._now is None:
-            self._now = _db_now(self.conn, self.is_postgres)
-        return self._now
-
-    def peek(self, saga_id: str) -> SagaRecord | None:
-        """The saga's record without locking it (None if new), and the database clock, in one
-        round trip: how a start begins."""
-        if not self.is_postgres:
-            self.now()
-            row = self.conn.execute(statements.SELECT_SAGA, {"saga_id": saga_id}).first()
-            if row is None:
-                self._peeked = saga_id
-                return None
-            return record_from_row(row)
-        row = self.conn.execute(statements.PEEK, {"saga_id": saga_id}).one()
-        self._now = utc(row.db_now)
-        if row.id is None:
-            self._peeked = saga_id
-            return None
-        return record_from_row(row)
-
-    def insert(self, new: NewSaga) -> SagaRecord | None:
-        """Create a saga; returns the existing record instead if the id is taken.
-
-        Two starts racing on one new id both find it free; the loser's insert raises
-        IntegrityError and its caller starts over (and then finds the winner's row).
-        """
-        if self._peeked != new.saga_id:
-            existing = self.peek(new.saga_id)
-            if existing is not None:
-                return existing
-        insert_saga(self.conn, self.is_postgres, new, now=self.now())
-        return None
-
-    def lock(
-        self, saga_id: str, *, skip_locked: bool = False
-    ) -> tuple[SagaRecord, SagaStatus] | None:
-        """Lock and load a saga; None if it does not exist (or is locked and skip_locked)."""
-        if self.is_postgres:
-            # One round trip: the row lock, the database clock and the steps (as JSON).
-            query = statements.LOCK_SKIP_LOCKED if skip_locked else statements.LOCK
-            row = self.conn.execute(query, {"saga_id": saga_id}).first()
-            if row is None:
-                return None
-            self._now = utc(row.db_now)
-            record = record_from_row(row)
-            return record, status_from_rows(record, [JsonStep(s) for s in row.steps or ()])
-        row = self.conn.execute(statements.SELECT_SAGA, {"saga_id": saga_id}).first()
-        if row is None:
-            return None
-        record = record_from_row(row)
-        return record, status_from_rows(record, _steps(self.conn, saga_id))
-
-    def save(
-        self,
-        record: SagaRecord,
-        old: SagaStatus,
-        new: SagaStatus,
-        history: Sequence[Record],
-        outbox: Sequence[dict[str, Any]],
-        *,
-        parked: bool | None = None,
-        clear_outbox: bool = False,
-    ) -> int:
-        """Persist a transition of the locked saga; returns the new lock_version."""
-        t = Transition(record, old, new, history, outbox, parked, clear_outbox)
-        saved = write_transition(self.conn, self.is_postgres, t, now=self.now())
-        if not saved:  # pragma: no cover - the row is locked: nobody else can have moved it
-            raise StoreUnavailable(f"saga {record.id!r} changed under its row lock")
-        return record.lock_version + 1
-
-    def claim(self, saga_id: str, key: str) -> bool:
-        """Take an idempotency key for this saga; False if already taken (commits with the tx)."""
-        taken = self.conn.execute(
-            select(handled_table.c.key).where(
-                handled_table.c.saga_id == saga_id, handled_table.c.key == key
-            )
-        ).first()
-        if taken is not None:
-            return False
-        self.conn.execute(insert(handled_table).values(saga_id=saga_id, key=key, at=self.now()))
-        return True
-
-    def orphan(
-        self, *, event_id: str, service: str, saga_id: str, name: str, detail: dict[str, Any]
-    ) -> bool:
-        """Keep an event for an unknown saga; False if this service already recorded it."""
-        exists = self.conn.execute(
-            select(orphan_table.c.event_id).where(
-                orphan_table.c.event_id == event_id, orphan_table.c.service == service
-            )
-        ).first()
-        if exists is not None:
-            return False
-        self.conn.execute(
-            insert(orphan_table).values(
-                event_id=event_id,
-                service=service,
-                saga_id=saga_id,
-                name=name,
-                at=self.now(),
-                detail=detail,
-            )
-        )
-        return True
-
-    def record_only(self, saga_id: str, history: Sequence[Record]) -> None:
-        events = event_rows(saga_id, history, self.now())
-        if events:
-            self.conn.execute(insert(event_table), events)
-
-
-def _db_now(conn: Connection, is_postgres: bool) -> datetime:
-    if is_postgres:
-        value = conn.execute(select(func.now())).scalar_one()
-        return utc(value) or value
-    return datetime.now(UTC)
-
-
-def _steps(conn: Connection, saga_id: str) -> list[Any]:
-    return list(
-        conn.execute(
-            select(step_table).where(step_table.c.saga_id == saga_id).order_by(step_table.c.idx)
-        )
-    )
 
 
 ACTIVE_STATES = tuple(s.value for s in ACTIVE_SAGA_STATES)

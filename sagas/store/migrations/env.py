@@ -5,8 +5,9 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from sagas.schema import Base
-from sagas.store import make_engine
+from sagas.settings import Settings
+from sagas.store.engine import make_engine
+from sagas.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -30,8 +31,6 @@ def run_migrations_online() -> None:
         return
     url = config.get_main_option("sqlalchemy.url")
     if not url:
-        from sagas.settings import Settings
-
         url = Settings().database_url_sqlalchemy
     engine = make_engine(url)
     try:

@@ -104,9 +104,11 @@ class SagaStepRow(Base):
     in_doubt: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
 
-class SagaEventRow(Base):
+class SagaHistoryRow(Base):
     """Append-only history: one row per thing that happened to a saga."""
 
+    # The table keeps its first name (renaming it would need a migration for no behaviour);
+    # in the code it is "history", so "event" only ever means a domain event or a core event.
     __tablename__ = "saga_event"
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
@@ -148,6 +150,6 @@ class SagaOrphanEventRow(Base):
 
 saga_table = cast(Table, SagaRow.__table__)
 step_table = cast(Table, SagaStepRow.__table__)
-event_table = cast(Table, SagaEventRow.__table__)
+history_table = cast(Table, SagaHistoryRow.__table__)
 handled_table = cast(Table, SagaHandledRow.__table__)
 orphan_table = cast(Table, SagaOrphanEventRow.__table__)

@@ -17,7 +17,7 @@ from sqlalchemy import Table, bindparam, column, func, insert, literal, null, se
 from sqlalchemy.dialects.postgresql import JSONB, aggregate_order_by
 from sqlalchemy.sql import Executable
 
-from .schema import event_table, saga_table, step_table
+from .schema import history_table, saga_table, step_table
 
 STEP_COLUMNS = tuple(c.name for c in step_table.c if c.name not in ("saga_id", "idx"))
 EVENT_COLUMNS = ("saga_id", "at", "kind", "step", "attempt", "detail", "message")
@@ -27,6 +27,7 @@ _JSON = JSONB(none_as_null=True)
 
 SELECT_SAGA = select(saga_table).where(saga_table.c.id == bindparam("saga_id"))
 OPEN_ATTEMPT = select(
+    step_table.c.name,
     step_table.c.state,
     step_table.c.attempt,
     step_table.c.compensation_attempt,
@@ -81,13 +82,13 @@ def _rows(name: str, columns: tuple[str, ...], table: Table) -> Any:
 
 
 _STEP_ROWS = _rows("steps", ("idx", *STEP_COLUMNS), step_table)
-_EVENT_ROWS = _rows("events", EVENT_COLUMNS[2:6], event_table)
+_EVENT_ROWS = _rows("events", EVENT_COLUMNS[2:6], history_table)
 # History rows take the saga id and the transition's time from two parameters of their own.
-_INSERT_EVENTS = insert(event_table).from_select(
+_INSERT_EVENTS = insert(history_table).from_select(
     list(EVENT_COLUMNS[:6]),
     select(
-        bindparam("e_saga", type_=event_table.c.saga_id.type),
-        bindparam("e_at", type_=event_table.c.at.type),
+        bindparam("e_saga", type_=history_table.c.saga_id.type),
+        bindparam("e_at", type_=history_table.c.at.type),
         *(_EVENT_ROWS.c[c] for c in EVENT_COLUMNS[2:6]),
     ),
 )
@@ -123,12 +124,12 @@ def save(saga_columns: tuple[str, ...]) -> Executable:
         .cte("u")
     )
     events = (
-        insert(event_table)
+        insert(history_table)
         .from_select(
             list(EVENT_COLUMNS[:6]),
             select(
                 saga.c.id,
-                bindparam("e_at", type_=event_table.c.at.type),
+                bindparam("e_at", type_=history_table.c.at.type),
                 *(_EVENT_ROWS.c[c] for c in EVENT_COLUMNS[2:6]),
             ).select_from(saga.join(_EVENT_ROWS, true())),  # s has one row or none
         )

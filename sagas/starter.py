@@ -1,0 +1,84 @@
+"""Starting a saga of either kind: validate, then hand it to its pattern's engine.
+
+The one place that asks "which pattern?": ``start`` matches the definition (the typed union in
+``sagas.catalog``) and calls ``coordinator.start`` or ``choreography.runner.start``. ``Saga.start``
+and ``Choreography.start`` reach it through the hook this module binds when ``sagas`` loads;
+``sagas.tasks.start_saga`` calls it by name.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import coordinator
+from .admission import validate_start
+from .catalog import SagaDefinition, get_saga
+from .choreography import runner
+from .choreography.definition import Choreography
+from .coordinator import Applied, Claim
+from .definition import Saga, StartOptions, bind_starter
+from .runtime import Runtime, get_runtime
+
+
+def validate(
+    definition: SagaDefinition,
+    payload: Any,
+    saga_id: object = None,
+    correlation_id: object = None,
+    *,
+    rt: Runtime | None = None,
+) -> tuple[dict[str, Any], str, str]:
+    """Check a start without writing anything; raise ``SagaInputError`` naming the field."""
+    rt = rt or get_runtime()
+    return validate_start(
+        definition.name,
+        definition.payload_model,
+        payload,
+        saga_id,
+        correlation_id,
+        rt.settings,
+    )
+
+
+def start(
+    definition: SagaDefinition | str,
+    payload: Any,
+    *,
+    saga_id: str | None = None,
+    correlation_id: str | None = None,
+    rt: Runtime | None = None,
+) -> str:
+    """Start a saga (idempotent on ``saga_id``); returns its id once its row is committed."""
+    rt = rt or get_runtime()
+    found = get_saga(definition) if isinstance(definition, str) else definition
+    data, sid, cid = validate(found, payload, saga_id, correlation_id, rt=rt)
+    match found:
+        case Saga():
+            coordinator.start(rt, found, data, sid, cid)
+        case Choreography():
+            runner.start(rt, found, data, sid, cid)
+    return sid
+
+
+def start_claiming(
+    saga: Saga[Any],
+    payload: Any,
+    *,
+    saga_id: str | None,
+    correlation_id: str | None,
+    claim: Claim,
+    rt: Runtime,
+) -> tuple[str, Applied | None]:
+    """Start an orchestrated saga, claiming its first dispatch for the caller to run (a worker
+    of the first step's queue, ``SAGAS_START_ON_STEP_QUEUE``). None: it existed already."""
+    data, sid, cid = validate(saga, payload, saga_id, correlation_id, rt=rt)
+    return sid, coordinator.start(rt, saga, data, sid, cid, claim=claim)
+
+
+def _through_hook(definition: Any, payload: Any, options: StartOptions) -> str:
+    return start(
+        definition, payload, saga_id=options.saga_id, correlation_id=options.correlation_id
+    )
+
+
+bind_starter(_through_hook)

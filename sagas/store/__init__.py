@@ -1,0 +1,37 @@
+"""The saga store: the only package that imports SQLAlchemy.
+
+``Store`` (optimistic reads and compare-and-set writes, operator and sweeper queries), ``Tx``
+(a transaction holding a saga's row lock), the records they hand out, the schema and its Alembic
+migrations. Driver errors leave this package as ``StoreError``/``StoreUnavailable``/
+``StoreConflict`` (``engine.translated``).
+"""
+
+from __future__ import annotations
+
+from .engine import make_engine
+from .records import (
+    HistoryEntry,
+    NewSaga,
+    SagaRecord,
+    Snapshot,
+    Transition,
+    inserted_record,
+    payload_hash,
+    utc,
+)
+from .store import Store
+from .tx import Tx
+
+__all__ = [
+    "HistoryEntry",
+    "NewSaga",
+    "SagaRecord",
+    "Snapshot",
+    "Store",
+    "Transition",
+    "Tx",
+    "inserted_record",
+    "make_engine",
+    "payload_hash",
+    "utc",
+]

@@ -1,0 +1,83 @@
+"""The SQLAlchemy engine, the database clock, and the one place driver errors become ours.
+
+Everything outside ``sagas.store`` sees ``StoreUnavailable`` (the server cannot be reached or
+dropped the connection: retry later), ``StoreConflict`` (a unique key was taken by a concurrent
+writer) or ``StoreError`` (anything else the database refused), never a SQLAlchemy exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from ..errors import StoreConflict, StoreError, StoreUnavailable
+from ..settings import mask_url
+from .records import utc
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        memory = url in ("sqlite://", "sqlite:///:memory:")
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            poolclass=StaticPool if memory else None,
+        )
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # let SQLAlchemy's BEGIN below take effect
+            cur = dbapi_conn.cursor()
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            # Take the write lock up front: this is SQLite's stand-in for SELECT ... FOR UPDATE.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    # No pre-ping: it costs a round trip on every checkout. A connection the server dropped fails
+    # its first statement instead; SQLAlchemy then invalidates the whole pool, the call surfaces
+    # as StoreUnavailable and is retried by its caller (coordinator tasks retry their message, a
+    # participant replies by message, the sweeper runs again next beat).
+    return create_engine(url, pool_size=5, max_overflow=5)
+
+
+@contextmanager
+def translated(url: str) -> Iterator[None]:
+    """Turn driver errors raised inside the block into the store's typed errors."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise StoreConflict(f"saga store refused a duplicate key: {exc.orig}") from exc
+    except OperationalError as exc:
+        raise StoreUnavailable(f"saga store {mask_url(url)} unavailable: {exc.orig}") from exc
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailable(f"saga store {mask_url(url)} unavailable: {exc.orig}") from exc
+        raise StoreError(f"saga store {mask_url(url)} error: {exc.orig}") from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(f"saga store {mask_url(url)} error: {exc}") from exc
+
+
+def dropped_connection(exc: BaseException) -> bool:
+    """Did this store error come from a pooled connection the server had dropped?"""
+    return bool(getattr(exc.__cause__, "connection_invalidated", False))
+
+
+def db_now(conn: Connection, is_postgres: bool) -> datetime:
+    if is_postgres:
+        value = conn.execute(select(func.now())).scalar_one()
+        return utc(value) or value
+    return datetime.now(UTC)

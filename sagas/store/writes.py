@@ -1,0 +1,78 @@
+"""Writing sagas: a new saga, and a transition applied only if the row is still at the version
+it was read at. One statement on PostgreSQL (``sagas.statements``); plain statements on SQLite,
+inside the caller's transaction."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, null, update
+from sqlalchemy.engine import Connection
+
+from . import statements
+from .records import (
+    NewSaga,
+    Transition,
+    changed_columns,
+    history_json,
+    history_rows,
+    inserted_record,
+    saga_values,
+    step_values,
+    written_record,
+)
+from .schema import history_table, saga_table, step_table
+
+
+def insert_saga(conn: Connection, is_postgres: bool, new: NewSaga, *, now: datetime) -> None:
+    saga_id, status = new.saga_id, new.status
+    values = saga_values(inserted_record(new, now))
+    steps = [step_values(saga_id, i, st) for i, st in enumerate(status.steps)]
+    if is_postgres:
+        # One statement (atomic on its own): the saga, its steps and its first history rows.
+        params = statements.insert_params(values, steps, history_json(new.history))
+        conn.execute(statements.INSERT_SAGA, params)
+        return
+    conn.execute(insert(saga_table).values({**values, "outbox": values["outbox"] or null()}))
+    conn.execute(insert(step_table), steps)
+    events = history_rows(saga_id, new.history, now)
+    if events:
+        conn.execute(insert(history_table), events)
+
+
+def write_transition(conn: Connection, is_postgres: bool, t: Transition, *, now: datetime) -> bool:
+    """Write a transition if the saga row is still at ``t.record.lock_version``; False if not."""
+    record, old, new, history = t.record, t.old, t.new, t.history
+    row = saga_values(written_record(t, now))
+    values: dict[str, Any] = {column: row[column] for column in changed_columns(t)}
+    changed = [
+        step_values(record.id, i, after)
+        for i, (before, after) in enumerate(zip(old.steps, new.steps, strict=True))
+        if before != after
+    ]
+    if is_postgres:
+        # One round trip: the saga row (if unchanged), every changed step and the history.
+        params = statements.save_params(
+            record.id, record.lock_version, now, values, changed, history_json(history)
+        )
+        return bool(conn.execute(statements.save(tuple(values)), params).scalar_one())
+    if "outbox" in values and values["outbox"] is None:
+        values["outbox"] = null()
+    result = conn.execute(
+        update(saga_table)
+        .where(saga_table.c.id == record.id, saga_table.c.lock_version == record.lock_version)
+        .values(values)
+    )
+    if result.rowcount != 1:
+        return False
+    for row in changed:
+        conn.execute(
+            update(step_table)
+            .where(step_table.c.saga_id == record.id, step_table.c.idx == row["idx"])
+            .values(row)
+        )
+    events = history_rows(record.id, history, now)
+    if events:
+        conn.execute(insert(history_table), events)
+    return True
