@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from .choreography.definition import Choreography
-from .definition import Saga, lookup, registered
+from .definition import Saga
+from .registry import lookup, registered
 
 SagaDefinition = Saga[Any] | Choreography[Any]
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from . import faults
 from .admission import check_duplicate_start
+from .commands import build_command, decode_command, encode_command, still_wanted
 from .definition import Saga, StepDef, get_orchestrated
 from .errors import DefinitionError, SagaError, SagaInputError, SagaNotFound, StoreUnavailable
 from .machine import (
@@ -40,7 +41,6 @@ from .machine import (
     Wake,
     WakeAt,
     decide,
-    is_open_attempt,
     new_status,
 )
 from .messages import StepCommand, StepReply
@@ -303,7 +303,7 @@ def republish(saga_id: str, grace: float, *, rt: Runtime | None = None) -> int:
         ):
             saga = _definition(record, status)
             commands = [decode_command(c) for c in record.outbox or []]
-            wanted = [c for c in commands if not isinstance(c, Dispatch) or _wanted(c, status)]
+            wanted = [c for c in commands if not isinstance(c, Dispatch) or still_wanted(c, status)]
             _publish(rt, saga, record, status, tuple(wanted), tx.now())
             sent = len(wanted)
             history = []
@@ -312,61 +312,6 @@ def republish(saga_id: str, grace: float, *, rt: Runtime | None = None) -> int:
                 history = [HistoryRecord(HistoryKind.COMMANDS_REPUBLISHED, detail={"count": sent})]
             tx.save(record, status, status, history, [], clear_outbox=True)
     return sent
-
-
-# -- commands: what the outbox holds and what a step is sent ---------------------------------------
-
-
-def encode_command(cmd: Dispatch | WakeAt) -> dict[str, Any]:
-    if isinstance(cmd, WakeAt):
-        return {"type": "wake", "at": cmd.at.isoformat()}
-    return {
-        "type": "dispatch",
-        "step": cmd.step,
-        "attempt": cmd.attempt,
-        "action": cmd.action.value,
-        "deadline_at": cmd.deadline_at.isoformat(),
-    }
-
-
-def decode_command(data: dict[str, Any]) -> Dispatch | WakeAt:
-    if data["type"] == "wake":
-        return WakeAt(datetime.fromisoformat(data["at"]))
-    return Dispatch(
-        step=int(data["step"]),
-        attempt=int(data["attempt"]),
-        action=Action(data["action"]),
-        deadline_at=datetime.fromisoformat(data["deadline_at"]),
-    )
-
-
-def _wanted(cmd: Dispatch, status: SagaStatus) -> bool:
-    """Is an outbox dispatch still the step's open attempt? (re-publishing it)"""
-    return is_open_attempt(status.steps[cmd.step], cmd.action, cmd.attempt)
-
-
-def build_command(
-    saga: Saga[Any], record: SagaRecord, status: SagaStatus, cmd: Dispatch
-) -> StepCommand:
-    step = saga.steps[cmd.step]
-    # Earlier steps that produced a result (succeeded, possibly being compensated since).
-    results = {s.name: s.result for s in status.steps[: cmd.step] if s.result is not None}
-    deadline = cmd.deadline_at
-    if status.deadline_at is not None and cmd.action is Action.FORWARD:
-        deadline = min(deadline, status.deadline_at)
-    return StepCommand(
-        saga_id=record.id,
-        saga=saga.name,
-        version=record.version,
-        step=step.name,
-        action=cmd.action,
-        attempt=cmd.attempt,
-        correlation_id=record.correlation_id,
-        deadline_at=deadline,
-        payload=record.payload,
-        results=results,
-        result=status.steps[cmd.step].result if cmd.action is Action.COMPENSATE else None,
-    )
 
 
 # -- helpers -------------------------------------------------------------------------------------

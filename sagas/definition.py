@@ -21,12 +21,14 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from .errors import DefinitionError, SagaError, UnknownSaga
+from . import registry
+from .errors import DefinitionError, UnknownSaga
 from .machine import Plan, StepPlan
+from .registry import StartOptions, lookup, registered, start_through_hook
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
 from .state import Action, SagaKind
 
@@ -141,7 +143,7 @@ class Saga(Generic[P]):
         self.steps: list[StepDef] = []
         self._plan: Plan | None = None
         if register:
-            _register_definition(self)
+            registry.register(self)
 
     def __repr__(self) -> str:
         return f"<Saga {self.name} v{self.version} steps={[s.name for s in self.steps]}>"
@@ -308,42 +310,7 @@ class Saga(Generic[P]):
         return start_through_hook(self, payload, StartOptions(saga_id, correlation_id))
 
 
-# -- registry: saga names -> definitions, like Celery's task registry -----------------------------
-#
-# Orchestrated sagas and choreographies share one namespace. The registry holds them as plain
-# objects; ``get_orchestrated`` and ``choreography.get_choreography`` narrow to the kind they need,
-# ``sagas.catalog`` gives the union of both.
-
-
-class _Named(Protocol):
-    @property
-    def name(self) -> str: ...
-
-
-_REGISTRY: dict[str, object] = {}
-
-
-def register(definition: _Named) -> None:
-    existing = _REGISTRY.get(definition.name)
-    if existing is not None and existing is not definition:
-        raise DefinitionError(f"saga {definition.name!r} is defined twice")
-    _REGISTRY[definition.name] = definition
-
-
-_register_definition = register  # ``Saga.__init__``'s ``register`` flag shadows the name
-
-
-def lookup(name: object) -> object:
-    """The definition registered as ``name``, of either kind (``UnknownSaga`` if none)."""
-    found = _REGISTRY.get(name) if isinstance(name, str) else None
-    if found is None:
-        known = ", ".join(sorted(_REGISTRY)) or "none registered in this process"
-        raise UnknownSaga(f"unknown saga {name!r} (known: {known})", field="name")
-    return found
-
-
-def registered() -> dict[str, object]:
-    return dict(_REGISTRY)
+# -- the registry (``sagas.registry``), narrowed to orchestrated sagas -----------------------------
 
 
 def get_orchestrated(name: object) -> Saga[Any]:
@@ -356,38 +323,16 @@ def get_orchestrated(name: object) -> Saga[Any]:
 
 def orchestrated_sagas() -> dict[str, Saga[Any]]:
     """Every registered orchestrated saga, by name."""
-    return {n: d for n, d in _REGISTRY.items() if isinstance(d, Saga)}
+    return {n: d for n, d in registered().items() if isinstance(d, Saga)}
 
 
-# -- extension points: how the engine plugs into inert definitions -------------------------------
+# -- extension point: binding step tasks once an app is configured -------------------------------
 #
-# Definitions sit at the bottom of the import graph, so they cannot import the engine that starts
-# them or the Celery tasks that run their steps. The engine registers itself here instead
-# (``sagas.starter`` binds the starter when the package loads; ``sagas.install`` adds a step
-# listener once an app is configured), the way Celery's shared tasks wait for an app.
+# Declaring a step touches no Celery; ``sagas.install``/the worker bootstrap binds the tasks of
+# the steps declared so far and adds a listener here for those declared later.
 
-
-@dataclass(frozen=True, slots=True)
-class StartOptions:
-    saga_id: str | None = None
-    correlation_id: str | None = None
-
-
-Starter = Callable[[Any, Any, StartOptions], str]  # (definition, payload, options) -> saga id
 StepListener = Callable[["Saga[Any]", StepDef], None]
-
-_starter: list[Starter] = []
 _step_listeners: list[StepListener] = []
-
-
-def bind_starter(starter: Starter) -> None:
-    _starter[:] = [starter]
-
-
-def start_through_hook(definition: object, payload: Any, options: StartOptions) -> str:
-    if not _starter:  # pragma: no cover - importing any part of sagas loads the starter
-        raise SagaError("the sagas engine is not loaded (import sagas)")
-    return _starter[0](definition, payload, options)
 
 
 def on_step_declared(listener: StepListener) -> None:

@@ -12,6 +12,7 @@ from .store.receipts import (
     ReceiptNotRecorded,
     ReceiptRow,
     Receipts,
+    metadata,
     receipt_table,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "ReceiptNotRecorded",
     "ReceiptRow",
     "Receipts",
+    "metadata",
     "receipt_table",
 ]

@@ -16,7 +16,8 @@ from .catalog import SagaDefinition, get_saga
 from .choreography import runner
 from .choreography.definition import Choreography
 from .coordinator import Applied, Claim
-from .definition import Saga, StartOptions, bind_starter
+from .definition import Saga
+from .registry import StartOptions, bind_starter
 from .runtime import Runtime, get_runtime
 
 

@@ -20,19 +20,9 @@ from typing import Any, ClassVar, Generic
 
 from pydantic import BaseModel
 
-from ..definition import (
-    NAME_RE,
-    QUEUE_RE,
-    REQUIRED,
-    P,
-    StartOptions,
-    StepContext,
-    lookup,
-    register,
-    seconds_of,
-    start_through_hook,
-)
+from ..definition import NAME_RE, QUEUE_RE, REQUIRED, P, StepContext, seconds_of
 from ..errors import DefinitionError, UnknownSaga
+from ..registry import StartOptions, lookup, register, start_through_hook
 from ..retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
 from ..state import SagaKind
 

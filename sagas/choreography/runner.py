@@ -31,12 +31,13 @@ from pydantic import ValidationError
 from .. import faults
 from ..admission import check_duplicate_start
 from ..context import idempotency_key
-from ..definition import StepContext, lookup
+from ..definition import StepContext
 from ..errors import DefinitionError, PermanentError, SagaInputError, TransientError, UnknownSaga
 from ..machine import ErrorInfo, HistoryRecord, SagaStatus
 from ..messages import EventMessage
 from ..observability import escape, get_logger, metrics, saga_context
 from ..payload import check_json
+from ..registry import lookup, registered
 from ..runtime import Runtime, get_runtime
 from ..state import Action, HistoryKind, SagaKind, StepState
 from ..store import NewSaga, SagaRecord, Tx
@@ -188,7 +189,7 @@ def deliver(raw: Any, *, rt: Runtime | None = None, consumed: Iterable[str] | No
     try:
         message = EventMessage.model_validate(raw)
         check_json(message.data, field="data")
-        choreo = lookup(message.choreography)
+        choreo = registered().get(message.choreography)
         if not isinstance(choreo, Choreography):
             raise SagaInputError(
                 f"unknown choreography {message.choreography!r}", field="choreography"

@@ -170,11 +170,15 @@ def compensation_failed(
     return replace(t.out(), parked=True)
 
 
+_UNDONE = (StepState.COMPENSATING, StepState.COMPENSATION_FAILED)
+
+
 def may_compensate(status: SagaStatus, h: HandlerSpec) -> bool:
-    """Newest first: only when no later handler is still waiting for its compensation."""
+    """Newest first: only when no later handler still waits for its compensation, or holds a
+    parked one (dead-lettered, for an operator), as in the orchestrator's core."""
     if status.steps[h.index].state is not StepState.COMPENSATING:
         return False
-    return all(s.state is not StepState.COMPENSATING for s in status.steps[h.index + 1 :])
+    return all(s.state not in _UNDONE for s in status.steps[h.index + 1 :])
 
 
 def compensation_done(
@@ -250,7 +254,7 @@ def _begin_compensation(
 
 
 def _finish_if_compensated(t: _T) -> None:
-    if not any(s.state is StepState.COMPENSATING for s in t.status.steps):
+    if not any(s.state in _UNDONE for s in t.status.steps):  # a parked one holds the saga
         t.saga(SagaState.FAILED)
         t.history.append(
             HistoryRecord(

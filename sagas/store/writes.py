@@ -1,5 +1,5 @@
 """Writing sagas: a new saga, and a transition applied only if the row is still at the version
-it was read at. One statement on PostgreSQL (``sagas.statements``); plain statements on SQLite,
+it was read at. One statement on PostgreSQL (``statements``); plain statements on SQLite,
 inside the caller's transaction."""
 
 from __future__ import annotations

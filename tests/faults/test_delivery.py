@@ -2,7 +2,7 @@
 Redis's visibility timeout.
 
 Duplicates and stale replies are the real messages the engine sends, rebuilt from the store
-(``coordinator.build_command``) or written as ``transport.send_reply`` writes them, and sent by
+(``commands.build_command``) or written as ``transport.send_reply`` writes them, and sent by
 name. Every test ends with the invariant check (``conftest._fault_test``).
 """
 
@@ -17,7 +17,7 @@ import pytest
 
 from sagas import Action, SagaState, StepState
 from sagas.catalog import get_saga
-from sagas.coordinator import build_command
+from sagas.commands import build_command
 from sagas.machine import Dispatch
 from sagas.state import HistoryKind
 from sagas.transport import send_step

@@ -43,7 +43,7 @@ import workers.notification  # noqa: F401
 import workers.order_choreography  # noqa: F401
 import workers.order_fulfillment  # noqa: F401
 from sagas import receipts, report
-from sagas.choreography import event_queue_name
+from sagas.choreography.definition import event_queue_name
 from sagas.machine import SagaStatus
 from sagas.runtime import reset
 from sagas.settings import Settings

@@ -1,0 +1,232 @@
+"""The package's import graph: one-way layers, no cycles, each library behind its own door.
+
+Read from the source with ``ast`` (nothing is imported), so a new upward import, a cycle, an
+import hidden inside a function or a stray ``import sqlalchemy`` fails here with the modules
+named. The layers, top to bottom, are the README's architecture section.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "sagas"
+
+# Lowest first. A module may import modules of its own layer or of any layer below it.
+LAYERS: list[tuple[str, set[str]]] = [
+    (
+        "vocabulary",
+        {"errors", "state", "retry", "payload", "settings", "observability", "faults"},
+    ),
+    (
+        "rules and definitions",
+        {
+            "machine",
+            "registry",
+            "definition",
+            "choreography.definition",
+            "choreography.tracker",
+            "catalog",
+            "messages",
+            "context",
+        },
+    ),
+    (
+        "store and transport",
+        {
+            "store",
+            "store.engine",
+            "store.records",
+            "store.schema",
+            "store.statements",
+            "store.writes",
+            "store.tx",
+            "store.store",
+            "store.migrate",
+            "store.receipts",
+            "transport",
+            "runtime",
+            "admission",
+        },
+    ),
+    (
+        "engine",
+        {
+            "commands",
+            "coordinator",
+            "participant",
+            "choreography.runner",
+            "sweeper",
+            "starter",
+            "report",
+        },
+    ),
+    (
+        "edges",
+        {"tasks", "install", "cli", "testing", "receipts", "choreography", "__init__"},
+    ),
+]
+LAYER_OF = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
+
+# Third-party libraries that live behind one door each.
+DOORS = {
+    "sqlalchemy": lambda m: m.startswith("store"),
+    "alembic": lambda m: m.startswith("store"),
+    "celery": lambda m: m in {"tasks", "transport", "testing"},
+    "kombu": lambda m: m in {"transport"},
+}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+@functools.cache
+def _sources() -> dict[str, Path]:
+    found = {}
+    for path in PACKAGE.rglob("*.py"):
+        if "migrations" in path.parts:
+            continue  # Alembic scripts, loaded by Alembic, not imported by the package
+        found[_module_name(path)] = path
+    return found
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> list[str]:
+    """Package-relative names a ``from ... import ...`` refers to (modules where they are)."""
+    is_package = path.name == "__init__.py"
+    base = module.split(".") if module != "__init__" else []
+    if node.level:
+        anchor = base if is_package else base[:-1]
+        anchor = anchor[: len(anchor) - (node.level - 1)]
+    elif node.module and (node.module == "sagas" or node.module.startswith("sagas.")):
+        anchor = []
+        node_module = node.module.removeprefix("sagas").lstrip(".")
+        return _targets(anchor + (node_module.split(".") if node_module else []), node)
+    else:
+        return []
+    return _targets(anchor + (node.module.split(".") if node.module else []), node)
+
+
+def _targets(prefix: list[str], node: ast.ImportFrom) -> list[str]:
+    known = _sources()
+    name = ".".join(prefix) or "__init__"
+    out = []
+    for alias in node.names:
+        sub = ".".join([*prefix, alias.name])
+        out.append(sub if sub in known else name)
+    return out
+
+
+def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]], list[str]]:
+    """(module -> package modules it imports, module -> third-party roots, nested imports)."""
+    edges: dict[str, set[str]] = {}
+    libraries: dict[str, set[str]] = {}
+    nested: list[str] = []
+    for module, path in _sources().items():
+        tree = ast.parse(path.read_text(), str(path))
+        edges[module], libraries[module] = set(), set()
+        top_level = set(map(id, tree.body))
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            if id(node) not in top_level:
+                nested.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom):
+                targets = _resolve(module, path, node)
+                edges[module].update(t for t in targets if t != module)
+                if not targets and node.module and not node.level:
+                    libraries[module].add(node.module.split(".")[0])
+            else:
+                for alias in node.names:
+                    root = alias.name.split(".")[0]
+                    if root != "sagas":
+                        libraries[module].add(root)
+    return edges, libraries, nested
+
+
+def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(edges.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_graph_is_read() -> None:
+    edges, libraries, _ = _graph()
+    assert {"coordinator", "store.store", "choreography.runner", "tasks"} <= edges.keys()
+    assert "machine" in edges["coordinator"] and "store" in edges["coordinator"]
+    assert "sqlalchemy" in libraries["store.engine"]
+
+
+def test_no_import_cycles() -> None:
+    edges, _, _ = _graph()
+    assert _cycles(edges) == []
+
+
+def test_a_cycle_would_be_found() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_every_module_has_a_layer() -> None:
+    assert sorted(set(_sources()) - LAYER_OF.keys()) == []
+
+
+def test_imports_point_down_the_layers() -> None:
+    edges, _, _ = _graph()
+    upward = [
+        f"{src} ({LAYERS[LAYER_OF[src]][0]}) imports {dst} ({LAYERS[LAYER_OF[dst]][0]})"
+        for src, targets in sorted(edges.items())
+        for dst in sorted(targets)
+        if LAYER_OF[dst] > LAYER_OF[src]
+    ]
+    assert upward == []
+
+
+def test_no_imports_inside_functions() -> None:
+    _, _, nested = _graph()
+    assert nested == [], "move the shared piece down a layer instead of importing late"
+
+
+@pytest.mark.parametrize("library", sorted(DOORS))
+def test_each_library_stays_behind_its_door(library: str) -> None:
+    _, libraries, _ = _graph()
+    outside = sorted(
+        m for m, libs in libraries.items() if library in libs and not DOORS[library](m)
+    )
+    assert outside == [], f"{library} imported outside its door"
