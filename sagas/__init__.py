@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from . import query as _query  # binds SagaHandle.status/wait to the store
 from . import starter as _starter  # binds Saga.start/Choreography.start to the engine
 from .catalog import get_saga, registered_sagas
 from .definition import Saga, StepContext
 from .errors import (
+    ConfigurationError,
     DefinitionError,
     InvalidSagaId,
     PayloadInvalid,
@@ -22,17 +24,20 @@ from .errors import (
     TransientError,
     UnknownSaga,
 )
-from .install import configure
+from .install import configure, install
+from .query import SagaInfo, SagaWaitTimeout, StepInfo, get, wait
+from .registry import SagaHandle
 from .retry import RetryPolicy
 from .runtime import get_runtime
 from .settings import Settings
 from .state import Action, SagaKind, SagaState, StepState
 from .tasks import start_saga
 
-del _starter
+del _query, _starter
 
 __all__ = [
     "Action",
+    "ConfigurationError",
     "DefinitionError",
     "InvalidSagaId",
     "PayloadInvalid",
@@ -43,12 +48,16 @@ __all__ = [
     "Saga",
     "SagaConflict",
     "SagaError",
+    "SagaHandle",
+    "SagaInfo",
     "SagaInputError",
     "SagaKind",
     "SagaNotFound",
     "SagaState",
+    "SagaWaitTimeout",
     "Settings",
     "StepContext",
+    "StepInfo",
     "StepState",
     "StoreConflict",
     "StoreError",
@@ -56,8 +65,11 @@ __all__ = [
     "TransientError",
     "UnknownSaga",
     "configure",
+    "get",
     "get_runtime",
     "get_saga",
+    "install",
     "registered_sagas",
     "start_saga",
+    "wait",
 ]

@@ -17,6 +17,7 @@ import click
 
 from . import coordinator, report
 from .errors import SagaError, StoreError
+from .examples.demo import run_embedded
 from .install import configure
 from .observability import escape
 from .payload import check_saga_id
@@ -60,6 +61,7 @@ def _store() -> Store:
 
 
 @click.group()
+@click.version_option(package_name="celery-sagas", prog_name="saga")
 def main() -> None:
     """sagas: distributed transactions on Celery."""
 
@@ -112,9 +114,9 @@ _APP_OPTION = click.option(
     "--app",
     "app_path",
     envvar="SAGAS_CELERY_APP",
-    default="workers.app",
-    show_default=True,
-    help="module:attribute of the Celery app that imports your saga definitions",
+    default=None,
+    help="module:attribute of your Celery app (the one that calls sagas.install), e.g. "
+    "shop.celery:app; default: $SAGAS_CELERY_APP",
 )
 _REASON = click.option("--reason", required=True, help="Recorded in the saga's history.")
 
@@ -124,7 +126,7 @@ _REASON = click.option("--reason", required=True, help="Recorded in the saga's h
 @_REASON
 @_APP_OPTION
 @_one_line_errors
-def retry(saga_id: str, reason: str, app_path: str) -> None:
+def retry(saga_id: str, reason: str, app_path: str | None) -> None:
     """Re-drive a saga from its open step or its dead-lettered compensation."""
 
     decision = coordinator.retry(saga_id, reason, rt=_operator_runtime(app_path))
@@ -136,7 +138,7 @@ def retry(saga_id: str, reason: str, app_path: str) -> None:
 @_REASON
 @_APP_OPTION
 @_one_line_errors
-def cancel(saga_id: str, reason: str, app_path: str) -> None:
+def cancel(saga_id: str, reason: str, app_path: str | None) -> None:
     """Stop a running saga and compensate what it did, newest first."""
 
     decision = coordinator.cancel(saga_id, reason, rt=_operator_runtime(app_path))
@@ -174,7 +176,7 @@ def dlq_list() -> None:
 @_REASON
 @_APP_OPTION
 @_one_line_errors
-def dlq_retry(saga_id: str, reason: str, app_path: str) -> None:
+def dlq_retry(saga_id: str, reason: str, app_path: str | None) -> None:
     """Try a dead-lettered compensation again."""
 
     store = _store()
@@ -184,10 +186,19 @@ def dlq_retry(saga_id: str, reason: str, app_path: str) -> None:
     click.echo(f"saga {saga_id}: compensation re-dispatched")
 
 
-def _operator_runtime(app_path: str) -> Runtime:
-    sys.path.insert(0, os.getcwd())
+def _operator_runtime(app_path: str | None) -> Runtime:
+    """The runtime operator commands publish with: the user's own Celery app."""
+    if not app_path:
+        raise SagaError(
+            "--app is required (or set SAGAS_CELERY_APP): the module:attribute of the Celery "
+            "app your workers run, e.g. shop.celery:app"
+        )
+    sys.path.insert(0, os.getcwd())  # like `celery -A`, find the app from the current directory
     module, _, attr = app_path.partition(":")
-    app = getattr(importlib.import_module(module), attr or "app")
+    try:
+        app = getattr(importlib.import_module(module), attr or "app")
+    except (ImportError, AttributeError) as exc:
+        raise SagaError(f"--app {app_path!r}: {type(exc).__name__}: {exc}") from exc
     return configure(settings=Settings(), store=_store(), app=app)
 
 
@@ -213,16 +224,19 @@ def upgrade() -> None:
 def demo(workers: bool, choreography: bool) -> None:
     """Run the order-fulfillment example end to end and print each saga's timeline.
 
-    With no configuration: SQLite and an in-process worker. With SAGAS_DATABASE_URL and
-    CELERY_BROKER_URL set: that database and broker, with one worker process per service.
+    With no configuration: SQLite and an in-process worker (works from any directory). With
+    SAGAS_DATABASE_URL and CELERY_BROKER_URL set, from the sagas checkout: that database and
+    broker, with one worker process per service (the example deployment in workers/).
     """
-    sys.path.insert(0, os.getcwd())  # like `celery -A`, find the example from the checkout
+    if not Settings().broker_url:
+        run_embedded(choreography=choreography)
+        return
+    sys.path.insert(0, os.getcwd())  # like `celery -A`, find the deployment from the checkout
     if not (os.path.isfile("celeryconfig.py") and os.path.isdir("workers")):
         raise click.ClickException(
-            "the demo runs the example services in workers/ with celeryconfig.py: run it from "
-            "the root of the sagas checkout"
+            "server mode (CELERY_BROKER_URL is set) runs the example deployment in workers/ with "
+            "celeryconfig.py: run it from the root of the sagas checkout, or unset "
+            "CELERY_BROKER_URL for the embedded demo"
         )
     # The example deployment lives in the checkout, not in the package: found at run time.
-    run = importlib.import_module("workers.demo").run
-
-    run(spawn_workers=workers, choreography=choreography)
+    importlib.import_module("workers.demo").run(spawn_workers=workers, choreography=choreography)

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from . import registry
 from .errors import DefinitionError, UnknownSaga
 from .machine import Plan, StepPlan
-from .registry import StartOptions, lookup, registered, start_through_hook
+from .registry import SagaHandle, StartOptions, lookup, registered, start_through_hook
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
 from .state import Action, SagaKind
 
@@ -304,9 +304,9 @@ class Saga(Generic[P]):
         *,
         saga_id: str | None = None,
         correlation_id: str | None = None,
-    ) -> str:
-        """Start this saga now, in this process (needs the store); returns the saga id once
-        the saga row is committed."""
+    ) -> SagaHandle:
+        """Start this saga now, in this process (needs the store); returns its id (a
+        ``SagaHandle``: ``.status()``, ``.wait(timeout)``) once the saga row is committed."""
         return start_through_hook(self, payload, StartOptions(saga_id, correlation_id))
 
 

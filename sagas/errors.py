@@ -5,6 +5,7 @@
 - ``DefinitionError``: a saga is declared wrongly; raised when its module loads.
 - ``SagaInputError`` (and subclasses): a caller sent bad input; nothing was written.
 - ``SagaNotFound``: an id that names no saga.
+- ``ConfigurationError``: a setting or a configured saga module is wrong; names which.
 - ``StoreError`` (``StoreUnavailable``, ``StoreConflict``): the saga store failed or refused.
 """
 
@@ -71,6 +72,15 @@ class InvalidSagaId(SagaInputError):
 
 class SagaConflict(SagaInputError):
     """A saga with this id already exists with a different name or payload."""
+
+
+class ConfigurationError(SagaError, ValueError):
+    """A setting has a wrong value, or a saga module named in the configuration fails to
+    import; ``setting`` names it."""
+
+    def __init__(self, message: str, *, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class SagaNotFound(SagaError, LookupError):

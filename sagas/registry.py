@@ -5,8 +5,9 @@ objects; ``definition.get_orchestrated`` and ``choreography.get_choreography`` n
 kind they need, ``sagas.catalog`` gives the union of both.
 
 Definitions sit at the bottom of the import graph, so they cannot import the engine that starts
-them. The engine registers itself here instead: ``sagas.starter`` binds the starter when the
-package loads, and ``Saga.start``/``Choreography.start`` call through it.
+them. The engine registers itself here instead: ``sagas.starter`` binds the starter and
+``sagas.query`` the reader when the package loads; ``Saga.start``/``Choreography.start`` call
+through them and return a ``SagaHandle``.
 """
 
 from __future__ import annotations
@@ -52,15 +53,37 @@ class StartOptions:
     correlation_id: str | None = None
 
 
+class SagaHandle(str):
+    """A started saga's id (it is the id string) that can read the saga back.
+
+    ``status()`` reads it now; ``wait(timeout)`` polls until it finished or is parked for an
+    operator (``sagas.query``)."""
+
+    __slots__ = ()
+
+    def status(self) -> Any:
+        return _reader[0](self)
+
+    def wait(self, timeout: float = 30.0) -> Any:
+        return _reader[1](self, timeout)
+
+
 Starter = Callable[[Any, Any, StartOptions], str]  # (definition, payload, options) -> saga id
 _starter: list[Starter] = []
+_reader: list[Any] = []
+
+
+def bind_reader(
+    status: Callable[[SagaHandle], Any], wait: Callable[[SagaHandle, float], Any]
+) -> None:
+    _reader[:] = [status, wait]
 
 
 def bind_starter(starter: Starter) -> None:
     _starter[:] = [starter]
 
 
-def start_through_hook(definition: object, payload: Any, options: StartOptions) -> str:
+def start_through_hook(definition: object, payload: Any, options: StartOptions) -> SagaHandle:
     if not _starter:  # pragma: no cover - importing any part of sagas loads the starter
         raise SagaError("the sagas engine is not loaded (import sagas)")
-    return _starter[0](definition, payload, options)
+    return SagaHandle(_starter[0](definition, payload, options))

@@ -1,16 +1,24 @@
-"""Configuration, read once from the environment at the edge (CLI, worker start).
+"""Configuration, read once at the edge (CLI, worker start, ``sagas.install``).
 
-Everything inside the engine takes a ``Settings`` explicitly.
+Each setting is read from the Celery app's configuration when one is given (``sagas_<name>``
+in ``app.conf``, so Django's ``CELERY_SAGAS_<NAME>`` works through Celery's namespace), else
+from the environment (``SAGAS_<NAME>``), else its default. Everything inside the engine takes a
+``Settings`` explicitly.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .errors import ConfigurationError
+
 DEFAULT_DATABASE_URL = "sqlite:///sagas.db"
+SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 
 class Settings(BaseSettings):
@@ -19,6 +27,13 @@ class Settings(BaseSettings):
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL of the saga store (PostgreSQL in production).",
+    )
+    database_schema: str | None = Field(
+        None,
+        description="Schema of the saga store's Alembic version table (sagas_alembic_version); "
+        "unset: the connection's default schema. It must exist already. Only the version table "
+        "goes there: the saga tables stay in the default schema (a schema for them would mean "
+        "qualifying every table and statement). On SQLite, leave it unset.",
     )
     broker_url: str | None = Field(
         None,
@@ -77,6 +92,40 @@ class Settings(BaseSettings):
         if "://" not in value:
             raise ValueError("must be a SQLAlchemy URL such as postgresql+psycopg://host/db")
         return value
+
+    @field_validator("database_schema")
+    @classmethod
+    def _schema_is_identifier(cls, value: str | None) -> str | None:
+        if value is not None and not SQL_IDENTIFIER.fullmatch(value):
+            raise ValueError(
+                "database_schema must be a plain SQL identifier (a letter or _, then up to 62 "
+                "letters, digits or _)"
+            )
+        return value
+
+    @classmethod
+    def from_config(cls, conf: Mapping[str, Any] | Any | None = None) -> Settings:
+        """Settings from a Celery app's ``conf`` (``sagas_<name>`` keys; the broker from
+        ``broker_url``), falling back to the environment. A wrong value raises
+        ``ConfigurationError`` naming the setting, in one line."""
+        given: dict[str, Any] = {}
+        if conf is not None:
+            for name in cls.model_fields:
+                key = "broker_url" if name == "broker_url" else f"sagas_{name}"
+                value = conf.get(key)
+                if value is not None:
+                    given[name] = value
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else "?"
+            where = f"sagas_{name} / SAGAS_{name.upper()}"
+            got = first.get("input")
+            shown = mask_url(str(got)) if name.endswith("url") else repr(got)
+            raise ConfigurationError(
+                f"setting {where}: {first['msg']} (got {shown})", setting=name
+            ) from None
 
     @property
     def database_url_sqlalchemy(self) -> str:

@@ -14,7 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
-from celery.signals import import_modules, worker_init, worker_process_init
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    beat_init,
+    import_modules,
+    worker_init,
+    worker_process_init,
+)
 from pydantic import ValidationError
 
 from . import coordinator, faults, starter, sweeper
@@ -23,7 +30,7 @@ from .choreography import runner
 from .definition import Saga, StepDef, get_orchestrated, on_step_declared, orchestrated_sagas
 from .errors import SagaInputError, StoreUnavailable
 from .messages import StepCommand, StepReply
-from .observability import escape, get_logger, metrics, saga_context
+from .observability import SagaContextFilter, escape, get_logger, metrics, saga_context
 from .participant import open_snapshot, run_claimed, run_step, settle_locally, still_open
 from .runtime import Runtime, current_runtime, get_runtime
 from .state import Action
@@ -43,12 +50,27 @@ from .transport import (
 
 log = get_logger("sagas.tasks")
 
+SWEEP_ENTRY = "sagas-sweep"  # the beat_schedule entry ``sagas.install`` adds
+
 RELIABLE: dict[str, Any] = {"acks_late": True, "reject_on_worker_lost": True, "ignore_result": True}
+
+
+class _CoordinatorTask(Task):  # type: ignore[misc]
+    """An engine task: sent to the configured coordinator queue (``SAGAS_COORDINATOR_QUEUE``)
+    unless the caller names a queue. A fixed ``queue`` attribute would override the app's
+    routes and strand messages in a queue nobody consumes when the setting is changed."""
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        if not any(k in options for k in ("queue", "exchange", "routing_key")):
+            options["queue"] = get_runtime().settings.coordinator_queue
+        return super().apply_async(args, kwargs, **options)
+
+
 # Coordinator tasks ride out a database blip by retrying the message (each transition is
 # idempotent) instead of losing the reply and waiting for the step's timeout.
 COORDINATOR: dict[str, Any] = {
     **RELIABLE,
-    "queue": "sagas",
+    "base": _CoordinatorTask,
     "autoretry_for": (StoreUnavailable,),
     "retry_backoff": 0.5,
     "retry_backoff_max": 30,
@@ -64,7 +86,7 @@ def _after_fork(**_: Any) -> None:
         rt.store.engine.dispose(close=False)
 
 
-class _StartSagaTask(Task):  # type: ignore[misc]
+class _StartSagaTask(_CoordinatorTask):
     """``start_saga.delay(...)`` validates in the caller when it knows the saga, so a web
     request gets the typed error at once instead of a failed task in the coordinator."""
 
@@ -93,7 +115,7 @@ def _first_local_step(saga: Saga[Any]) -> StepDef | None:
     return first if first is not None and first.fn is not None and first.task is None else None
 
 
-@shared_task(name=START_TASK, base=_StartSagaTask, bind=True, **COORDINATOR)
+@shared_task(name=START_TASK, bind=True, **{**COORDINATOR, "base": _StartSagaTask})
 def start_saga(
     self: Task,
     name: str,
@@ -212,13 +234,13 @@ def wake(saga_id: str) -> None:
     coordinator.wake(saga_id)
 
 
-@shared_task(name=EVENT_TASK, **{**COORDINATOR, "queue": None})
+@shared_task(name=EVENT_TASK, **{**COORDINATOR, "base": Task})
 def choreography_event(message: dict[str, Any]) -> None:
     """A domain event of a choreographed saga: run this worker's handlers for it."""
     runner.deliver(message)
 
 
-@shared_task(name=SWEEP_TASK, queue="sagas", ignore_result=True)
+@shared_task(name=SWEEP_TASK, base=_CoordinatorTask, ignore_result=True)
 def sweep() -> dict[str, int]:
     """Beat-scheduled: fire due timers, re-publish unsent commands. Safe to run twice at once."""
     return sweeper.sweep(get_runtime()).as_dict()
@@ -321,3 +343,51 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
 
     run.__name__ = run.__qualname__ = task_name.replace(".", "_")
     shared_task(name=task_name, bind=True, **RELIABLE)(run)
+
+
+# -- startup checks and log context for an installed app --------------------------------------
+
+_watched: set[int] = set()
+
+
+def watch_startup(app: CeleryApp) -> None:
+    """Check at worker and beat start that the sweeper is scheduled; add the saga log fields."""
+    _watched.add(id(app))
+
+
+def sweeper_scheduled(app: CeleryApp) -> bool:
+    schedule = app.conf.beat_schedule or {}
+    return any(entry.get("task") == SWEEP_TASK for entry in schedule.values())
+
+
+def _complain_without_sweeper(app: CeleryApp, who: str) -> None:
+    if id(app) in _watched and not sweeper_scheduled(app):
+        log.error(
+            "%s: no %s entry in beat_schedule: step timeouts, saga deadlines, retries past %s "
+            "and outbox repair will never run (sagas.install(app) adds it; or schedule %s)",
+            who,
+            SWEEP_TASK,
+            "SAGAS_MAX_COUNTDOWN",
+            SWEEP_TASK,
+        )
+
+
+@beat_init.connect(weak=False)
+def _check_beat(sender: Any = None, **_: Any) -> None:
+    _complain_without_sweeper(sender.app, "beat")
+
+
+@worker_init.connect(weak=False)
+def _check_worker(sender: Any = None, **_: Any) -> None:
+    if sender is not None:
+        _complain_without_sweeper(sender.app, "worker")
+
+
+@after_setup_logger.connect(weak=False)
+@after_setup_task_logger.connect(weak=False)
+def _saga_log_fields(logger: Any = None, **_: Any) -> None:
+    if not _watched or logger is None:
+        return
+    for handler in logger.handlers:
+        if not any(isinstance(f, SagaContextFilter) for f in handler.filters):
+            handler.addFilter(SagaContextFilter())

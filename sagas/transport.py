@@ -54,6 +54,11 @@ def current_app() -> CeleryApp:
     return app
 
 
+def coordinator_queue(name: str) -> Queue:
+    """The coordinator's durable queue (direct exchange of the same name, Celery's default)."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True)
+
+
 def headers(correlation_id: str, saga_id: str) -> dict[str, str]:
     return {CORRELATION_HEADER: correlation_id, "saga_id": saga_id}
 

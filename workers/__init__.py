@@ -1,1 +1,2 @@
-"""The example deployment: a Celery app and the services of the order-fulfillment saga."""
+"""The example deployment: the Celery app (``workers.app``), the server-mode demo and the
+Procfile topology of the services in ``sagas.examples``. Not installed with the package."""

@@ -1,5 +1,8 @@
 """The Celery app every example worker runs (``celery -A workers.app worker -Q <queue>``).
 
+The services themselves ship in the package (``sagas.examples``) so that ``saga demo`` runs
+from a plain install; this is their deployment.
+
 Configuration comes from ``celeryconfig.py`` (environment variables with safe defaults).
 """
 
@@ -19,9 +22,9 @@ app.config_from_object("celeryconfig")
 # Each worker imports the saga definitions (the coordinator needs them; services run their
 # steps) and the plain Celery task of the notification service.
 app.conf.imports = [
-    "workers.order_fulfillment",
-    "workers.order_choreography",
-    "workers.notification",
+    "sagas.examples.order_fulfillment",
+    "sagas.examples.order_choreography",
+    "sagas.examples.notification",
 ]
 app.loader.import_default_modules()
 # Each service's choreography event queue, bound to the topic exchange per event it handles.

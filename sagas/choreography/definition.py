@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from ..definition import NAME_RE, QUEUE_RE, REQUIRED, P, StepContext, seconds_of
 from ..errors import DefinitionError, UnknownSaga
-from ..registry import StartOptions, lookup, register, start_through_hook
+from ..registry import SagaHandle, StartOptions, lookup, register, start_through_hook
 from ..retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
 from ..state import SagaKind
 
@@ -144,8 +144,8 @@ class Choreography(Generic[P]):
         *,
         saga_id: str | None = None,
         correlation_id: str | None = None,
-    ) -> str:
-        """Record the saga and publish its start event; returns the saga id."""
+    ) -> SagaHandle:
+        """Record the saga and publish its start event; returns its id (a ``SagaHandle``)."""
         return start_through_hook(self, payload, StartOptions(saga_id, correlation_id))
 
 

@@ -17,13 +17,15 @@ SAGA = str(Path(sys.executable).with_name("saga"))
 
 
 def run(
-    *args: str, db: str | None = None, cwd: Path = ROOT, timeout: float = 120
+    *args: str, db: str | None = None, cwd: Path = ROOT, timeout: float = 120, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     env = {
         k: v for k, v in os.environ.items() if k not in ("SAGAS_DATABASE_URL", "CELERY_BROKER_URL")
     }
+    env["SAGAS_CELERY_APP"] = "workers.app"  # operator commands publish with the example app
     if db:
         env["SAGAS_DATABASE_URL"] = db
+    env.update(extra)
     return subprocess.run(
         [SAGA, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -123,11 +125,26 @@ def test_operator_commands_on_a_healthy_store(demo_db: tuple[str, str]) -> None:
     assert no_reason.returncode == 2 and "--reason" in no_reason.stderr
 
 
-def test_demo_outside_the_checkout_says_where_to_run_it(tmp_path: Path) -> None:
-    out = run("demo", db=f"sqlite:///{tmp_path / 'demo.db'}", cwd=tmp_path, timeout=60)
+def test_demo_runs_embedded_outside_the_checkout(tmp_path: Path) -> None:
+    """The example ships in the package: no checkout, no servers."""
+    out = run("demo", db=f"sqlite:///{tmp_path / 'demo.db'}", cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("order_fulfillment") >= 3 and "compensated" in out.stdout
+
+
+def test_server_mode_demo_outside_the_checkout_says_where_to_run_it(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'demo.db'}"
+    out = run("demo", db=db, cwd=tmp_path, timeout=60, CELERY_BROKER_URL="memory://")
     assert out.returncode != 0
     assert "run it from the root of the sagas checkout" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_operator_commands_need_the_app(demo_db: tuple[str, str]) -> None:
+    db, _ = demo_db
+    out = run("retry", "any-id", "--reason", "x", db=db, SAGAS_CELERY_APP="")
+    assert out.returncode == 1
+    assert out.stderr.strip().startswith("error: --app is required (or set SAGAS_CELERY_APP)")
 
 
 def test_metrics_prints_store_gauges_in_prometheus_format(demo_db: tuple[str, str]) -> None:

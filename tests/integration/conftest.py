@@ -37,13 +37,14 @@ from celery import _state as celery_state
 from sqlalchemy import Engine, create_engine, text
 
 import sagas
+import sagas.examples.notification  # noqa: F401
+import sagas.examples.order_choreography  # noqa: F401
+import sagas.examples.order_fulfillment  # noqa: F401
 import tests.integration.choreo_probe  # noqa: F401 - registered here as in the workers
 import tests.integration.probe  # noqa: F401 - the test process validates starts client-side
-import workers.notification  # noqa: F401
-import workers.order_choreography  # noqa: F401
-import workers.order_fulfillment  # noqa: F401
 from sagas import receipts, report
 from sagas.choreography.definition import event_queue_name
+from sagas.examples import inventory, payment
 from sagas.machine import SagaStatus
 from sagas.runtime import reset
 from sagas.settings import Settings
@@ -53,7 +54,6 @@ from tests.integration.choreo_probe import GATE_TABLE_DDL
 from tests.integration.probe import EFFECT_TABLE_DDL
 from tests.integration.worker_app import make_app
 from tests.services import AMQP_URL, REDIS_URL, require, scratch_database
-from workers import inventory, payment
 
 ROOT = Path(__file__).resolve().parents[2]
 COORDINATOR = "sagas"

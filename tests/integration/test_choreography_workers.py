@@ -25,6 +25,7 @@ from sagas.catalog import choreographies
 from sagas.choreography import Choreography
 from sagas.choreography.definition import COMPENSATED_EVENT
 from sagas.choreography.runner import event_id_for
+from sagas.examples.order_choreography import order_choreography
 from sagas.messages import EventMessage
 from sagas.state import HistoryKind
 from sagas.store import HistoryEntry
@@ -32,7 +33,6 @@ from sagas.transport import EVENT_TASK, EXCHANGE, event_queues
 from tests.integration.choreo_probe import STALL_TIMEOUT, choreo_probe
 from tests.integration.conftest import QUEUES, SERVICE_QUEUES, Cluster, Effect, Snapshot, poll
 from tests.integration.worker_app import served_choreographies
-from workers.order_choreography import order_choreography
 
 pytestmark = [pytest.mark.integration, pytest.mark.workers]
 

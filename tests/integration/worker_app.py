@@ -23,9 +23,9 @@ from tests.worker_harness import base_app, start_worker_process
 IMPORTS = [
     "tests.integration.probe",
     "tests.integration.choreo_probe",
-    "workers.order_fulfillment",
-    "workers.order_choreography",
-    "workers.notification",
+    "sagas.examples.order_fulfillment",
+    "sagas.examples.order_choreography",
+    "sagas.examples.notification",
 ]
 # Plain (non-engine) log lines carry the saga's correlation id too (the harness's log filter).
 LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s {corr=%(correlation_id)s}"
@@ -47,7 +47,10 @@ def served_choreographies() -> set[str]:
     return {
         c.name
         for c in choreographies()
-        if all(h.fn.__module__.startswith(("workers.", "tests.integration.")) for h in c.handlers)
+        if all(
+            h.fn.__module__.startswith(("sagas.examples.", "tests.integration."))
+            for h in c.handlers
+        )
     }
 
 

@@ -296,7 +296,9 @@ def _exercise(honcho: subprocess.Popen[bytes], db_url: str, auth: str, log_path:
         def migrated() -> bool:
             try:
                 with engine.connect() as conn:
-                    return bool(conn.execute(text("SELECT version_num FROM alembic_version")).all())
+                    return bool(
+                        conn.execute(text("SELECT version_num FROM sagas_alembic_version")).all()
+                    )
             except Exception:  # noqa: BLE001 - table not there yet
                 return False
 
@@ -316,7 +318,7 @@ def _exercise(honcho: subprocess.Popen[bytes], db_url: str, auth: str, log_path:
         _poll(f"ping replies from {', '.join(NODES)}", all_pong, STARTUP_TIMEOUT, check)
 
         # 3. A saga started exactly as a web app starts one completes.
-        from workers.demo import orders
+        from sagas.examples.demo import orders
 
         saga_id, _label, payload = orders(f"procfile{os.getpid()}")[0]
         with _current_app(client):

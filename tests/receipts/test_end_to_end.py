@@ -13,10 +13,10 @@ from sqlalchemy import func, select
 
 import sagas
 from sagas import SagaState, faults
+from sagas.examples import inventory, payment
 from sagas.runtime import Runtime
 from sagas.settings import Settings
 from sagas.testing import embedded, wait_for
-from workers import inventory, payment
 from workers.app import app
 
 ORDER: dict[str, Any] = {

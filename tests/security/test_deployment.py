@@ -136,13 +136,14 @@ def pg_url_with_password() -> Iterator[str]:
 def test_the_demo_first_line_masks_database_and_broker_passwords(
     monkeypatch: pytest.MonkeyPatch, pg_url_with_password: str, broker: str | None
 ) -> None:
-    import workers.demo as demo
+    import sagas.examples.demo as embedded_demo
+    import workers.demo as server_demo
 
     def stop(*_: Any, **__: Any) -> Any:
         raise _Stop
 
-    monkeypatch.setattr(demo, "embedded", stop)  # embedded mode: after the first line
-    monkeypatch.setattr(demo.sagas, "configure", stop)  # server mode: after the first line
+    monkeypatch.setattr(embedded_demo, "embedded", stop)  # embedded mode: after the first line
+    monkeypatch.setattr(server_demo.sagas, "configure", stop)  # server mode: after the first line
     env = {"SAGAS_DATABASE_URL": pg_url_with_password, "CELERY_BROKER_URL": broker}
     result = CliRunner().invoke(main, ["demo"], env=env)
     assert isinstance(result.exception, _Stop), result.output

@@ -36,12 +36,13 @@ def engine(
 
 def schema_diff(engine: Engine) -> list[object]:
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        opts = {"compare_type": True, "version_table": migrate.VERSION_TABLE}
+        context = MigrationContext.configure(conn, opts=opts)
         return list(compare_metadata(context, Base.metadata))
 
 
 def table_names(engine: Engine) -> set[str]:
-    return set(inspect(engine).get_table_names()) - {"alembic_version"}
+    return set(inspect(engine).get_table_names()) - {migrate.VERSION_TABLE}
 
 
 def downgrade(engine: Engine, revision: str) -> None:

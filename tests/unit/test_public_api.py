@@ -8,6 +8,7 @@ import sagas
 
 EXPECTED = {
     "Action",
+    "ConfigurationError",
     "DefinitionError",
     "InvalidSagaId",
     "PayloadInvalid",
@@ -18,12 +19,16 @@ EXPECTED = {
     "Saga",
     "SagaConflict",
     "SagaError",
+    "SagaHandle",
+    "SagaInfo",
     "SagaInputError",
     "SagaKind",
     "SagaNotFound",
     "SagaState",
+    "SagaWaitTimeout",
     "Settings",
     "StepContext",
+    "StepInfo",
     "StepState",
     "StoreConflict",
     "StoreError",
@@ -31,10 +36,13 @@ EXPECTED = {
     "TransientError",
     "UnknownSaga",
     "configure",
+    "get",
     "get_runtime",
     "get_saga",
+    "install",
     "registered_sagas",
     "start_saga",
+    "wait",
 }
 
 

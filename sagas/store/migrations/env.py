@@ -1,4 +1,9 @@
-"""Alembic environment for the saga tables (PostgreSQL and SQLite share one tree)."""
+"""Alembic environment for the saga tables (PostgreSQL and SQLite share one tree).
+
+The revision lives in its own version table, ``sagas_alembic_version`` (in the schema
+``database_schema`` names, default the connection's), so a project's own Alembic migrations in
+the same database keep ``alembic_version`` to themselves.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,18 @@ from sqlalchemy import Connection
 
 from sagas.settings import Settings
 from sagas.store.engine import make_engine
+from sagas.store.migrate import VERSION_TABLE, VERSION_TABLE_SCHEMA
 from sagas.store.schema import Base
 
 config = context.config
 target_metadata = Base.metadata
+
+
+def _version_table_schema() -> str | None:
+    if VERSION_TABLE_SCHEMA in config.attributes:  # given by sagas.store.migrate.upgrade
+        schema: str | None = config.attributes[VERSION_TABLE_SCHEMA]
+        return schema
+    return Settings().database_schema
 
 
 def _run(connection: Connection) -> None:
@@ -19,6 +32,8 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        version_table=VERSION_TABLE,
+        version_table_schema=_version_table_schema(),
     )
     with context.begin_transaction():
         context.run_migrations()

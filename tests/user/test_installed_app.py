@@ -1,0 +1,230 @@
+"""A team's own Celery project, set up the way the README says: its app calls
+``sagas.install(app, modules=[...])``, settings live in ``app.conf``, and a real ``celery worker``
+(with embedded beat) runs its saga. No servers: a ``filesystem://`` broker and a SQLite store in
+a temporary directory, so nothing here shares state with the other tiers.
+
+What this guards: the coordinator queue comes from the app's configuration for every engine
+task (``start_saga.delay`` lands where the worker listens), the sweeper is scheduled by
+``install``, saga modules are imported by name, a worker without a sweeper says so, and the
+public reading API (``sagas.get``/``wait``) works from the caller's process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SAGAS_MODULE = """
+from pydantic import BaseModel
+from sagas import PermanentError, Saga, StepContext
+
+class Order(BaseModel):
+    order_id: str
+    declined: bool = False
+
+shop_order = Saga("shop_order", payload=Order)
+RELEASED = []
+
+def release(ctx: StepContext[Order]) -> None:
+    RELEASED.append(ctx.saga_id)
+
+@shop_order.step(queue="shop", timeout=10, compensation=release)
+def reserve(ctx: StepContext[Order]) -> dict:
+    return {"reserved": ctx.payload.order_id}
+
+@shop_order.step(queue="shop", timeout=10, compensation=None)
+def charge(ctx: StepContext[Order]) -> dict:
+    if ctx.payload.declined:
+        raise PermanentError("card declined")
+    return {"charged": ctx.payload.order_id}
+"""
+
+CELERY_MODULE = """
+import os
+from celery import Celery
+import sagas
+
+root = os.environ["SHOP_ROOT"]
+app = Celery("shop")
+app.conf.update(
+    broker_url="filesystem://",
+    broker_transport_options={
+        "data_folder_in": os.path.join(root, "broker"),
+        "data_folder_out": os.path.join(root, "broker"),
+        "processed_folder": os.path.join(root, "processed"),
+        "store_processed": False,
+        "polling_interval": 0.05,
+    },
+    task_serializer="json",
+    accept_content=["json"],
+    sagas_database_url="sqlite:///" + os.path.join(root, "sagas.db"),
+    sagas_coordinator_queue="shop-coordinator",
+    sagas_sweep_interval=0.5,
+)
+sagas.install(app, modules=["shop_sagas"], beat=os.environ.get("SHOP_BEAT", "1") == "1")
+"""
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    (tmp_path / "shop_sagas.py").write_text(textwrap.dedent(SAGAS_MODULE))
+    (tmp_path / "shop_celery.py").write_text(textwrap.dedent(CELERY_MODULE))
+    for folder in ("broker", "processed"):
+        (tmp_path / folder).mkdir()
+    return tmp_path
+
+
+def _env(project: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGAS_", "CELERY_"))}
+    env.update(SHOP_ROOT=str(project), PYTHONPATH=str(project), **extra)
+    return env
+
+
+def _python(project: Path, code: str, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=project,
+        env=_env(project, **extra),
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+
+
+@pytest.fixture
+def worker(project: Path) -> Iterator[subprocess.Popen[str]]:
+    migrate = _python(
+        project,
+        """
+        import shop_celery, sagas
+        from sagas.store.migrate import upgrade
+        upgrade(sagas.get_runtime().store.engine)
+        """,
+    )
+    assert migrate.returncode == 0, migrate.stderr
+    proc = _celery_worker(project)
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+
+
+def _celery_worker(project: Path, **extra: str) -> subprocess.Popen[str]:
+    log = (project / "worker.log").open("w")
+    argv = ["worker", "-B", "-s", str(project / "beat-schedule"), "-Q", "shop-coordinator,shop"]
+    argv += ["-P", "threads", "-c", "2", "--loglevel", "INFO"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "shop_celery", *argv],
+        cwd=project,
+        env=_env(project, **extra),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    proc.stdout_path = log.name  # type: ignore[attr-defined]
+    return proc
+
+
+def _stop(proc: subprocess.Popen[str]) -> str:
+    """Stop the worker (by its process group) and return what it logged."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return _log(proc)
+
+
+def _log(proc: subprocess.Popen[str]) -> str:
+    return Path(proc.stdout_path).read_text()  # type: ignore[attr-defined]
+
+
+def test_a_saga_completes_and_one_compensates_on_the_installed_app(
+    project: Path, worker: subprocess.Popen[str]
+) -> None:
+    result = _python(
+        project,
+        """
+        import shop_celery, sagas
+        from sagas import start_saga
+        start_saga.delay("shop_order", {"order_id": "o-1"}, saga_id="o-1")
+        start_saga.delay("shop_order", {"order_id": "o-2", "declined": True}, saga_id="o-2")
+        for sid in ("o-1", "o-2"):
+            info = sagas.wait(sid, timeout=60)
+            print(sid, info.state.value, [(s.name, s.state.value) for s in info.steps])
+        """,
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + _stop(worker)[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0] == "o-1 completed [('reserve', 'succeeded'), ('charge', 'succeeded')]"
+    assert lines[1] == "o-2 failed [('reserve', 'compensated'), ('charge', 'failed')]"
+
+
+def test_routes_queues_and_the_sweeper_come_from_install(project: Path) -> None:
+    result = _python(
+        project,
+        """
+        import shop_celery
+        from shop_celery import app
+        from sagas import get_runtime
+        entry = app.conf.beat_schedule["sagas-sweep"]
+        print(entry["task"], entry["schedule"], entry["options"]["queue"])
+        print(app.amqp.router.route({}, "sagas.start_saga")["queue"].name)
+        print(get_runtime().settings.coordinator_queue, get_runtime().app is app)
+        print("saga.shop_order.reserve" in app.tasks, "saga.shop_order.reserve.compensate" in app.tasks)
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "sagas.sweep 0.5 shop-coordinator",
+        "shop-coordinator",
+        "shop-coordinator True",
+        "True True",
+    ]
+
+
+def test_a_worker_without_the_sweeper_says_so(project: Path) -> None:
+    proc = _celery_worker(project, SHOP_BEAT="0")
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and "ready." not in _log(proc):
+            assert proc.poll() is None, _log(proc)[-3000:]
+            time.sleep(0.2)
+    finally:
+        output = _stop(proc)
+    assert "ready." in output, output[-3000:]  # the check ran at start, before taking work
+    assert "worker: no sagas.sweep entry in beat_schedule" in output, output[-3000:]
+
+
+def test_a_saga_module_that_fails_to_import_is_named(project: Path) -> None:
+    (project / "shop_sagas.py").write_text("raise RuntimeError('typo in the saga module')\n")
+    result = _python(project, "import shop_celery")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "sagas.errors.ConfigurationError: saga module 'shop_sagas' failed to import: "
+        "RuntimeError: typo in the saga module"
+    )
+
+
+def test_a_setting_of_the_wrong_type_is_named(project: Path) -> None:
+    text = (project / "shop_celery.py").read_text()
+    (project / "shop_celery.py").write_text(
+        text.replace("sagas_sweep_interval=0.5", 'sagas_sweep_interval="soon"')
+    )
+    result = _python(project, "import shop_celery")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sagas.errors.ConfigurationError: setting sagas_sweep_interval")
