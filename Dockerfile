@@ -6,13 +6,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    # celeryconfig.py sits at the project root, outside the installed packages.
-    PYTHONPATH=/app
+    # celeryconfig.py and workers/ (the deployment) sit at the project root, outside the
+    # installed package; saga retry/cancel publish with the example app.
+    PYTHONPATH=/app \
+    SAGAS_CELERY_APP=workers.app
 
 WORKDIR /app
 
 # Dependencies first (cached while only the code changes), then the code.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY sagas ./sagas
 COPY workers ./workers
 COPY celeryconfig.py alembic.ini ./

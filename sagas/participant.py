@@ -7,19 +7,21 @@ Celery task in ``sagas.tasks`` sends the reply.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from . import coordinator
 from .context import step_context
 from .definition import Saga, StepDef, StepFn
 from .errors import PermanentError, SagaInputError, StoreError, TransientError
-from .machine import ErrorInfo, is_open_attempt
+from .machine import Decision, ErrorInfo, is_open_attempt
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, saga_context
 from .payload import check_json
 from .runtime import Runtime
-from .state import Action
+from .state import Action, HistoryKind
 from .store import Snapshot
 
 log = get_logger("sagas.participant")
@@ -55,25 +57,45 @@ def run_step(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """An attempt this worker ran and what the saga decided about it (what task events show)."""
+
+    command: StepCommand
+    reply: StepReply
+    retried: bool | None  # a retry was scheduled; None: not known here (settled by message)
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    unsent: StepReply | None  # the reply still to send by message, if any
+    retried: bool | None  # for the caller's own reply, as ``Attempt.retried``
+    inline: tuple[Attempt, ...] = ()  # the steps run here after it, in order
+
+
 def settle_locally(
     rt: Runtime,
     saga: Saga[Any],
     reply: StepReply,
     local_queue: Callable[[str], bool],
     snapshot: Snapshot | None = None,
-) -> StepReply | None:
+) -> Settled:
     """Apply ``reply``'s transition here; run following steps on local queues inline.
 
     Starts from ``snapshot`` (the saga as read before the step ran) when given, and carries the
     snapshot each transition wrote into the next inline step's transition: a step costs one
-    write when nothing else touched the saga meanwhile. Returns None when everything was
-    settled, or the reply still to send by message (the store is unreachable from this
-    worker, or it does not know the saga).
+    write when nothing else touched the saga meanwhile. ``Settled.unsent`` is None when
+    everything was settled, or the reply still to send by message (the store is unreachable
+    from this worker, or it does not know the saga).
     """
 
     def claim(step: StepDef, action: Action) -> bool:
         return step.fn_for(action) is not None and local_queue(step.queue_for(action))
 
+    first: bool | None = None
+    done: list[Attempt] = []
+    pending: tuple[StepCommand, float] | None = None
     while True:
         try:
             applied = coordinator.handle_reply(reply, rt=rt, claim=claim, snapshot=snapshot)
@@ -83,13 +105,26 @@ def settle_locally(
                 reply.describe(),
                 escape(type(exc).__name__),
             )
-            return reply
+            applied = None
+        retried = None if applied is None else _retry_scheduled(applied.decision, reply)
+        if pending is None:
+            first = retried
+        else:
+            done.append(Attempt(pending[0], reply, retried, pending[1]))
         if applied is None:
-            return reply
+            return Settled(reply, first, tuple(done))
         if not applied.claimed:
-            return None
+            return Settled(None, first, tuple(done))
         command, snapshot = applied.claimed[0], applied.snapshot
+        began = time.monotonic()
         reply = run_claimed(saga, command)
+        pending = (command, time.monotonic() - began)
+
+
+def _retry_scheduled(decision: Decision, reply: StepReply) -> bool:
+    return not reply.ok and any(
+        h.kind is HistoryKind.RETRY_SCHEDULED and h.step == reply.step for h in decision.history
+    )
 
 
 def run_claimed(saga: Saga[Any], command: StepCommand) -> StepReply:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
+from celery.exceptions import Retry
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -31,7 +32,15 @@ from .definition import Saga, StepDef, get_orchestrated, on_step_declared, orche
 from .errors import SagaInputError, StoreUnavailable
 from .messages import StepCommand, StepReply
 from .observability import SagaContextFilter, escape, get_logger, metrics, saga_context
-from .participant import open_snapshot, run_claimed, run_step, settle_locally, still_open
+from .participant import (
+    Attempt,
+    Settled,
+    open_snapshot,
+    run_claimed,
+    run_step,
+    settle_locally,
+    still_open,
+)
 from .runtime import Runtime, current_runtime, get_runtime
 from .state import Action
 from .store import Snapshot
@@ -44,6 +53,8 @@ from .transport import (
     SWEEP_TASK,
     WAKE_TASK,
     CeleryApp,
+    InlineTask,
+    announce_inline,
     consumed_queues,
     send_reply,
 )
@@ -252,10 +263,12 @@ def _run_inline(
     """Run a step this task claimed, settle it here, reply by message if that fails."""
     reply = run_claimed(saga, command)
     faults.hit("participant.after_effect")
-    unsent = settle_locally(rt, saga, reply, _local_queues(app, rt), snapshot)
-    if unsent is not None:
+    settled = settle_locally(rt, saga, reply, _local_queues(app, rt), snapshot)
+    if settled.unsent is not None:
         faults.hit("participant.before_reply")
-        send_reply(app, unsent, command.correlation_id, rt.settings.coordinator_queue)
+        send_reply(app, settled.unsent, command.correlation_id, rt.settings.coordinator_queue)
+    inline = (Attempt(command, reply, settled.retried), *settled.inline)
+    _announce(app, saga, inline)
 
 
 def _local_queues(app: CeleryApp, rt: Runtime) -> Callable[[str], bool]:
@@ -334,15 +347,59 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
             return
         reply = run_step(saga, step, fn, parsed)
         faults.hit("participant.after_effect")
-        unsent: StepReply | None = reply
+        settled = Settled(reply, None)
         if rt.settings.local_transitions:
-            unsent = settle_locally(rt, saga, reply, _local_queues(self.app, rt), snapshot)
-        if unsent is not None:
+            settled = settle_locally(rt, saga, reply, _local_queues(self.app, rt), snapshot)
+        if settled.unsent is not None:
             faults.hit("participant.before_reply")
-            send_reply(self.app, unsent, parsed.correlation_id, rt.settings.coordinator_queue)
+            send_reply(
+                self.app, settled.unsent, parsed.correlation_id, rt.settings.coordinator_queue
+            )
+        _announce(self.app, saga, settled.inline)
+        _outcome_for_celery(reply, settled.retried)
 
     run.__name__ = run.__qualname__ = task_name.replace(".", "_")
-    shared_task(name=task_name, bind=True, **RELIABLE)(run)
+    shared_task(name=task_name, bind=True, throws=(StepAttemptFailed,), **RELIABLE)(run)
+
+
+class StepAttemptFailed(Exception):
+    """Raised by a step task after the saga recorded a failed attempt, so Celery (Flower,
+    ``celery events``) shows the task as FAILURE instead of SUCCESS. Expected (``throws``):
+    logged without a traceback; the message is acknowledged like any finished task."""
+
+
+def _outcome_for_celery(reply: StepReply, retried: bool | None) -> None:
+    """Let the task's Celery state tell the truth once the saga recorded the attempt: FAILURE
+    for a failed attempt, RETRY when the saga scheduled another (the saga's timer sends it, so
+    Celery's ``Retry`` here publishes nothing)."""
+    if reply.ok:
+        return
+    error = f"{reply.error_type}: {reply.error_message}"
+    if retried if retried is not None else reply.retryable:
+        message = f"attempt {reply.attempt} failed, the saga retries it"
+        raise Retry(message, StepAttemptFailed(error))
+    raise StepAttemptFailed(error)
+
+
+def _announce(app: CeleryApp, saga: Saga[Any], attempts: tuple[Attempt, ...]) -> None:
+    """Task events for the steps this task ran inline (they have no message of their own)."""
+    if attempts:
+        announce_inline(
+            app,
+            [
+                InlineTask(
+                    name=saga.step_def(a.command.step).task_name(a.command.action),
+                    describe=a.command.describe(),
+                    attempt=a.command.attempt,
+                    ok=a.reply.ok,
+                    retried=bool(a.retried if a.retried is not None else a.reply.retryable),
+                    error=f"{a.reply.error_type}: {a.reply.error_message}",
+                    result=a.reply.result,
+                    seconds=a.seconds,
+                )
+                for a in attempts
+            ],
+        )
 
 
 # -- startup checks and log context for an installed app --------------------------------------

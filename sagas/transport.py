@@ -8,7 +8,9 @@ queues this worker consumes. ``sagas.tasks`` is the inbound door: every task rec
 
 from __future__ import annotations
 
+import uuid as _uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from celery import Signature
@@ -44,6 +46,9 @@ class CeleryApp(Protocol):
 
     @property
     def conf(self) -> Any: ...
+
+    @property
+    def events(self) -> Any: ...
 
     def send_task(self, name: str, *args: Any, **options: Any) -> Any: ...
 
@@ -149,6 +154,53 @@ def send_wake(app: CeleryApp, saga_id: str, countdown: float, coordinator_queue:
 def send_escalation(app: CeleryApp, task: str, kwargs: dict[str, Any]) -> None:
     """The operator's own escalation task (``SAGAS_ESCALATION_TASK``)."""
     app.send_task(task, kwargs=kwargs)
+
+
+# -- task events for steps run inline (Flower shows them like any task) -------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InlineTask:
+    name: str  # the step's task name, as if it had been sent
+    describe: str  # what Flower shows as args: saga, id, step, attempt
+    attempt: int
+    ok: bool
+    retried: bool  # failed, and the saga scheduled another attempt
+    error: str
+    result: Any
+    seconds: float
+
+
+def announce_inline(app: CeleryApp, tasks: list[InlineTask]) -> None:
+    """Send received/started/succeeded|failed|retried task events for steps a worker ran in
+    the same task as another (no message of their own, so Celery sent no events for them).
+    Only when the app sends task events (``worker_send_task_events``), as Flower needs."""
+    if not app.conf.worker_send_task_events:
+        return
+    with app.events.default_dispatcher() as dispatcher:
+        for t in tasks:
+            uuid = str(_uuid.uuid4())
+            dispatcher.send(
+                "task-received",
+                uuid=uuid,
+                name=t.name,
+                args=t.describe,
+                kwargs="{}",
+                retries=t.attempt - 1,
+                eta=None,
+                expires=None,
+                root_id=uuid,
+                parent_id=None,
+            )
+            dispatcher.send("task-started", uuid=uuid)
+            if t.ok:
+                dispatcher.send(
+                    "task-succeeded", uuid=uuid, result=repr(t.result)[:200], runtime=t.seconds
+                )
+            elif t.retried:
+                dispatcher.send("task-retried", uuid=uuid, exception=t.error[:500], traceback="")
+            else:
+                dispatcher.send("task-failed", uuid=uuid, exception=t.error[:500], traceback="")
 
 
 # -- the choreography event bus -----------------------------------------------------------------

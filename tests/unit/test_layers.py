@@ -86,16 +86,27 @@ LAYERS: list[tuple[str, set[str]]] = [
             "cli",
         },
     ),
+    # Framework integrations (sagas.contrib.*): edges a Django or Flask project calls. Above the
+    # examples layer only because that is where ``cli`` lives, and the ``flask saga`` command
+    # reuses it; nothing in the package imports them.
+    (
+        "integrations",
+        {"contrib", "contrib.flask"},
+    ),
 ]
 LAYER_OF = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
 
 # Third-party libraries that live behind one door each (the examples are user code: they use
 # SQLAlchemy for their own databases and Celery for a plain task, as a user's services would).
 DOORS = {
-    "sqlalchemy": lambda m: m.startswith("store"),
+    # contrib.flask: the after-commit hook listens on the caller's SQLAlchemy session, and steps
+    # get the Flask app context from Celery's task_prerun/task_postrun signals.
+    "sqlalchemy": lambda m: m.startswith("store") or m == "contrib.flask",
     "alembic": lambda m: m.startswith("store"),
-    "celery": lambda m: m in {"tasks", "transport", "testing"},
+    "celery": lambda m: m in {"tasks", "transport", "testing", "contrib.flask"},
     "kombu": lambda m: m in {"transport"},
+    "flask": lambda m: m == "contrib.flask",
+    "flask_sqlalchemy": lambda m: m == "contrib.flask",
 }
 
 

@@ -1,0 +1,1 @@
+"""Integrations with web frameworks (Django, Flask): each imports its framework only here."""
