@@ -16,12 +16,13 @@ from typing import Any, TypeVar
 import click
 
 from . import coordinator, report
+from .doctor import run as doctor_checks
 from .errors import SagaError, StoreError
 from .examples.demo import run_embedded
 from .install import configure
 from .observability import escape
 from .payload import check_saga_id
-from .runtime import Runtime
+from .runtime import Runtime, current_runtime
 from .settings import Settings
 from .state import SagaState
 from .store import Store
@@ -186,7 +187,7 @@ def dlq_retry(saga_id: str, reason: str, app_path: str | None) -> None:
     click.echo(f"saga {saga_id}: compensation re-dispatched")
 
 
-def _operator_runtime(app_path: str | None) -> Runtime:
+def _operator_runtime(app_path: str | None, *, ping: bool = True) -> Runtime:
     """The runtime operator commands publish with: the user's own Celery app."""
     if not app_path:
         raise SagaError(
@@ -199,7 +200,32 @@ def _operator_runtime(app_path: str | None) -> Runtime:
         app = getattr(importlib.import_module(module), attr or "app")
     except (ImportError, AttributeError) as exc:
         raise SagaError(f"--app {app_path!r}: {type(exc).__name__}: {exc}") from exc
-    return configure(settings=Settings(), store=_store(), app=app)
+    installed = current_runtime()
+    if installed is not None and installed.app is app:
+        return installed  # the app called sagas.install: its settings (app.conf) hold
+    settings = Settings()
+    store = _store() if ping else Store(settings.database_url_sqlalchemy)
+    return configure(settings=settings, store=store, app=app)
+
+
+@main.command()
+@_APP_OPTION
+@_one_line_errors
+def doctor(app_path: str | None) -> None:
+    """Check the deployment: store migrated, broker reachable, queues consumed, sweeper running.
+
+    Exit status 1 if any check fails (each failure is one line saying what is wrong)."""
+    if app_path:
+        rt = _operator_runtime(app_path, ping=False)
+        settings, store, app = rt.settings, rt.store, rt.celery
+    else:
+        settings, app = Settings(), None
+        store = Store(settings.database_url_sqlalchemy)
+    checks = doctor_checks(settings, store, app)
+    for check in checks:
+        click.echo(check.line())
+    if any(c.ok is False for c in checks):
+        sys.exit(1)
 
 
 @main.group()

@@ -50,6 +50,11 @@ class CeleryApp(Protocol):
     @property
     def events(self) -> Any: ...
 
+    @property
+    def control(self) -> Any: ...
+
+    def connection_for_write(self) -> Any: ...
+
     def send_task(self, name: str, *args: Any, **options: Any) -> Any: ...
 
 
@@ -62,6 +67,18 @@ def current_app() -> CeleryApp:
 def coordinator_queue(name: str) -> Queue:
     """The coordinator's durable queue (direct exchange of the same name, Celery's default)."""
     return Queue(name, Exchange(name, type="direct"), routing_key=name, durable=True)
+
+
+def broker_reachable(app: CeleryApp, timeout: float = 5.0) -> None:
+    """Connect to the app's broker once; raises the transport's error if it cannot."""
+    with app.connection_for_write() as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+
+
+def queues_consumed(app: CeleryApp, timeout: float = 2.0) -> dict[str, set[str]]:
+    """Queues each running worker consumes (``celery inspect active_queues``), by worker."""
+    replies = app.control.inspect(timeout=timeout).active_queues() or {}
+    return {worker: {q["name"] for q in queues} for worker, queues in replies.items()}
 
 
 def headers(correlation_id: str, saga_id: str) -> dict[str, str]:

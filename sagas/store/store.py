@@ -184,6 +184,17 @@ class Store:
                 found.append((record, why))
             return found
 
+    def oldest_overdue(self) -> float | None:
+        """Seconds the most overdue timer has been due (None: none due). A sweeper that runs
+        keeps this under a few of its periods."""
+        with self._connect() as conn:
+            now = db_now(conn, self.is_postgres)
+            oldest = conn.execute(
+                select(func.min(saga_table.c.wake_at)).where(saga_table.c.wake_at <= now)
+            ).scalar_one()
+        due = utc(oldest)
+        return None if due is None else (now - due).total_seconds()
+
     def stats(self, *, unsent_grace: float) -> dict[str, Any]:
         """Store-wide gauges: sagas by (name, state), parked, due timers, unsent outboxes and the
         age of the oldest active saga (database clock). One scan of the saga table."""

@@ -63,6 +63,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "sweeper",
             "starter",
             "query",
+            "doctor",
             "report",
         },
     ),

@@ -228,3 +228,51 @@ def test_a_setting_of_the_wrong_type_is_named(project: Path) -> None:
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("sagas.errors.ConfigurationError: setting sagas_sweep_interval")
+
+
+def _saga(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = _env(project, SAGAS_DATABASE_URL=f"sqlite:///{project / 'sagas.db'}")
+    saga = str(Path(sys.executable).with_name("saga"))
+    return subprocess.run(
+        [saga, *args], cwd=project, env=env, capture_output=True, text=True, timeout=90
+    )
+
+
+def test_doctor_passes_on_a_running_deployment(
+    project: Path, worker: subprocess.Popen[str]
+) -> None:
+    deadline = time.monotonic() + 60
+    while "ready." not in _log(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    out = _saga(project, "doctor", "--app", "shop_celery")
+    assert out.returncode == 0, out.stdout + out.stderr
+    lines = [line.split(":")[0] for line in out.stdout.splitlines()]
+    assert lines == [
+        "ok    store",
+        "ok    broker",
+        "ok    queue shop",
+        "ok    queue shop-coordinator",
+        "ok    sweeper",
+    ], out.stdout
+
+
+def test_doctor_names_what_is_missing(project: Path, worker: subprocess.Popen[str]) -> None:
+    _stop(worker)  # nobody consumes the queues now
+    out = _saga(project, "doctor", "--app", "shop_celery")
+    assert out.returncode == 1
+    failed = [line for line in out.stdout.splitlines() if line.startswith("FAIL")]
+    assert failed == [
+        "FAIL  queue shop: no running worker consumes it (shop_order)",
+        "FAIL  queue shop-coordinator: no running worker consumes it (the coordinator)",
+    ], out.stdout
+    fresh = project / "other.db"
+    unmigrated = subprocess.run(
+        [str(Path(sys.executable).with_name("saga")), "doctor"],
+        cwd=project,
+        env=_env(project, SAGAS_DATABASE_URL=f"sqlite:///{fresh}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert unmigrated.returncode == 1
+    assert unmigrated.stdout.splitlines()[0].endswith("not 0003: run saga db upgrade")
