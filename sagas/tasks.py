@@ -126,7 +126,11 @@ def _first_local_step(saga: Saga[Any]) -> StepDef | None:
     return first if first is not None and first.fn is not None and first.task is None else None
 
 
-@shared_task(name=START_TASK, bind=True, **{**COORDINATOR, "base": _StartSagaTask})
+# The result is kept when the app has a result backend: ``start_saga.delay(...).get()`` returns
+# the saga id, or raises the typed error (SagaConflict, PayloadInvalid...) the coordinator hit.
+@shared_task(
+    name=START_TASK, bind=True, **{**COORDINATOR, "base": _StartSagaTask, "ignore_result": False}
+)
 def start_saga(
     self: Task,
     name: str,

@@ -65,6 +65,7 @@ app.conf.update(
     },
     task_serializer="json",
     accept_content=["json"],
+    result_backend="file://" + os.path.join(root, "results"),
     sagas_database_url="sqlite:///" + os.path.join(root, "sagas.db"),
     sagas_coordinator_queue="shop-coordinator",
     sagas_sweep_interval=0.5,
@@ -77,7 +78,7 @@ sagas.install(app, modules=["shop_sagas"], beat=os.environ.get("SHOP_BEAT", "1")
 def project(tmp_path: Path) -> Path:
     (tmp_path / "shop_sagas.py").write_text(textwrap.dedent(SAGAS_MODULE))
     (tmp_path / "shop_celery.py").write_text(textwrap.dedent(CELERY_MODULE))
-    for folder in ("broker", "processed"):
+    for folder in ("broker", "processed", "results"):
         (tmp_path / folder).mkdir()
     return tmp_path
 
@@ -170,6 +171,32 @@ def test_a_saga_completes_and_one_compensates_on_the_installed_app(
     lines = result.stdout.splitlines()
     assert lines[0] == "o-1 completed [('reserve', 'succeeded'), ('charge', 'succeeded')]"
     assert lines[1] == "o-2 failed [('reserve', 'compensated'), ('charge', 'failed')]"
+
+
+def test_start_saga_results_carry_the_id_or_the_typed_error(
+    project: Path, worker: subprocess.Popen[str]
+) -> None:
+    """With a result backend, ``start_saga.delay(...).get()`` is the saga id, or raises the
+    error the coordinator hit (a conflict cannot be seen in the caller: it needs the store)."""
+    result = _python(
+        project,
+        """
+        import shop_celery
+        from sagas import SagaConflict, start_saga
+        first = start_saga.delay("shop_order", {"order_id": "o-9"}, saga_id="o-9")
+        print(first.get(timeout=60))
+        again = start_saga.delay("shop_order", {"order_id": "o-10"}, saga_id="o-9")
+        try:
+            again.get(timeout=60)
+        except SagaConflict as exc:
+            print("conflict", exc)
+        """,
+    )
+    assert result.returncode == 0, result.stderr[-3000:] + _stop(worker)[-3000:]
+    assert result.stdout.splitlines() == [
+        "o-9",
+        "conflict saga id 'o-9' already exists as a 'shop_order' saga with a different payload",
+    ]
 
 
 def test_routes_queues_and_the_sweeper_come_from_install(project: Path) -> None:
