@@ -290,12 +290,10 @@ def republish(saga_id: str, grace: float, *, rt: Runtime | None = None) -> int:
     rt = rt or get_runtime()
     sent = 0
     with rt.store.transaction() as tx:
-        loaded = tx.lock(saga_id, skip_locked=True)
+        loaded = tx.lock_unsent(saga_id, grace)
         if loaded is None:
             return 0
         record, status = loaded
-        if record.outbox_at is None or (tx.now() - record.outbox_at).total_seconds() < grace:
-            return 0
         if record.kind is not SagaKind.ORCHESTRATED:
             raise DefinitionError(f"saga {saga_id!r} is {record.kind.value}, not orchestrated")
         with saga_context(

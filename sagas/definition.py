@@ -26,9 +26,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from . import registry
-from .errors import DefinitionError, UnknownSaga
+from .errors import DefinitionError
 from .machine import Plan, StepPlan
-from .registry import SagaHandle, StartOptions, lookup, registered, start_through_hook
+from .registry import SagaHandle, StartOptions, lookup_as, registered, start_through_hook
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
 from .state import Action, SagaKind
 
@@ -315,10 +315,8 @@ class Saga(Generic[P]):
 
 def get_orchestrated(name: object) -> Saga[Any]:
     """The registered orchestrated saga called ``name`` (``UnknownSaga`` if there is none)."""
-    found = lookup(name)
-    if not isinstance(found, Saga):
-        raise UnknownSaga(f"{name!r} is a choreography, not an orchestrated saga", field="name")
-    return found
+    saga: Saga[Any] = lookup_as(name, Saga, "an orchestrated saga")
+    return saga
 
 
 def orchestrated_sagas() -> dict[str, Saga[Any]]:

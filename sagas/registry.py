@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .errors import DefinitionError, SagaError, UnknownSaga
+
+T = TypeVar("T")
 
 
 class _Named(Protocol):
@@ -40,6 +42,14 @@ def lookup(name: object) -> object:
     if found is None:
         known = ", ".join(sorted(_REGISTRY)) or "none registered in this process"
         raise UnknownSaga(f"unknown saga {name!r} (known: {known})", field="name")
+    return found
+
+
+def lookup_as(name: object, kind: type[T], what: str) -> T:
+    """``lookup`` narrowed to one kind of definition; ``UnknownSaga`` names what was wanted."""
+    found = lookup(name)
+    if not isinstance(found, kind):
+        raise UnknownSaga(f"{name!r} is not {what}", field="name")
     return found
 
 

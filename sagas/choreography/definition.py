@@ -21,8 +21,8 @@ from typing import Any, ClassVar, Generic
 from pydantic import BaseModel
 
 from ..definition import NAME_RE, QUEUE_RE, REQUIRED, P, StepContext, seconds_of
-from ..errors import DefinitionError, UnknownSaga
-from ..registry import SagaHandle, StartOptions, lookup, register, start_through_hook
+from ..errors import DefinitionError
+from ..registry import SagaHandle, StartOptions, lookup_as, register, start_through_hook
 from ..retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
 from ..state import SagaKind
 
@@ -151,9 +151,7 @@ class Choreography(Generic[P]):
 
 def get_choreography(name: object) -> Choreography[Any]:
     """The registered choreography called ``name`` (``UnknownSaga`` if there is none)."""
-    found = lookup(name)
-    if not isinstance(found, Choreography):
-        raise UnknownSaga(f"{name!r} is not a registered choreography", field="name")
+    found: Choreography[Any] = lookup_as(name, Choreography, "a registered choreography")
     return found
 
 

@@ -157,12 +157,10 @@ def republish(saga_id: str, grace: float, *, rt: Runtime | None = None) -> int:
     """Sweeper: publish events a crashed transition committed but never sent (same ids)."""
     rt = rt or get_runtime()
     with rt.store.transaction() as tx:
-        loaded = tx.lock(saga_id, skip_locked=True)
+        loaded = tx.lock_unsent(saga_id, grace)
         if loaded is None:
             return 0
         record, status = loaded
-        if record.outbox_at is None or (tx.now() - record.outbox_at).total_seconds() < grace:
-            return 0
         choreo = _choreography(record.name)
         entries = record.outbox or []
         with saga_context(

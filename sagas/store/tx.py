@@ -99,6 +99,17 @@ class Tx:
         record = record_from_row(row)
         return record, status_from_rows(record, steps_of(self.conn, saga_id))
 
+    def lock_unsent(self, saga_id: str, grace: float) -> tuple[SagaRecord, SagaStatus] | None:
+        """Lock a saga whose outbox has waited ``grace`` seconds unsent (the sweeper's
+        re-publish); None if it is busy (``SKIP LOCKED``), gone, or has nothing overdue."""
+        loaded = self.lock(saga_id, skip_locked=True)
+        if loaded is None:
+            return None
+        record, _ = loaded
+        if record.outbox_at is None or (self.now() - record.outbox_at).total_seconds() < grace:
+            return None
+        return loaded
+
     def save(
         self,
         record: SagaRecord,
