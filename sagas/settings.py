@@ -114,7 +114,8 @@ class Settings(BaseSettings):
                 key = "broker_url" if name == "broker_url" else f"sagas_{name}"
                 value = conf.get(key)
                 if value is not None:
-                    given[name] = value
+                    # Given by its alias: the broker field reads only CELERY_BROKER_URL.
+                    given["CELERY_BROKER_URL" if name == "broker_url" else name] = value
         try:
             return cls(**given)
         except ValidationError as exc:

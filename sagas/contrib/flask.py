@@ -81,8 +81,9 @@ class Sagas:
     ) -> None:
         self.modules = tuple(modules)
         self.beat = beat
+        self._celery = celery  # given here: used by every init_app that names none
         self.app: Flask | None = None
-        self.celery: Any = celery
+        self.celery: Any = None
         self.settings: Settings | None = None
         self.runtime: Runtime | None = None
         if app is not None:
@@ -91,10 +92,14 @@ class Sagas:
     def init_app(
         self, app: Flask, *, celery: Any = None, modules: Iterable[str] | None = None
     ) -> None:
-        """Install sagas on ``celery`` (default: ``app.extensions["celery"]``, where Flask's
-        ``celery_init_app`` puts it) with settings from ``app.config``. Initialise
-        Flask-SQLAlchemy first when the saga store should default to its database."""
-        celery_app = celery if celery is not None else app.extensions.get("celery", self.celery)
+        """Install sagas on ``celery`` (default: the one given to the constructor, else
+        ``app.extensions["celery"]``, where Flask's ``celery_init_app`` puts it) with settings
+        from ``app.config``; register ``flask saga``. Initialise Flask-SQLAlchemy first when the
+        saga store should default to its database."""
+        celery_app = next(
+            (c for c in (celery, self._celery, app.extensions.get("celery")) if c is not None),
+            None,
+        )
         if celery_app is None:
             raise ConfigurationError(
                 "Sagas needs the Celery app: Sagas(app, celery=celery_app), or set "
@@ -104,6 +109,11 @@ class Sagas:
         if modules is not None:
             self.modules = tuple(modules)
         settings = Settings.from_config(_config_for(app, celery_app))
+        broker = celery_app.conf.get("broker_url")
+        if settings.broker_url is None and broker:
+            # from_config passes the broker by field name, which its alias (CELERY_BROKER_URL)
+            # does not accept: take it from the Celery app here.
+            settings = settings.model_copy(update={"broker_url": str(broker)})
         self.runtime = install(celery_app, modules=self.modules, settings=settings, beat=self.beat)
         self.app, self.celery, self.settings = app, celery_app, settings
         _contexts.bind(celery_app, app)
@@ -135,9 +145,9 @@ class Sagas:
 
 def _config_for(app: Flask, celery_app: Any) -> dict[str, Any]:
     """What ``Settings.from_config`` reads: ``SAGAS_<NAME>`` from the Flask config, else the
-    Celery app's ``sagas_<name>``; the broker from the Celery app; the store from
-    Flask-SQLAlchemy when no ``SAGAS_DATABASE_URL`` is given."""
-    given: dict[str, Any] = {"broker_url": celery_app.conf.get("broker_url")}
+    Celery app's ``sagas_<name>``; the store from Flask-SQLAlchemy when no
+    ``SAGAS_DATABASE_URL`` is given."""
+    given: dict[str, Any] = {}
     for name in Settings.model_fields:
         if name == "broker_url":
             continue

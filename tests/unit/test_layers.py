@@ -88,11 +88,24 @@ LAYERS: list[tuple[str, set[str]]] = [
         },
     ),
     # Framework integrations (sagas.contrib.*): edges a Django or Flask project calls. Above the
-    # examples layer only because that is where ``cli`` lives, and the ``flask saga`` command
-    # reuses it; nothing in the package imports them.
+    # examples layer only because that is where ``cli`` lives, and the ``flask saga`` and
+    # ``manage.py saga`` commands reuse it; nothing in the package imports them.
     (
         "integrations",
-        {"contrib", "contrib.flask"},
+        {
+            "contrib",
+            "contrib.flask",
+            "contrib.django",
+            "contrib.django.conf",
+            "contrib.django.start",
+            "contrib.django.apps",
+            "contrib.django.models",
+            "contrib.django.admin",
+            "contrib.django.cli",
+            "contrib.django.management",
+            "contrib.django.management.commands",
+            "contrib.django.management.commands.saga",
+        },
     ),
 ]
 LAYER_OF = {module: i for i, (_, modules) in enumerate(LAYERS) for module in modules}
@@ -108,6 +121,7 @@ DOORS = {
     "kombu": lambda m: m in {"transport"},
     "flask": lambda m: m == "contrib.flask",
     "flask_sqlalchemy": lambda m: m == "contrib.flask",
+    "django": lambda m: m == "contrib.django" or m.startswith("contrib.django."),
 }
 
 

@@ -125,3 +125,27 @@ def test_settings_are_frozen() -> None:
     s = Settings()
     with pytest.raises(ValidationError):
         s.coordinator_queue = "other"  # type: ignore[misc]
+
+
+def test_settings_from_a_celery_config_take_its_keys_before_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SAGAS_SWEEP_INTERVAL", "9")
+    monkeypatch.setenv("SAGAS_COORDINATOR_QUEUE", "from-env")
+    settings = Settings.from_config(
+        {"broker_url": "redis://127.0.0.1:6379/3", "sagas_sweep_interval": 2}
+    )
+    assert settings.broker_url == "redis://127.0.0.1:6379/3"
+    assert settings.sweep_interval == 2.0  # the app's config wins
+    assert settings.coordinator_queue == "from-env"  # the environment fills the rest
+
+
+def test_a_wrong_setting_in_a_celery_config_is_named_and_its_password_masked() -> None:
+    from sagas.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match=r"setting sagas_sweep_interval") as bad:
+        Settings.from_config({"sagas_sweep_interval": "soon"})
+    assert bad.value.setting == "sweep_interval"
+    with pytest.raises(ConfigurationError) as url:
+        Settings.from_config({"sagas_database_url": "no-scheme:pw@secret"})
+    assert url.value.setting == "database_url"

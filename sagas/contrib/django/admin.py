@@ -20,6 +20,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.db.models import Q
 from django.template import engines
 from django.template.backends.django import DjangoTemplates
 from django.template.response import TemplateResponse
@@ -138,7 +139,7 @@ def _history(obj: Saga) -> Any:
 class SagaAdmin(admin.ModelAdmin):  # type: ignore[misc]
     list_display = ("id", "name", "state", "parked", "correlation_id", "created_at", "finished_at")
     list_filter = ("state", "name", "created_at", "kind", "parked")
-    search_fields = ("=id", "=correlation_id")
+    search_fields = ("=id", "=correlation_id")  # the search box; matched by get_search_results
     search_help_text = "Exact saga id or correlation id."
     show_full_result_count = False
     list_per_page = 50
@@ -169,6 +170,13 @@ class SagaAdmin(admin.ModelAdmin):  # type: ignore[misc]
         ),
     ]
     readonly_fields = ("failure_text", "steps_table", "history_table", "payload_text")
+
+    def get_search_results(self, request: Any, queryset: Any, search_term: str) -> Any:
+        # Exact matches only (the primary key and ix_saga_correlation_id), not "=" (iexact).
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        return queryset.filter(Q(id=term) | Q(correlation_id=term)), False
 
     def has_add_permission(self, request: Any, obj: Any = None) -> bool:
         return False

@@ -29,7 +29,9 @@ from ...settings import Settings
 from ...store import Store
 from ...transport import CeleryApp, current_app
 
-SQLITE_ENGINES = frozenset({"django.db.backends.sqlite3", "django.contrib.gis.db.backends.spatialite"})
+SQLITE_ENGINES = frozenset(
+    {"django.db.backends.sqlite3", "django.contrib.gis.db.backends.spatialite"}
+)
 POSTGRES_ENGINES = frozenset(
     {"django.db.backends.postgresql", "django.contrib.gis.db.backends.postgis"}
 )
@@ -109,15 +111,11 @@ def _postgres_url(db: Mapping[str, Any]) -> str:
     elif ":" in host and not host.startswith("["):  # an IPv6 address
         host = f"[{host}]"
     options = db.get("OPTIONS") or {}
-    query.update(
-        {k: str(v) for k, v in options.items() if k in LIBPQ_OPTIONS and v is not None}
-    )
+    query.update({k: str(v) for k, v in options.items() if k in LIBPQ_OPTIONS and v is not None})
     auth = f"{user}:{password}@" if password else f"{user}@" if user else ""
     netloc = host + (f":{port}" if port else "")
     name = quote(str(db.get("NAME") or ""), safe="")
-    return f"postgresql+psycopg://{auth}{netloc}/{name}" + (
-        f"?{urlencode(query)}" if query else ""
-    )
+    return f"postgresql+psycopg://{auth}{netloc}/{name}" + (f"?{urlencode(query)}" if query else "")
 
 
 def celery_app_path() -> str | None:

@@ -68,7 +68,7 @@ class SagaStep(models.Model):  # type: ignore[misc]
     class Meta:
         managed = False
         db_table = "saga_step"
-        ordering = ("saga", "idx")
+        ordering = ("saga_id", "idx")
         verbose_name = "saga step"
 
     def __str__(self) -> str:
@@ -92,7 +92,7 @@ class SagaHistory(models.Model):  # type: ignore[misc]
     class Meta:
         managed = False
         db_table = "saga_event"
-        ordering = ("saga", "id")
+        ordering = ("saga_id", "id")
         verbose_name = "saga history record"
 
     def __str__(self) -> str:

@@ -1,0 +1,687 @@
+"""A Flask shop set up the way the README's "Add sagas to your Flask project" says: an app factory
+with Flask-SQLAlchemy, Flask's own ``celery_init_app`` and ``Sagas(app, celery=...)``; views that
+start a saga with ``start_saga_after_commit``; a real ``celery worker -B`` running the saga's
+steps inside the app context; operators using ``flask saga ...``.
+
+No servers: a ``filesystem://`` broker and one SQLite file in a temporary directory (the shop's
+database, which the saga store defaults to). Flask, Celery and the shop run in subprocesses only,
+so nothing here touches this process's sagas runtime or Celery signals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHOP_INIT = '''
+import os
+
+from celery import Celery, Task
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase
+
+from sagas.contrib.flask import Sagas
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Flask's "Background Tasks with Celery" pattern, as its docs write it."""
+
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object(app.config["CELERY"])
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app
+
+
+def create_app() -> Flask:
+    root = os.environ["SHOP_ROOT"]
+    app = Flask(__name__, instance_path=os.path.join(root, "instance"))
+    broker = os.path.join(root, "broker")
+    app.config.from_mapping(
+        SQLALCHEMY_DATABASE_URI="sqlite:///shop.db",  # in the instance folder
+        SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"timeout": 30}},
+        CELERY={
+            "broker_url": "filesystem://",
+            "broker_transport_options": {
+                "data_folder_in": broker,
+                "data_folder_out": broker,
+                "processed_folder": os.path.join(root, "processed"),
+                "store_processed": False,
+                "polling_interval": 0.05,
+            },
+            "task_serializer": "json",
+            "accept_content": ["json"],
+            "task_ignore_result": True,
+        },
+        SAGAS_COORDINATOR_QUEUE="shop-coordinator",
+        SAGAS_SWEEP_INTERVAL=0.5,
+        # The start runs step 1 (and step 2 inline) in the sagas.start_saga task, whose base is
+        # not FlaskTask: the steps' app context then comes from the Sagas extension alone.
+        SAGAS_START_ON_STEP_QUEUE=True,
+    )
+    db.init_app(app)
+    celery_app = celery_init_app(app)
+    Sagas(app, celery=celery_app, modules=["shop.sagas"])
+
+    from . import models, views
+
+    app.register_blueprint(views.bp)
+    with app.app_context():
+        db.create_all()
+    return app
+'''
+
+SHOP_MODELS = """
+from sqlalchemy.orm import Mapped, mapped_column
+
+from . import db
+
+
+class Order(db.Model):
+    id: Mapped[str] = mapped_column(primary_key=True)
+    item: Mapped[str]
+    status: Mapped[str] = mapped_column(default="new")
+
+
+class Charge(db.Model):
+    order_id: Mapped[str] = mapped_column(primary_key=True)
+    charged_by: Mapped[str]
+"""
+
+SHOP_SAGAS = """
+import os
+
+from celery import current_task
+from flask import current_app
+from pydantic import BaseModel, Field
+
+from sagas import PermanentError, RetryPolicy, Saga, StepContext, TransientError
+
+from . import db
+from .models import Charge, Order
+
+
+class OrderPayload(BaseModel):
+    order_id: str
+    item: str
+    quantity: int = Field(1, gt=0)
+    declined: bool = False
+    hold: bool = False  # the card processor answers "later" until the operator says go
+
+
+shop_order = Saga("shop_order", payload=OrderPayload)
+
+
+def _set_status(order_id: str, status: str) -> None:
+    order = db.session.get(Order, order_id)
+    order.status = status
+    db.session.commit()
+
+
+def release(ctx: StepContext[OrderPayload]) -> None:
+    _set_status(ctx.payload.order_id, f"released by {current_app.name}")
+
+
+@shop_order.step(queue="shop", timeout=20, compensation=release)
+def reserve(ctx: StepContext[OrderPayload]) -> dict:
+    _set_status(ctx.payload.order_id, "reserved")
+    return {"reserved": ctx.payload.item, "task": current_task.name}
+
+
+@shop_order.step(
+    queue="shop",
+    timeout=20,
+    compensation=None,
+    retry=RetryPolicy.build(max_attempts=5, initial=120, backoff=1, max_interval=120),
+)
+def charge(ctx: StepContext[OrderPayload]) -> dict:
+    order_id = ctx.payload.order_id
+    if ctx.payload.declined:
+        raise PermanentError("card declined")
+    if ctx.payload.hold and not os.path.exists(os.path.join(os.environ["SHOP_ROOT"], "go-" + order_id)):
+        raise TransientError("card processor says later")
+    db = current_app.extensions["sqlalchemy"]  # the app context's Flask-SQLAlchemy
+    db.session.add(Charge(order_id=order_id, charged_by=current_app.name))
+    db.session.get(Order, order_id).status = "paid"
+    db.session.commit()
+    return {"charged": order_id, "by": current_app.name, "task": current_task.name}
+"""
+
+SHOP_VIEWS = """
+from flask import Blueprint, request
+
+from sagas import SagaInputError
+from sagas.contrib.flask import start_saga_after_commit
+
+from . import db
+from .models import Order
+
+bp = Blueprint("shop", __name__)
+
+
+def _order_and_saga() -> str:
+    body = request.get_json()
+    db.session.add(Order(id=body["order_id"], item=body["item"]))
+    return start_saga_after_commit(
+        "shop_order", body, saga_id="order-" + body["order_id"],
+        correlation_id=request.headers.get("X-Request-ID"),
+    )
+
+
+@bp.post("/orders")
+def create_order():
+    saga_id = _order_and_saga()
+    db.session.commit()
+    return {"saga_id": saga_id}, 202
+
+
+@bp.post("/orders-broken")
+def create_order_then_fail():
+    _order_and_saga()
+    raise RuntimeError("the request fails after the saga was asked for")
+
+
+@bp.errorhandler(SagaInputError)
+def bad_start(exc: SagaInputError):
+    return {"error": type(exc).__name__, "field": exc.field}, 400
+"""
+
+SHOP_CELERY_APP = """
+from shop import create_app
+
+flask_app = create_app()
+celery_app = flask_app.extensions["celery"]
+"""
+
+# Imported by the driver scripts: records every task message the process publishes, and whether
+# the order's row was committed (visible to another connection) when it went out.
+SHOP_PROBE = """
+import os
+import sqlite3
+
+from celery.signals import before_task_publish
+
+PUBLISHED = []
+
+
+@before_task_publish.connect(weak=False)
+def _record(sender=None, body=None, **_):
+    kwargs = body[1] if isinstance(body, (list, tuple)) else {}
+    saga_id = kwargs.get("saga_id")
+    db = os.path.join(os.environ["SHOP_ROOT"], "instance", "shop.db")
+    with sqlite3.connect(db, timeout=30) as conn:
+        order = (saga_id or "").removeprefix("order-")
+        row = conn.execute('SELECT status FROM "order" WHERE id = ?', (order,)).fetchone()
+    PUBLISHED.append((sender, saga_id, row is not None))
+"""
+
+
+def _write_shop(root: Path) -> None:
+    shop = root / "shop"
+    shop.mkdir()
+    files = {
+        "__init__.py": SHOP_INIT,
+        "models.py": SHOP_MODELS,
+        "sagas.py": SHOP_SAGAS,
+        "views.py": SHOP_VIEWS,
+        "celery_app.py": SHOP_CELERY_APP,
+        "probe.py": SHOP_PROBE,
+    }
+    for name, text in files.items():
+        (shop / name).write_text(textwrap.dedent(text).lstrip())
+    for folder in ("broker", "processed"):
+        (root / folder).mkdir()
+
+
+def _env(root: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGAS_", "CELERY_", "FLASK_"))}
+    env.update(SHOP_ROOT=str(root), PYTHONPATH=str(root), **extra)
+    return env
+
+
+def _run(root: Path, argv: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=root, env=_env(root), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _python(root: Path, code: str) -> subprocess.CompletedProcess[str]:
+    return _run(root, [sys.executable, "-c", textwrap.dedent(code)], timeout=90)
+
+
+def _flask(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return _run(root, [sys.executable, "-m", "flask", "--app", "shop", "saga", *args])
+
+
+def _stop(proc: subprocess.Popen[str], log: Path) -> str:
+    """Stop the worker (by its process group) and return what it logged."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return log.read_text()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The shop's directory, with the saga tables created by ``flask saga db upgrade``."""
+    root = tmp_path_factory.mktemp("flask-shop")
+    _write_shop(root)
+    upgrade = _flask(root, "db", "upgrade")
+    assert upgrade.returncode == 0, upgrade.stderr
+    return root, upgrade.stdout
+
+
+@pytest.fixture(scope="module")
+def worker(shop: tuple[Path, str]) -> Iterator[Path]:
+    root, _ = shop
+    log = root / "worker.log"
+    argv = ["worker", "-B", "-s", str(root / "beat-schedule"), "-Q", "shop-coordinator,shop"]
+    argv += ["-P", "threads", "-c", "2", "--loglevel", "INFO"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "shop.celery_app", *argv],
+            cwd=root,
+            env=_env(root),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    try:
+        yield log
+    finally:
+        _stop(proc, log)
+
+
+def _last_lines(result: subprocess.CompletedProcess[str], log: Path) -> str:
+    return result.stderr[-3000:] + "\n--- worker ---\n" + log.read_text()[-3000:]
+
+
+def test_flask_saga_db_upgrade_creates_the_store_in_the_apps_database(
+    shop: tuple[Path, str],
+) -> None:
+    root, upgrade = shop
+    assert upgrade.startswith("saga store at revision ")
+    assert f"(<Store sqlite:///{root}/instance/shop.db>)" in upgrade  # Flask-SQLAlchemy's file
+    again = _flask(root, "db", "upgrade")
+    assert again.returncode == 0 and again.stdout == upgrade  # idempotent
+    assert _flask(root, "list").stdout.strip() == "no sagas"
+
+
+def test_settings_queues_and_the_sweeper_come_from_the_flask_config(
+    shop: tuple[Path, str],
+) -> None:
+    root, _ = shop
+    result = _python(
+        root,
+        """
+        from shop import create_app
+        import sagas
+        app = create_app()
+        ext = app.extensions["sagas"]
+        celery_app = app.extensions["celery"]
+        print(ext.celery is celery_app, sagas.get_runtime() is ext.runtime)
+        print(ext.settings.coordinator_queue, ext.settings.sweep_interval, ext.settings.broker_url)
+        print(celery_app.amqp.router.route({}, "sagas.start_saga")["queue"].name)
+        print(celery_app.conf.beat_schedule["sagas-sweep"]["options"]["queue"])
+        print(sorted(n for n in celery_app.tasks if n.startswith("saga.")))
+        tasks = celery_app.tasks
+        print([isinstance(tasks[n], celery_app.Task) for n in ("saga.shop_order.reserve", "sagas.start_saga", "choreography.event")])
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "True True",
+        "shop-coordinator 0.5 filesystem://",
+        "shop-coordinator",
+        "shop-coordinator",
+        "['saga.shop_order.charge', 'saga.shop_order.reserve', "
+        "'saga.shop_order.reserve.compensate']",
+        # Step tasks get Flask's FlaskTask base (shared tasks take the app's Task); the engine's
+        # tasks, which may run steps inline, and choreography handlers do not.
+        "[True, False, False]",
+    ]
+
+
+def test_orders_complete_compensate_and_a_rolled_back_request_starts_none(
+    shop: tuple[Path, str], worker: Path
+) -> None:
+    root, _ = shop
+    result = _python(
+        root,
+        """
+        import json
+        from shop import create_app, db
+        from shop.models import Charge, Order
+        from shop.probe import PUBLISHED
+        import sagas
+
+        app = create_app()
+        client = app.test_client()
+        def post(url, **body):
+            r = client.post(url, json={"item": "book", **body}, headers={"X-Request-ID": "req-" + body["order_id"]})
+            return r.status_code, r.get_json()
+        print(post("/orders", order_id="o1"))
+        print(post("/orders", order_id="o2", declined=True))
+        print(post("/orders-broken", order_id="o3"))
+        print(post("/orders", order_id="o4", quantity=0))
+        print(PUBLISHED)
+        for sid in ("order-o1", "order-o2"):
+            info = sagas.wait(sid, timeout=60)
+            print(sid, info.state.value, info.correlation_id, [(s.name, s.state.value) for s in info.steps])
+            print(json.dumps([s.result for s in info.steps]))
+        with app.app_context():
+            print(sorted((o.id, o.status) for o in db.session.scalars(db.select(Order))))
+            print([(c.order_id, c.charged_by) for c in db.session.scalars(db.select(Charge))])
+        for sid in ("order-o3", "order-o4"):
+            try:
+                sagas.get(sid)
+            except sagas.SagaNotFound as exc:
+                print(type(exc).__name__)
+        """,
+    )
+    assert result.returncode == 0, _last_lines(result, worker)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "(202, {'saga_id': 'order-o1'})"
+    assert lines[1] == "(202, {'saga_id': 'order-o2'})"
+    assert lines[2] == "(500, None)"  # the view raised: the session was rolled back
+    assert lines[3] == "(400, {'error': 'PayloadInvalid', 'field': 'payload.quantity'})"
+    # One start per committed order, each published once its row was visible to other
+    # connections (after the commit); none for the rolled-back or rejected requests.
+    assert lines[4] == (
+        "[('sagas.start_saga', 'order-o1', True), ('sagas.start_saga', 'order-o2', True)]"
+    )
+    assert lines[5] == (
+        "order-o1 completed req-o1 [('reserve', 'succeeded'), ('charge', 'succeeded')]"
+    )
+    # Both steps ran inline in the start task (not a FlaskTask) and still had the app context.
+    assert json.loads(lines[6]) == [
+        {"reserved": "book", "task": "sagas.start_saga"},
+        {"charged": "o1", "by": "shop", "task": "sagas.start_saga"},
+    ]
+    assert lines[7] == "order-o2 failed req-o2 [('reserve', 'compensated'), ('charge', 'failed')]"
+    assert json.loads(lines[8]) == [{"reserved": "book", "task": "sagas.start_saga"}, None]
+    # The step and the compensation wrote through db.session in the worker's app context.
+    assert lines[9] == "[('o1', 'paid'), ('o2', 'released by shop')]"
+    assert lines[10] == "[('o1', 'shop')]"
+    assert lines[11:] == ["SagaNotFound", "SagaNotFound"]
+
+
+def test_operator_retry_and_cancel_through_flask_saga(shop: tuple[Path, str], worker: Path) -> None:
+    root, _ = shop
+    held = _python(
+        root,
+        """
+        import time
+        from shop import create_app
+        import sagas
+
+        client = create_app().test_client()
+        for order in ("o5", "o6"):
+            assert client.post("/orders", json={"order_id": order, "item": "pen", "hold": True}).status_code == 202
+        for sid in ("order-o5", "order-o6"):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    info = sagas.get(sid)
+                except sagas.SagaNotFound:
+                    info = None
+                if info and any(h.kind == "retry_scheduled" for h in info.history):
+                    break
+                time.sleep(0.1)
+            print(sid, info.state.value, info.step("charge").state.value, info.step("charge").attempt)
+        """,
+    )
+    assert held.returncode == 0, _last_lines(held, worker)
+    assert held.stdout.splitlines() == [
+        "order-o5 pending pending 1",
+        "order-o6 pending pending 1",
+    ]
+
+    (root / "go-o5").write_text("")  # the processor is back for o5: the operator re-drives it
+    retry = _flask(root, "retry", "order-o5", "--reason", "processor back, ticket 42")
+    assert retry.returncode == 0, retry.stderr
+    assert retry.stdout.strip() == "saga order-o5: retry dispatched (pending)"
+    cancel = _flask(root, "cancel", "order-o6", "--reason", "customer called")
+    assert cancel.returncode == 0, cancel.stderr
+    assert cancel.stdout.strip() == "saga order-o6: cancelled, now compensating"
+
+    finished = _python(
+        root,
+        """
+        import json
+        from shop import create_app
+        import sagas
+
+        create_app()
+        for sid in ("order-o5", "order-o6"):
+            info = sagas.wait(sid, timeout=60)
+            operator = [(h.kind, h.detail) for h in info.history if h.kind in ("operator_retry", "cancel_requested")]
+            print(sid, info.state.value, [(s.name, s.state.value, s.attempt) for s in info.steps], operator)
+        print(json.dumps(sagas.get("order-o5").step("charge").result))
+        """,
+    )
+    assert finished.returncode == 0, _last_lines(finished, worker)
+    lines = finished.stdout.splitlines()
+    assert lines[0].startswith(
+        "order-o5 completed [('reserve', 'succeeded', 1), ('charge', 'succeeded', 2)] "
+        "[('operator_retry', {"
+    ), lines[0]
+    assert "'reason': 'processor back, ticket 42'" in lines[0]
+    assert lines[1].startswith(
+        "order-o6 failed [('reserve', 'compensated', 1), ('charge', 'failed', 1)] "
+        "[('cancel_requested', {"
+    ), lines[1]
+    assert "'reason': 'customer called'" in lines[1]
+    # The re-driven attempt ran in the step's own task (FlaskTask base plus the extension's
+    # context: nested app contexts of the same app).
+    assert json.loads(lines[2]) == {"charged": "o5", "by": "shop", "task": "saga.shop_order.charge"}
+
+    listed = _flask(root, "list", "--name", "shop_order")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[0]: line.split()[2] for line in listed.stdout.splitlines()[2:]}
+    assert rows["order-o5"] == "completed" and rows["order-o6"] == "failed"
+    shown = _flask(root, "show", "order-o5")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.startswith("saga order-o5  shop_order v1  state=completed")
+    assert "correlation=" in shown.stdout
+    assert "operator_retry" in shown.stdout and "processor back, ticket 42" in shown.stdout
+    missing = _flask(root, "show", "order-o3")
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: no saga with id 'order-o3'"
+
+
+AFTER_COMMIT = """
+from shop import create_app, db
+from shop.models import Order
+from shop.probe import PUBLISHED
+import sagas
+from sagas.contrib.flask import start_saga_after_commit
+
+app = create_app()
+
+def start(order):
+    return start_saga_after_commit("shop_order", {"order_id": order, "item": "x"}, saga_id="order-" + order)
+
+def sent():
+    found = [sid for _, sid, _ in PUBLISHED]
+    PUBLISHED.clear()
+    return found
+
+with app.app_context():
+    db.session.add(Order(id="a1", item="x")); start("a1")
+    print("before commit", sent())
+    db.session.commit()
+    print("commit", sent())
+
+    db.session.add(Order(id="a2", item="x")); start("a2")
+    db.session.rollback()
+    print("rollback", sent())
+
+    db.session.add(Order(id="a3", item="x")); start("a3")
+    savepoint = db.session.begin_nested()
+    db.session.add(Order(id="a4", item="x")); start("a4")
+    savepoint.rollback()
+    savepoint = db.session.begin_nested()
+    db.session.add(Order(id="a5", item="x")); start("a5")
+    savepoint.commit()
+    print("savepoints open", sent())
+    db.session.commit()
+    print("savepoints then commit", sent())
+
+    db.session.add(Order(id="a6", item="x"))
+    with db.session.begin_nested():
+        start("a6")
+    db.session.rollback()
+    print("released savepoint, root rolled back", sent())
+
+    db.session.add(Order(id="a7", item="x")); start("a7")
+    db.session.close()
+    db.session.add(Order(id="a8", item="x")); db.session.commit()
+    print("closed uncommitted, next commit", sent())
+
+    db.session.commit()  # ends the autobegun transaction: none in progress now
+    print("no transaction", start("a9"), sent())
+
+    for bad in ({"order_id": "b1"}, {"order_id": "b1", "item": "x", "quantity": -1}):
+        try:
+            start_saga_after_commit("shop_order", bad, saga_id="order-b1")
+        except sagas.PayloadInvalid as exc:
+            print(type(exc).__name__, exc.field)
+    for name, sid in (("no_such_saga", "s1"), ("shop_order", "bad id")):
+        try:
+            start_saga_after_commit(name, {"order_id": "b2", "item": "x"}, saga_id=sid)
+        except sagas.SagaInputError as exc:
+            print(type(exc).__name__, exc.field)
+    db.session.commit()
+    print("after the rejected starts", sent())
+"""
+
+
+def test_start_after_commit_follows_the_session_transaction(tmp_path: Path) -> None:
+    """Commit, rollback, savepoints, a close without commit and no transaction at all (no
+    worker: what matters is what is published and when)."""
+    _write_shop(tmp_path)
+    result = _python(tmp_path, AFTER_COMMIT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        "before commit []",
+        "commit ['order-a1']",
+        "rollback []",
+        "savepoints open []",
+        "savepoints then commit ['order-a3', 'order-a5']",
+        "released savepoint, root rolled back []",
+        "closed uncommitted, next commit []",
+        "no transaction order-a9 ['order-a9']",
+        "PayloadInvalid payload.item",
+        "PayloadInvalid payload.quantity",
+        "UnknownSaga name",
+        "InvalidSagaId saga_id",
+        "after the rejected starts []",
+    ]
+
+
+CONFIG_ERRORS = """
+import os
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from celery import Celery
+from sagas import ConfigurationError
+from sagas.contrib.flask import Sagas
+
+def attempt(make):
+    try:
+        make()
+        print("ok")
+    except ConfigurationError as exc:
+        print(exc.setting, "|", exc)
+
+def no_celery():
+    Sagas(Flask("a"))
+
+def db_after_sagas():
+    app = Flask("b")
+    app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite:///b.db"
+    Sagas(app, celery=Celery("b"))
+
+def in_memory():
+    app = Flask("c")
+    app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite://"
+    SQLAlchemy(app)
+    Sagas(app, celery=Celery("c"))
+
+def explicit_url():
+    app = Flask("d")
+    app.config.update(SQLALCHEMY_DATABASE_URI="sqlite://", SAGAS_DATABASE_URL="sqlite:///sagas-d.db")
+    SQLAlchemy(app)
+    print(Sagas(app, celery=Celery("d")).settings.database_url)
+
+def wrong_type():
+    app = Flask("e")
+    app.config["SAGAS_SWEEP_INTERVAL"] = "soon"
+    Sagas(app, celery=Celery("e"))
+
+def factory_twice():
+    import sagas.contrib.flask as contrib
+    ext = Sagas()
+    for name in ("f1", "f2"):
+        app = Flask(name)
+        app.extensions["celery"] = Celery(name)
+        ext.init_app(app)
+    with app.app_context():
+        print(ext.celery.main, contrib.current_celery_app is ext.celery, app.extensions["sagas"] is ext)
+    print("saga" in app.cli.commands, sorted(app.cli.commands["saga"].commands))
+    try:
+        contrib.current_celery_app
+    except AttributeError as exc:
+        print(exc)
+
+for make in (no_celery, db_after_sagas, in_memory, explicit_url, wrong_type, factory_twice):
+    attempt(make)
+"""
+
+
+def test_configuration_mistakes_are_named(tmp_path: Path) -> None:
+    result = _python(tmp_path, CONFIG_ERRORS)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("celery | Sagas needs the Celery app")
+    assert lines[1].startswith("database_url | SQLALCHEMY_DATABASE_URI is set but Flask-SQLAlchemy")
+    assert lines[2].startswith("database_url | the app's database is an in-memory SQLite")
+    assert lines[3:5] == ["sqlite:///sagas-d.db", "ok"]
+    assert lines[5].startswith(
+        "sweep_interval | setting sagas_sweep_interval / SAGAS_SWEEP_INTERVAL"
+    )
+    # An extension object made at module level, init_app'd per app (a factory called twice):
+    # each app's own Celery app from app.extensions["celery"].
+    assert lines[6:] == [
+        "f2 True True",
+        "True ['cancel', 'db', 'dlq', 'doctor', 'list', 'metrics', 'retry', 'show', 'stuck']",
+        "current_celery_app needs a Flask app context",
+        "ok",
+    ]
