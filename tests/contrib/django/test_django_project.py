@@ -1,4 +1,4 @@
-"""A Django project that already runs Celery, set up the way the README's "Add sagas to your
+"""A Django project that already runs Celery, set up the way docs/django.md's "Add sagas to your
 Django project" says: ``INSTALLED_APPS += ["sagas.contrib.django"]``, ``sagas.install`` in the
 standard ``proj/celery.py``, a ``shop`` app with ``shop/sagas.py`` and a checkout view using
 ``start_saga_on_commit``, ``manage.py saga db upgrade``, a real ``celery -A proj worker -B`` and

@@ -1,6 +1,6 @@
-"""The README's "Add sagas to your Flask project" files, written out as they are printed and run
+"""docs/flask.md's "Add sagas to your Flask project" files, written out as they are printed and run
 (in subprocesses): ``flask saga db upgrade``, then a request that starts a saga after its commit
-and one the typed error rejects. The broker is ``memory://`` (the README's ``create_app`` takes
+and one the typed error rejects. The broker is ``memory://`` (the page's ``create_app`` takes
 ``CELERY_BROKER_URL``), so no worker: ``test_flask_shop.py`` runs the same layout with one.
 """
 
@@ -14,11 +14,11 @@ import textwrap
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
-HEADING = "## Add sagas to your Flask project"
+HEADING = "# Add sagas to your Flask project"
 
 
 def readme_files() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "flask.md").read_text()
     section = text.split(HEADING, 1)[1].split("\n## ", 1)[0]
     files = {}
     for block in re.findall(r"```python\n(.+?)\n```", section, re.S):
