@@ -23,8 +23,8 @@ $(BIN)/ruff $(BIN)/mypy $(BIN)/honcho:
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
 lint: $(BIN)/ruff
-	$(BIN)/ruff check sagas workers tests
-	$(BIN)/ruff format --check sagas workers tests
+	$(BIN)/ruff check sagas workers tests examples
+	$(BIN)/ruff format --check sagas workers tests examples
 
 typecheck: $(BIN)/mypy
 	$(BIN)/mypy

@@ -1,8 +1,10 @@
-"""A Django project that already runs Celery, set up the way docs/django.md's "Add sagas to your
-Django project" says: ``INSTALLED_APPS += ["sagas.contrib.django"]``, ``sagas.install`` in the
-standard ``proj/celery.py``, a ``shop`` app with ``shop/sagas.py`` and a checkout view using
-``start_saga_on_commit``, ``manage.py saga db upgrade``, a real ``celery -A proj worker -B`` and
-the admin.
+"""The Django example project, ``examples/django_shop/`` (the code docs/django.md walks through:
+``INSTALLED_APPS += ["sagas.contrib.django"]``, ``sagas.install`` in the standard
+``proj/celery.py``, a ``shop`` app with ``shop/sagas.py`` and checkout views using
+``start_saga_on_commit``), copied to a temporary directory and configured through its environment
+variables: ``manage.py migrate``, ``manage.py saga db upgrade``, a real
+``celery -A proj worker -B``, the admin and ``manage.py saga``; and once more against a wheel
+installed into a fresh virtualenv, as a user who copies the example gets it.
 
 Django's settings are process-global, so nothing here configures Django in the pytest process:
 every Django interaction runs in a subprocess (``manage.py``, the worker, a driver script using
@@ -13,10 +15,10 @@ every Django interaction runs in a subprocess (``manage.py``, the worker, a driv
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,244 +30,15 @@ from sagas.store.migrate import head_revision
 
 pytestmark = pytest.mark.workers
 
-FILES: dict[str, str] = {
-    "manage.py": """
-        import os
-        import sys
-
-        if __name__ == "__main__":
-            os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proj.settings")
-            from django.core.management import execute_from_command_line
-
-            execute_from_command_line(sys.argv)
-    """,
-    "proj/__init__.py": """
-        from .celery import app as celery_app
-
-        __all__ = ("celery_app",)
-    """,
-    "proj/celery.py": """
-        import os
-
-        from celery import Celery
-
-        import sagas
-        import sagas.contrib.django
-
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proj.settings")
-
-        app = Celery("proj")
-        app.config_from_object("django.conf:settings", namespace="CELERY")
-        app.autodiscover_tasks()
-        sagas.install(app, settings=sagas.contrib.django.settings())
-    """,
-    "proj/settings.py": """
-        import os
-        from pathlib import Path
-
-        BASE_DIR = Path(__file__).resolve().parent.parent
-        SECRET_KEY = "test-only-not-secret"
-        DEBUG = False
-        ALLOWED_HOSTS = ["testserver"]
-        INSTALLED_APPS = [
-            "django.contrib.admin",
-            "django.contrib.auth",
-            "django.contrib.contenttypes",
-            "django.contrib.sessions",
-            "django.contrib.messages",
-            "sagas.contrib.django",
-            "shop",
-        ]
-        MIDDLEWARE = [
-            "django.contrib.sessions.middleware.SessionMiddleware",
-            "django.middleware.common.CommonMiddleware",
-            "django.middleware.csrf.CsrfViewMiddleware",
-            "django.contrib.auth.middleware.AuthenticationMiddleware",
-            "django.contrib.messages.middleware.MessageMiddleware",
-        ]
-        ROOT_URLCONF = "proj.urls"
-        TEMPLATES = [
-            {
-                "BACKEND": "django.template.backends.django.DjangoTemplates",
-                "APP_DIRS": True,
-                "OPTIONS": {
-                    "context_processors": [
-                        "django.template.context_processors.request",
-                        "django.contrib.auth.context_processors.auth",
-                        "django.contrib.messages.context_processors.messages",
-                    ]
-                },
-            }
-        ]
-        DATABASES = {
-            "default": {
-                "ENGINE": "django.db.backends.sqlite3",
-                "NAME": BASE_DIR / "db.sqlite3",
-                "OPTIONS": {"timeout": 30},
-            }
-        }
-        USE_TZ = True
-        TIME_ZONE = "UTC"
-        DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-        STATIC_URL = "static/"
-
-        CELERY_BROKER_URL = "filesystem://"
-        CELERY_BROKER_TRANSPORT_OPTIONS = {
-            "data_folder_in": str(BASE_DIR / "broker"),
-            "data_folder_out": str(BASE_DIR / "broker"),
-            "processed_folder": str(BASE_DIR / "processed"),
-            "store_processed": False,
-            "polling_interval": 0.05,
-        }
-        CELERY_TASK_SERIALIZER = "json"
-        CELERY_ACCEPT_CONTENT = ["json"]
-        CELERY_SAGAS_COORDINATOR_QUEUE = "shop-coordinator"
-        CELERY_SAGAS_SWEEP_INTERVAL = 0.5
-        SAGAS_MIGRATE_ON_MIGRATE = os.environ.get("SHOP_MIGRATE_SAGAS") == "1"
-        PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # tests only: fast
-    """,
-    "proj/urls.py": """
-        from django.contrib import admin
-        from django.urls import path
-
-        from shop import views
-
-        urlpatterns = [
-            path("admin/", admin.site.urls),
-            path("checkout/", views.checkout),
-            path("checkout-then-fail/", views.checkout_then_fail),
-        ]
-    """,
-    "shop/__init__.py": "",
-    "shop/models.py": """
-        from django.db import models
-
-
-        class Order(models.Model):
-            ref = models.CharField(max_length=32, unique=True)
-            total_cents = models.IntegerField()
-            declined = models.BooleanField(default=False)
-            status = models.CharField(max_length=16, default="new")
-    """,
-    "shop/migrations/__init__.py": "",
-    "shop/migrations/0001_initial.py": """
-        from django.db import migrations, models
-
-
-        class Migration(migrations.Migration):
-            initial = True
-            dependencies = []
-            operations = [
-                migrations.CreateModel(
-                    name="Order",
-                    fields=[
-                        (
-                            "id",
-                            models.BigAutoField(
-                                auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
-                            ),
-                        ),
-                        ("ref", models.CharField(max_length=32, unique=True)),
-                        ("total_cents", models.IntegerField()),
-                        ("declined", models.BooleanField(default=False)),
-                        ("status", models.CharField(default="new", max_length=16)),
-                    ],
-                ),
-            ]
-    """,
-    # Imports the app's models: saga modules are imported once Django's apps are ready.
-    "shop/sagas.py": """
-        from pydantic import BaseModel, Field
-
-        from sagas import PermanentError, Saga, StepContext
-        from shop.models import Order
-
-
-        class OrderPayload(BaseModel):
-            ref: str
-            total_cents: int = Field(gt=0)
-            declined: bool = False
-
-
-        shop_order = Saga("shop_order", payload=OrderPayload)
-        shop_approval = Saga("shop_approval", payload=OrderPayload)
-
-
-        def release(ctx: StepContext[OrderPayload]) -> None:
-            Order.objects.filter(ref=ctx.payload.ref).update(status="released")
-
-
-        def reserve(ctx: StepContext[OrderPayload]) -> dict:
-            Order.objects.filter(ref=ctx.payload.ref).update(status="reserved")
-            return {"reserved": ctx.payload.ref}
-
-
-        shop_order.step(queue="shop", timeout=10, compensation=release)(reserve)
-
-
-        @shop_order.step(queue="shop", timeout=10, compensation=None)
-        def charge(ctx: StepContext[OrderPayload]) -> dict:
-            if ctx.payload.declined:
-                raise PermanentError("card declined")
-            Order.objects.filter(ref=ctx.payload.ref).update(status="paid")
-            return {"charged": ctx.payload.total_cents}
-
-
-        shop_approval.step(queue="shop", timeout=10, compensation=release)(reserve)
-
-
-        # Nobody consumes "approvals" in this test: the saga stays active for the admin.
-        @shop_approval.step(queue="approvals", timeout=300, compensation=None)
-        def approve(ctx: StepContext[OrderPayload]) -> dict:
-            return {}
-    """,
-    "shop/views.py": """
-        from django.db import transaction
-        from django.http import JsonResponse
-        from django.views.decorators.http import require_POST
-
-        from sagas import SagaInputError
-        from sagas.contrib.django import start_saga_on_commit
-        from shop.models import Order
-
-
-        @require_POST
-        def checkout(request):
-            ref = request.POST["ref"]
-            total = int(request.POST.get("total_cents", "500"))
-            declined = request.POST.get("declined") == "1"
-            payload = {"ref": ref, "total_cents": total, "declined": declined}
-            try:
-                with transaction.atomic():
-                    order = Order.objects.create(ref=ref, total_cents=total, declined=declined)
-                    saga_id = start_saga_on_commit(
-                        request.POST.get("saga", "shop_order"),
-                        payload,
-                        saga_id=f"order-{ref}",
-                        correlation_id=request.headers.get("X-Request-ID"),
-                    )
-            except SagaInputError as exc:
-                return JsonResponse({"error": type(exc).__name__, "field": exc.field}, status=400)
-            return JsonResponse({"saga_id": saga_id, "order": order.pk}, status=202)
-
-
-        @require_POST
-        def checkout_then_fail(request):
-            ref = request.POST["ref"]
-            with transaction.atomic():
-                Order.objects.create(ref=ref, total_cents=500)
-                start_saga_on_commit(
-                    "shop_order", {"ref": ref, "total_cents": 500}, saga_id=f"order-{ref}"
-                )
-                raise RuntimeError("the view failed after queueing the saga")
-    """,
-}
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = ROOT / "examples" / "django_shop"
 
 DRIVER = r"""
 import html
 import os
 import re
 import time
+import venv
 
 import django
 
@@ -310,7 +83,7 @@ r = c.post("/checkout/", {"ref": "3", "total_cents": "-5"})
 out("invalid", r.status_code, r.json(), Order.objects.filter(ref="3").exists())
 r = c.post("/checkout-then-fail/", {"ref": "4"})
 out("rolled back", r.status_code, Order.objects.filter(ref="4").exists())
-r = c.post("/checkout/", {"ref": "5", "saga": "shop_approval"})
+r = c.post("/checkout/approval/", {"ref": "5"})
 out("approval", r.status_code, r.json()["saga_id"])
 
 for sid in ("order-1", "order-2"):
@@ -390,21 +163,36 @@ out("viewer retry", r.status_code, messages_of(r), len(history("order-5", "opera
 """
 
 
-def _write(root: Path) -> None:
-    for name, text in FILES.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(textwrap.dedent(text).lstrip())
-    (root / "driver.py").write_text(DRIVER)
-    for folder in ("broker", "processed"):
-        (root / folder).mkdir()
+def _copy_example(dest: Path) -> Path:
+    """The example as a user copies it: without what a local try left in the checkout."""
+    ignore = shutil.ignore_patterns(
+        "__pycache__", "*.db", "*.sqlite3", "broker", "celerybeat-schedule*"
+    )
+    shutil.copytree(EXAMPLE, dest, ignore=ignore)
+    return dest
+
+
+def _clean_env() -> dict[str, str]:
+    prefixes = ("SAGAS_", "CELERY_", "DJANGO_", "SHOP_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
 def _env(root: Path, **extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("SAGAS_", "CELERY_", "DJANGO_"))
-    }
-    env.update(PYTHONPATH=str(root), DJANGO_SETTINGS_MODULE="proj.settings", **extra)
+    """The example configured through its environment: the database and the broker's folder
+    outside the project, the coordinator on its own queue, a fast sweeper."""
+    env = _clean_env()
+    env.update(
+        PYTHONPATH=str(root),
+        DJANGO_SETTINGS_MODULE="proj.settings",
+        SHOP_DATABASE=str(root.parent / "shop.sqlite3"),
+        CELERY_BROKER_URL="filesystem://",
+        SHOP_BROKER_FOLDER=str(root.parent / "broker"),
+        SHOP_ALLOWED_HOSTS="testserver",
+        SHOP_DEBUG="0",
+        SAGAS_COORDINATOR_QUEUE="shop-coordinator",
+        SAGAS_SWEEP_INTERVAL="0.5",
+        **extra,
+    )
     return env
 
 
@@ -448,20 +236,25 @@ def _manage_all(root: Path, *commands: list[str]) -> list[subprocess.CompletedPr
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    _write(tmp_path)
-    return tmp_path
+    root = _copy_example(tmp_path / "django_shop")
+    (root / "driver.py").write_text(DRIVER)
+    return root
 
 
 @contextmanager
-def _worker(project: Path) -> Iterator[subprocess.Popen[str]]:
+def _worker(
+    project: Path, argv: list[str] | None = None, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
     """A real ``celery -A proj worker -B`` (stopped by its process group)."""
+    if argv is None:
+        argv = [sys.executable, "-m", "celery", "-A", "proj", "worker", "-B"]
+        argv += ["-s", str(project / "beat-schedule"), "-Q", "shop-coordinator,shop"]
+        argv += ["-P", "threads", "-c", "2", "--loglevel", "INFO"]
     log = (project / "worker.log").open("w")
-    argv = ["worker", "-B", "-s", str(project / "beat-schedule"), "-Q", "shop-coordinator,shop"]
-    argv += ["-P", "threads", "-c", "2", "--loglevel", "INFO"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "proj", *argv],
+        argv,
         cwd=project,
-        env=_env(project),
+        env=_env(project) if env is None else env,
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
@@ -489,7 +282,7 @@ def test_checkout_admin_and_manage_py_saga(project: Path) -> None:
     assert migrate.returncode == 0, migrate.stderr[-3000:]
     upgrade = _manage(project, "saga", "db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr[-3000:]
-    db = project / "db.sqlite3"
+    db = project.parent / "shop.sqlite3"
     assert upgrade.stdout == f"saga store at revision {head_revision()} (<Store sqlite:///{db}>)\n"
 
     started = time.monotonic()
@@ -569,7 +362,7 @@ def test_manage_py_saga_errors_are_the_clis_and_migrate_can_upgrade(project: Pat
     # SAGAS_MIGRATE_ON_MIGRATE = True: `manage.py migrate` runs `saga db upgrade` as well.
     migrate = _manage(project, "migrate", "--noinput", SHOP_MIGRATE_SAGAS="1")
     assert migrate.returncode == 0, migrate.stderr[-3000:]
-    db = project / "db.sqlite3"
+    db = project.parent / "shop.sqlite3"
     store = f"revision {head_revision()} (<Store sqlite:///{db}>)"
     assert f"  Saga store at {store}\n" in migrate.stdout, migrate.stdout
     upgrade = _manage(project, "saga", "db", "upgrade")  # idempotent
@@ -654,3 +447,95 @@ def test_settings_bridge(tmp_path: Path) -> None:
         "ConfigurationError setting CELERY_SAGAS_DATABASE_URL / SAGAS_DATABASE_URL database_url",
         "setting sagas_sweep_interval / SAGAS_SWEEP_INTERVAL",
     ]
+
+
+# -- the example against the package as a user installs it --------------------------------------
+
+WHEEL_DRIVER = r"""
+import os
+import time
+import venv
+
+import django
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proj.settings")
+django.setup()
+
+from django.test import Client
+
+import sagas
+from sagas import SagaNotFound
+from shop.models import Order
+
+print("sagas from", os.path.dirname(sagas.__file__), flush=True)
+c = Client(raise_request_exception=False)
+r = c.post("/checkout/", {"ref": "1", "total_cents": "1250"})
+print("checkout", r.status_code, r.json()["saga_id"], flush=True)
+r = c.post("/checkout/", {"ref": "2", "declined": "1"})
+print("declined", r.status_code, r.json()["saga_id"], flush=True)
+r = c.post("/checkout-then-fail/", {"ref": "3"})
+print("rolled back", r.status_code, Order.objects.filter(ref="3").exists(), flush=True)
+for sid in ("order-1", "order-2"):
+    info = sagas.wait(sid, timeout=45)
+    print(sid, info.state.value, [(s.name, s.state.value, s.result) for s in info.steps])
+print("orders", sorted(Order.objects.values_list("ref", "status")))
+time.sleep(1.0)  # a start sent before the rollback would have been recorded by now
+try:
+    sagas.get("order-3")
+    print("order-3 exists")
+except SagaNotFound:
+    print("order-3 not found")
+"""
+
+
+def _run_in(
+    argv: list[str], cwd: Path, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_the_example_runs_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
+    """The README's steps with the defaults (``db.sqlite3`` and ``broker/`` in the project,
+    coordinator queue ``sagas``), run by the fresh virtualenv's python and ``celery``."""
+    project = _copy_example(tmp_path / "django_shop")
+    (project / "driver.py").write_text(WHEEL_DRIVER)
+    env = _clean_env()
+    for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    env.update(
+        PATH=f"{wheel_venv}{os.pathsep}{env.get('PATH', '')}", SHOP_ALLOWED_HOSTS="testserver"
+    )
+    python = str(wheel_venv / "python")
+
+    migrate = _run_in([python, "manage.py", "migrate", "--noinput"], project, env, timeout=60)
+    assert migrate.returncode == 0, migrate.stderr[-3000:]
+    assert "Applying shop.0001_initial... OK" in migrate.stdout, migrate.stdout
+    upgrade = _run_in([python, "manage.py", "saga", "db", "upgrade"], project, env, timeout=60)
+    assert upgrade.returncode == 0, upgrade.stderr[-3000:]
+    db = project / "db.sqlite3"
+    assert upgrade.stdout == f"saga store at revision {head_revision()} (<Store sqlite:///{db}>)\n"
+
+    celery = [str(wheel_venv / "celery"), "-A", "proj", "worker", "-B", "-Q", "sagas,shop"]
+    celery += ["-c", "2", "--loglevel", "INFO"]
+    with _worker(project, celery, env):
+        driver = _run_in([python, "driver.py"], project, env, timeout=90)
+    assert driver.returncode == 0, driver.stderr[-4000:] + _worker_log(project)
+    lines = driver.stdout.splitlines()
+    site = lines.pop(0)
+    assert site.startswith(f"sagas from {wheel_venv.parent}/lib/"), site
+    assert site.endswith("/site-packages/sagas"), site
+    assert lines == [
+        "checkout 202 order-1",
+        "declined 202 order-2",
+        "rolled back 500 False",
+        "order-1 completed [('reserve', 'succeeded', {'reserved': '1'}), "
+        "('charge', 'succeeded', {'charged': 1250})]",
+        "order-2 failed [('reserve', 'compensated', {'reserved': '2'}), "
+        "('charge', 'failed', None)]",
+        "orders [('1', 'paid'), ('2', 'released')]",
+        "order-3 not found",
+    ], driver.stdout + _worker_log(project)
+    log = _worker_log(project)
+    assert "celery@" in log and "beat: Starting" in log, log

@@ -1,218 +1,45 @@
-"""A Flask shop set up the way the README's "Add sagas to your Flask project" says: an app factory
-with Flask-SQLAlchemy, Flask's own ``celery_init_app`` and ``Sagas(app, celery=...)``; views that
+"""The example Flask shop (``examples/flask_shop/``), set up the way docs/flask.md's "Add sagas to
+your Flask project" says: an app factory with Flask-SQLAlchemy, Flask's own ``celery_init_app`` and ``Sagas(app, celery=...)``; views that
 start a saga with ``start_saga_after_commit``; a real ``celery worker -B`` running the saga's
 steps inside the app context; operators using ``flask saga ...``.
 
-No servers: a ``filesystem://`` broker and one SQLite file in a temporary directory (the shop's
-database, which the saga store defaults to). Flask, Celery and the shop run in subprocesses only,
-so nothing here touches this process's sagas runtime or Celery signals.
+The example is copied into a temporary directory and configured through environment variables,
+as a user would run it. No servers: a ``filesystem://`` broker and one SQLite file (the shop's
+database, which the saga store defaults to). Flask, Celery and the shop run in subprocesses
+only, so nothing here touches this process's sagas runtime or Celery signals. The last test runs
+the same example against a wheel of this checkout installed into a fresh virtualenv.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-SHOP_INIT = '''
-import os
+ROOT = Path(__file__).resolve().parents[3]
+EXAMPLE = ROOT / "examples" / "flask_shop"
+IGNORE = shutil.ignore_patterns("__pycache__", "*.db", "*.db-*", "instance", "celerybeat-schedule*")
 
-from celery import Celery, Task
-from flask import Flask
-from flask_sqlalchemy import SQLAlchemy
-from sqlalchemy.orm import DeclarativeBase
-
-from sagas.contrib.flask import Sagas
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-db = SQLAlchemy(model_class=Base)
-
-
-def celery_init_app(app: Flask) -> Celery:
-    """Flask's "Background Tasks with Celery" pattern, as its docs write it."""
-
-    class FlaskTask(Task):
-        def __call__(self, *args: object, **kwargs: object) -> object:
-            with app.app_context():
-                return self.run(*args, **kwargs)
-
-    celery_app = Celery(app.name, task_cls=FlaskTask)
-    celery_app.config_from_object(app.config["CELERY"])
-    celery_app.set_default()
-    app.extensions["celery"] = celery_app
-    return celery_app
-
-
-def create_app() -> Flask:
-    root = os.environ["SHOP_ROOT"]
-    app = Flask(__name__, instance_path=os.path.join(root, "instance"))
-    broker = os.path.join(root, "broker")
-    app.config.from_mapping(
-        SQLALCHEMY_DATABASE_URI="sqlite:///shop.db",  # in the instance folder
-        SQLALCHEMY_ENGINE_OPTIONS={"connect_args": {"timeout": 30}},
-        CELERY={
-            "broker_url": "filesystem://",
-            "broker_transport_options": {
-                "data_folder_in": broker,
-                "data_folder_out": broker,
-                "processed_folder": os.path.join(root, "processed"),
-                "store_processed": False,
-                "polling_interval": 0.05,
-            },
-            "task_serializer": "json",
-            "accept_content": ["json"],
-            "task_ignore_result": True,
-        },
-        SAGAS_COORDINATOR_QUEUE="shop-coordinator",
-        SAGAS_SWEEP_INTERVAL=0.5,
-        # The start runs step 1 (and step 2 inline) in the sagas.start_saga task, whose base is
-        # not FlaskTask: the steps' app context then comes from the Sagas extension alone.
-        SAGAS_START_ON_STEP_QUEUE=True,
-    )
-    db.init_app(app)
-    celery_app = celery_init_app(app)
-    Sagas(app, celery=celery_app, modules=["shop.sagas"])
-
-    from . import models, views
-
-    app.register_blueprint(views.bp)
-    with app.app_context():
-        db.create_all()
-    return app
-'''
-
-SHOP_MODELS = """
-from sqlalchemy.orm import Mapped, mapped_column
-
-from . import db
-
-
-class Order(db.Model):
-    id: Mapped[str] = mapped_column(primary_key=True)
-    item: Mapped[str]
-    status: Mapped[str] = mapped_column(default="new")
-
-
-class Charge(db.Model):
-    order_id: Mapped[str] = mapped_column(primary_key=True)
-    charged_by: Mapped[str]
-"""
-
-SHOP_SAGAS = """
-import os
-
-from celery import current_task
-from flask import current_app
-from pydantic import BaseModel, Field
-
-from sagas import PermanentError, RetryPolicy, Saga, StepContext, TransientError
-
-from . import db
-from .models import Charge, Order
-
-
-class OrderPayload(BaseModel):
-    order_id: str
-    item: str
-    quantity: int = Field(1, gt=0)
-    declined: bool = False
-    hold: bool = False  # the card processor answers "later" until the operator says go
-
-
-shop_order = Saga("shop_order", payload=OrderPayload)
-
-
-def _set_status(order_id: str, status: str) -> None:
-    order = db.session.get(Order, order_id)
-    order.status = status
-    db.session.commit()
-
-
-def release(ctx: StepContext[OrderPayload]) -> None:
-    _set_status(ctx.payload.order_id, f"released by {current_app.name}")
-
-
-@shop_order.step(queue="shop", timeout=20, compensation=release)
-def reserve(ctx: StepContext[OrderPayload]) -> dict:
-    _set_status(ctx.payload.order_id, "reserved")
-    return {"reserved": ctx.payload.item, "task": current_task.name}
-
-
-@shop_order.step(
-    queue="shop",
-    timeout=20,
-    compensation=None,
-    retry=RetryPolicy.build(max_attempts=5, initial=120, backoff=1, max_interval=120),
-)
-def charge(ctx: StepContext[OrderPayload]) -> dict:
-    order_id = ctx.payload.order_id
-    if ctx.payload.declined:
-        raise PermanentError("card declined")
-    if ctx.payload.hold and not os.path.exists(os.path.join(os.environ["SHOP_ROOT"], "go-" + order_id)):
-        raise TransientError("card processor says later")
-    db = current_app.extensions["sqlalchemy"]  # the app context's Flask-SQLAlchemy
-    db.session.add(Charge(order_id=order_id, charged_by=current_app.name))
-    db.session.get(Order, order_id).status = "paid"
-    db.session.commit()
-    return {"charged": order_id, "by": current_app.name, "task": current_task.name}
-"""
-
-SHOP_VIEWS = """
-from flask import Blueprint, request
-
-from sagas import SagaInputError
-from sagas.contrib.flask import start_saga_after_commit
-
-from . import db
-from .models import Order
-
-bp = Blueprint("shop", __name__)
-
-
-def _order_and_saga() -> str:
-    body = request.get_json()
-    db.session.add(Order(id=body["order_id"], item=body["item"]))
-    return start_saga_after_commit(
-        "shop_order", body, saga_id="order-" + body["order_id"],
-        correlation_id=request.headers.get("X-Request-ID"),
-    )
-
-
-@bp.post("/orders")
-def create_order():
-    saga_id = _order_and_saga()
-    db.session.commit()
-    return {"saga_id": saga_id}, 202
-
-
-@bp.post("/orders-broken")
-def create_order_then_fail():
-    _order_and_saga()
-    raise RuntimeError("the request fails after the saga was asked for")
-
-
-@bp.errorhandler(SagaInputError)
-def bad_start(exc: SagaInputError):
-    return {"error": type(exc).__name__, "field": exc.field}, 400
-"""
-
-SHOP_CELERY_APP = """
-from shop import create_app
-
-flask_app = create_app()
-celery_app = flask_app.extensions["celery"]
-"""
+# The example reads its configuration from the environment (SQLite in instance/ and a
+# filesystem:// broker under instance/broker by default); sagas reads SAGAS_<NAME> from it.
+SHOP_SETTINGS = {
+    "CELERY_BROKER_URL": "filesystem://",
+    "SAGAS_COORDINATOR_QUEUE": "shop-coordinator",
+    "SAGAS_SWEEP_INTERVAL": "0.5",
+    # The start runs step 1 (and step 2 inline) in the sagas.start_saga task, whose base is not
+    # FlaskTask: the steps' app context then comes from the Sagas extension alone.
+    "SAGAS_START_ON_STEP_QUEUE": "true",
+}
 
 # Imported by the driver scripts: records every task message the process publishes, and whether
 # the order's row was committed (visible to another connection) when it went out.
@@ -237,26 +64,15 @@ def _record(sender=None, body=None, **_):
 """
 
 
-def _write_shop(root: Path) -> None:
-    shop = root / "shop"
-    shop.mkdir()
-    files = {
-        "__init__.py": SHOP_INIT,
-        "models.py": SHOP_MODELS,
-        "sagas.py": SHOP_SAGAS,
-        "views.py": SHOP_VIEWS,
-        "celery_app.py": SHOP_CELERY_APP,
-        "probe.py": SHOP_PROBE,
-    }
-    for name, text in files.items():
-        (shop / name).write_text(textwrap.dedent(text).lstrip())
-    for folder in ("broker", "processed"):
-        (root / folder).mkdir()
+def _copy_shop(root: Path) -> None:
+    """The example, copied as a user would (no build leftovers), plus the test's probe."""
+    shutil.copytree(EXAMPLE, root, dirs_exist_ok=True, ignore=IGNORE)
+    (root / "shop" / "probe.py").write_text(textwrap.dedent(SHOP_PROBE).lstrip())
 
 
 def _env(root: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGAS_", "CELERY_", "FLASK_"))}
-    env.update(SHOP_ROOT=str(root), PYTHONPATH=str(root), **extra)
+    env.update(SHOP_ROOT=str(root), PYTHONPATH=str(root), **SHOP_SETTINGS, **extra)
     return env
 
 
@@ -266,12 +82,16 @@ def _run(root: Path, argv: list[str], timeout: float = 60) -> subprocess.Complet
     )
 
 
-def _python(root: Path, code: str) -> subprocess.CompletedProcess[str]:
-    return _run(root, [sys.executable, "-c", textwrap.dedent(code)], timeout=90)
+def _python(
+    root: Path, code: str, python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
+    return _run(root, [python, "-c", textwrap.dedent(code)], timeout=90)
 
 
-def _flask(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return _run(root, [sys.executable, "-m", "flask", "--app", "shop", "saga", *args])
+def _flask(
+    root: Path, *args: str, python: str = sys.executable
+) -> subprocess.CompletedProcess[str]:
+    return _run(root, [python, "-m", "flask", "--app", "shop", "saga", *args])
 
 
 def _stop(proc: subprocess.Popen[str], log: Path) -> str:
@@ -290,21 +110,21 @@ def _stop(proc: subprocess.Popen[str], log: Path) -> str:
 def shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The shop's directory, with the saga tables created by ``flask saga db upgrade``."""
     root = tmp_path_factory.mktemp("flask-shop")
-    _write_shop(root)
+    _copy_shop(root)
     upgrade = _flask(root, "db", "upgrade")
     assert upgrade.returncode == 0, upgrade.stderr
     return root, upgrade.stdout
 
 
-@pytest.fixture(scope="module")
-def worker(shop: tuple[Path, str]) -> Iterator[Path]:
-    root, _ = shop
+@contextlib.contextmanager
+def _worker(root: Path, python: str = sys.executable) -> Iterator[Path]:
+    """The example's worker with beat (the sweeper), on the coordinator and the steps' queue."""
     log = root / "worker.log"
     argv = ["worker", "-B", "-s", str(root / "beat-schedule"), "-Q", "shop-coordinator,shop"]
     argv += ["-P", "threads", "-c", "2", "--loglevel", "INFO"]
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "shop.celery_app", *argv],
+            [python, "-m", "celery", "-A", "shop.celery_app", *argv],
             cwd=root,
             env=_env(root),
             stdout=out,
@@ -316,6 +136,13 @@ def worker(shop: tuple[Path, str]) -> Iterator[Path]:
         yield log
     finally:
         _stop(proc, log)
+
+
+@pytest.fixture(scope="module")
+def worker(shop: tuple[Path, str]) -> Iterator[Path]:
+    root, _ = shop
+    with _worker(root) as log:
+        yield log
 
 
 def _last_lines(result: subprocess.CompletedProcess[str], log: Path) -> str:
@@ -463,7 +290,9 @@ def test_operator_retry_and_cancel_through_flask_saga(shop: tuple[Path, str], wo
         "order-o6 pending pending 1",
     ]
 
-    (root / "go-o5").write_text("")  # the processor is back for o5: the operator re-drives it
+    (root / "instance" / "go-o5").write_text(
+        ""
+    )  # the processor is back for o5: the operator re-drives it
     retry = _flask(root, "retry", "order-o5", "--reason", "processor back, ticket 42")
     assert retry.returncode == 0, retry.stderr
     assert retry.stdout.strip() == "saga order-o5: retry dispatched (pending)"
@@ -586,7 +415,7 @@ with app.app_context():
 def test_start_after_commit_follows_the_session_transaction(tmp_path: Path) -> None:
     """Commit, rollback, savepoints, a close without commit and no transaction at all (no
     worker: what matters is what is published and when)."""
-    _write_shop(tmp_path)
+    _copy_shop(tmp_path)
     result = _python(tmp_path, AFTER_COMMIT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [
@@ -685,3 +514,117 @@ def test_configuration_mistakes_are_named(tmp_path: Path) -> None:
         "current_celery_app needs a Flask app context",
         "ok",
     ]
+
+
+def _plain_env(cwd: Path) -> dict[str, str]:
+    """The environment of a user's shell: none of this checkout's settings or import path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGAS_", "CELERY_", "FLASK_"))}
+    for name in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"):
+        env.pop(name, None)
+    return env
+
+
+def _check(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        argv,
+        cwd=cwd,
+        env=_plain_env(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, f"{argv}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+WHEEL_DRIVER = """
+import json
+import sagas
+from shop import create_app, db
+from shop.models import Order
+
+app = create_app()
+client = app.test_client()
+for url, body in (
+    ("/orders", {"order_id": "w1", "item": "book"}),
+    ("/orders", {"order_id": "w2", "item": "lamp", "declined": True}),
+    ("/orders-broken", {"order_id": "w3", "item": "pen"}),
+):
+    r = client.post(url, json=body)
+    print(url, r.status_code, r.get_json())
+for sid in ("order-w1", "order-w2"):
+    info = sagas.wait(sid, timeout=60)
+    print(sid, info.state.value, [(s.name, s.state.value) for s in info.steps])
+with app.app_context():
+    print(sorted((o.id, o.status) for o in db.session.scalars(db.select(Order))))
+try:
+    sagas.get("order-w3")
+except sagas.SagaNotFound as exc:
+    print(type(exc).__name__)
+print(sagas.__file__)
+"""
+
+
+def test_the_example_runs_from_the_wheel(
+    wheel_venv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The README's path, from outside the checkout: ``pip install "<wheel>[flask]"`` into a
+    fresh virtualenv, the example copied out, its defaults (SQLite in ``instance/``, a
+    ``filesystem://`` broker), ``flask saga db upgrade``, ``celery worker -B``, then orders."""
+    started = time.monotonic()
+    bin_dir = wheel_venv
+    python = str(bin_dir / "python")
+
+    root = tmp_path_factory.mktemp("shop-from-wheel")
+    shutil.copytree(EXAMPLE, root, dirs_exist_ok=True, ignore=IGNORE)
+    flask = [str(bin_dir / "flask"), "--app", "shop", "saga"]
+    upgrade = _check([*flask, "db", "upgrade"], root, timeout=60)
+    assert upgrade.stdout.startswith("saga store at revision ")
+    assert f"(<Store sqlite:///{root}/instance/shop.db>)" in upgrade.stdout
+
+    log = root / "worker.log"
+    worker = [str(bin_dir / "celery"), "-A", "shop.celery_app", "worker", "-B", "-Q", "sagas,shop"]
+    worker += ["-s", str(root / "beat-schedule"), "-P", "threads", "-c", "2", "-l", "INFO"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            worker,
+            cwd=root,
+            env=_plain_env(root),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+    try:
+        driven = subprocess.run(
+            [python, "-c", WHEEL_DRIVER],
+            cwd=root,
+            env=_plain_env(root),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert driven.returncode == 0, (
+            driven.stderr[-3000:] + "\n--- worker ---\n" + log.read_text()[-3000:]
+        )
+    finally:
+        logged = _stop(proc, log)
+    lines = driven.stdout.splitlines()
+    assert lines[:3] == [
+        "/orders 202 {'saga_id': 'order-w1'}",
+        "/orders 202 {'saga_id': 'order-w2'}",
+        "/orders-broken 500 None",  # the view raised after asking: rolled back, nothing sent
+    ]
+    assert lines[3] == "order-w1 completed [('reserve', 'succeeded'), ('charge', 'succeeded')]"
+    assert lines[4] == "order-w2 failed [('reserve', 'compensated'), ('charge', 'failed')]"
+    assert lines[5] == "[('w1', 'paid'), ('w2', 'released by shop')]"  # no row for w3
+    assert lines[6] == "SagaNotFound"
+    assert Path(lines[7]).is_relative_to(bin_dir.parent)  # the installed wheel, not this checkout
+    assert "saga.shop_order.charge" in logged and "Traceback" not in logged
+
+    listed = _check([*flask, "list"], root, timeout=60)
+    rows = {line.split()[0]: line.split()[2] for line in listed.stdout.splitlines()[2:]}
+    assert rows == {"order-w1": "completed", "order-w2": "failed"}
+    assert time.monotonic() - started < 150  # a build, an install and a worker: ~60 s here

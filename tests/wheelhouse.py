@@ -1,0 +1,68 @@
+"""One wheel of this checkout and one fresh virtualenv with it installed, for every test that
+uses the package the way a user gets it (``tests/user``, ``tests/contrib``): built once per run.
+
+The wheel is built from a copy of the files git tracks (plus untracked ones it does not ignore),
+so nothing stale in the checkout (a build/ folder) leaks in and nothing is written into it. The
+venv gets ``<wheel>[django,flask]`` from the package index, never the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without this project's settings or interpreter paths."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAGAS_", "CELERY_"))}
+    for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    return env
+
+
+def _run(argv: list[str], cwd: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        argv, cwd=cwd, env=clean_env(), capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, f"{argv}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    source = tmp_path_factory.mktemp("source")
+    names: set[str] = set()
+    for extra in ([], ["--others", "--exclude-standard"]):
+        listed = _run(["git", "ls-files", "-z", *extra], ROOT, timeout=30)
+        names.update(n for n in listed.stdout.split("\0") if n)
+    for name in sorted(names):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    out = tmp_path_factory.mktemp("wheel")
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(source)],
+        out,
+        timeout=300,
+    )
+    [found] = out.glob("celery_sagas-*.whl")
+    return found
+
+
+@pytest.fixture(scope="session")
+def wheel_venv(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtualenv with the wheel and both framework extras; its bin directory."""
+    env_dir = tmp_path_factory.mktemp("venv")
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = str(env_dir / "bin" / "python")
+    _run([python, "-m", "pip", "install", "--quiet", f"{built_wheel}[django,flask]"], env_dir, 600)
+    return env_dir / "bin"
