@@ -1,5 +1,6 @@
 """One wheel of this checkout and one fresh virtualenv with it installed, for every test that
-uses the package the way a user gets it (``tests/user``, ``tests/contrib``): built once per run.
+uses the package the way a user gets it (``tests/user``, ``tests/contrib``): built once per run;
+and how those tests stop the worker processes they start.
 
 The wheel is built from a copy of the files git tracks (plus untracked ones it does not ignore),
 so nothing stale in the checkout (a build/ folder) leaks in and nothing is written into it. The
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import venv
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +69,17 @@ def wheel_venv(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     python = str(env_dir / "bin" / "python")
     _run([python, "-m", "pip", "install", "--quiet", f"{built_wheel}[django,flask]"], env_dir, 600)
     return env_dir / "bin"
+
+
+def stop_group(*procs: subprocess.Popen[Any]) -> None:
+    """Stop processes started with ``start_new_session=True``, by process group: SIGTERM (a
+    Celery worker's warm shutdown), SIGKILL after 20 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)

@@ -10,7 +10,6 @@ as always; the store is SQLite in a temporary directory.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,8 @@ from typing import Any
 
 import pytest
 from celery import Celery
+
+from tests.wheelhouse import stop_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.workers]
 
@@ -116,15 +117,7 @@ def workers(project: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
     try:
         yield procs
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
+        stop_group(*procs)
 
 
 class Events:

@@ -12,7 +12,6 @@ public reading API (``sagas.get``/``wait``) works from the caller's process.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.wheelhouse import stop_group
 
 SAGAS_MODULE = """
 from pydantic import BaseModel
@@ -138,13 +139,7 @@ def _celery_worker(project: Path, **extra: str) -> subprocess.Popen[str]:
 
 def _stop(proc: subprocess.Popen[str]) -> str:
     """Stop the worker (by its process group) and return what it logged."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+    stop_group(proc)
     return _log(proc)
 
 
