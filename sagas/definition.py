@@ -114,7 +114,24 @@ class StepDef:
         )
 
 
-class Saga(Generic[P]):
+class Startable(Generic[P]):
+    """``start()`` for both kinds of definition: it reaches the engine through the registry's
+    hook (``sagas.starter``), since definitions cannot import it."""
+
+    def start(
+        self,
+        payload: P | dict[str, Any],
+        *,
+        saga_id: str | None = None,
+        correlation_id: str | None = None,
+    ) -> SagaHandle:
+        """Start this saga now, in this process (needs the store); returns its id (a
+        ``SagaHandle``: ``.status()``, ``.wait(timeout)``) once the saga row is committed (for a
+        choreography: and its start event is published)."""
+        return start_through_hook(self, payload, StartOptions(saga_id, correlation_id))
+
+
+class Saga(Startable[P]):
     """A named, versioned, ordered list of steps over a pydantic payload model."""
 
     kind: ClassVar[SagaKind] = SagaKind.ORCHESTRATED
@@ -297,17 +314,6 @@ class Saga(Generic[P]):
             if s.name == name_or_index:
                 return s
         raise KeyError(f"saga {self.name!r} has no step {name_or_index!r}")
-
-    def start(
-        self,
-        payload: P | dict[str, Any],
-        *,
-        saga_id: str | None = None,
-        correlation_id: str | None = None,
-    ) -> SagaHandle:
-        """Start this saga now, in this process (needs the store); returns its id (a
-        ``SagaHandle``: ``.status()``, ``.wait(timeout)``) once the saga row is committed."""
-        return start_through_hook(self, payload, StartOptions(saga_id, correlation_id))
 
 
 # -- the registry (``sagas.registry``), narrowed to orchestrated sagas -----------------------------

@@ -83,3 +83,13 @@ def stop_group(*procs: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def spawn(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen[str]:
+    """Start a long-running process (a Celery worker) in its own session, its output in
+    ``log``; stop it with ``stop_group``."""
+    with log.open("w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,
+        )  # fmt: skip

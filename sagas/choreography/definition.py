@@ -16,13 +16,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ClassVar, Generic
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from ..definition import NAME_RE, QUEUE_RE, REQUIRED, P, StepContext, seconds_of
+from ..definition import NAME_RE, QUEUE_RE, REQUIRED, P, Startable, StepContext, seconds_of
 from ..errors import DefinitionError
-from ..registry import SagaHandle, StartOptions, lookup_as, register, start_through_hook
+from ..registry import lookup_as, register
 from ..retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
 from ..state import SagaKind
 
@@ -76,7 +76,7 @@ def event_queue_name(service: str) -> str:
     return f"sagas.events.{service}"
 
 
-class Choreography(Generic[P]):
+class Choreography(Startable[P]):
     kind: ClassVar[SagaKind] = SagaKind.CHOREOGRAPHED
 
     def __init__(
@@ -137,16 +137,6 @@ class Choreography(Generic[P]):
             if h.compensation is not None:
                 keys.update((*h.compensate_on, COMPENSATED_EVENT))
         return subs
-
-    def start(
-        self,
-        payload: P | dict[str, Any],
-        *,
-        saga_id: str | None = None,
-        correlation_id: str | None = None,
-    ) -> SagaHandle:
-        """Record the saga and publish its start event; returns its id (a ``SagaHandle``)."""
-        return start_through_hook(self, payload, StartOptions(saga_id, correlation_id))
 
 
 def get_choreography(name: object) -> Choreography[Any]:

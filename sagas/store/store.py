@@ -113,15 +113,33 @@ class Store:
 
     def due(self, limit: int) -> builtins.list[str]:
         """Ids of sagas with a timer due now (database clock)."""
+        return [saga_id for saga_id, _ in self.due_kinds(limit)]
+
+    def due_kinds(self, limit: int) -> builtins.list[tuple[str, SagaKind]]:
+        """(id, kind) of sagas with a timer due now (database clock), most overdue first."""
+        return self._reached(saga_table.c.wake_at, 0.0, limit)
+
+    def unsent(self, grace: float, limit: int) -> builtins.list[str]:
+        """Ids of sagas whose committed commands were not confirmed published in time."""
+        return [saga_id for saga_id, _ in self.unsent_kinds(grace, limit)]
+
+    def unsent_kinds(self, grace: float, limit: int) -> builtins.list[tuple[str, SagaKind]]:
+        """``unsent`` with each saga's kind (the sweeper re-publishes commands or events)."""
+        return self._reached(saga_table.c.outbox_at, grace, limit)
+
+    def _reached(
+        self, column: Any, older_than: float, limit: int
+    ) -> builtins.list[tuple[str, SagaKind]]:
+        """(id, kind) of sagas whose ``column`` is at least ``older_than`` s in the past."""
         with self._connect() as conn:
-            now = db_now(conn, self.is_postgres)
+            cutoff = db_now(conn, self.is_postgres) - timedelta(seconds=older_than)
             rows = conn.execute(
-                select(saga_table.c.id)
-                .where(saga_table.c.wake_at <= now)
-                .order_by(saga_table.c.wake_at)
+                select(saga_table.c.id, saga_table.c.kind)
+                .where(column <= cutoff)
+                .order_by(column)
                 .limit(limit)
             )
-            return [r.id for r in rows]
+            return [(r.id, SagaKind(r.kind)) for r in rows]
 
     def open_attempt(self, saga_id: str, index: int) -> StepStatus | None:
         """One step's state, attempts and deadline (what decides whether an attempt is still
@@ -137,18 +155,6 @@ class Store:
             compensation_attempt=row.compensation_attempt,
             deadline_at=utc(row.deadline_at),
         )
-
-    def due_kinds(self, limit: int) -> builtins.list[tuple[str, SagaKind]]:
-        """(id, kind) of sagas with a timer due now (database clock)."""
-        with self._connect() as conn:
-            now = db_now(conn, self.is_postgres)
-            rows = conn.execute(
-                select(saga_table.c.id, saga_table.c.kind)
-                .where(saga_table.c.wake_at <= now)
-                .order_by(saga_table.c.wake_at)
-                .limit(limit)
-            )
-            return [(r.id, SagaKind(r.kind)) for r in rows]
 
     def stuck(self, older_than: float, limit: int = 100) -> builtins.list[tuple[SagaRecord, str]]:
         """Active sagas an operator should look at, each with the reason."""
@@ -247,30 +253,6 @@ class Store:
                 select(orphan_table).order_by(orphan_table.c.at.desc()).limit(limit)
             )
             return [dict(r._mapping) for r in rows]
-
-    def unsent(self, grace: float, limit: int) -> builtins.list[str]:
-        """Ids of sagas whose committed commands were not confirmed published in time."""
-        with self._connect() as conn:
-            cutoff = db_now(conn, self.is_postgres) - timedelta(seconds=grace)
-            rows = conn.execute(
-                select(saga_table.c.id)
-                .where(saga_table.c.outbox_at <= cutoff)
-                .order_by(saga_table.c.outbox_at)
-                .limit(limit)
-            )
-            return [r.id for r in rows]
-
-    def unsent_kinds(self, grace: float, limit: int) -> builtins.list[tuple[str, SagaKind]]:
-        """``unsent`` with each saga's kind (the sweeper re-publishes commands or events)."""
-        with self._connect() as conn:
-            cutoff = db_now(conn, self.is_postgres) - timedelta(seconds=grace)
-            rows = conn.execute(
-                select(saga_table.c.id, saga_table.c.kind)
-                .where(saga_table.c.outbox_at <= cutoff)
-                .order_by(saga_table.c.outbox_at)
-                .limit(limit)
-            )
-            return [(r.id, SagaKind(r.kind)) for r in rows]
 
     def note_once(self, saga_id: str, key: str, kind: HistoryKind, detail: dict[str, Any]) -> bool:
         """Append one history row unless ``key`` was noted for this saga before (the

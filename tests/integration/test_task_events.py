@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from tests.wheelhouse import stop_group
+from tests.wheelhouse import spawn, stop_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.workers]
 
@@ -100,20 +100,14 @@ def project(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def workers(project: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
+def workers(project: Path) -> Iterator[list[subprocess.Popen[str]]]:
     procs = []
     for name, queues, beat in (("coord", "ev-coordinator,ev-shop", True), ("pay", "ev-pay", False)):
         argv = [sys.executable, "-m", "celery", "-A", "events_celery", "worker", "-E"]
         argv += ["-Q", queues, "-n", f"{name}@%h", "-P", "threads", "-c", "2", "-l", "INFO"]
         if beat:
             argv += ["-B", "-s", str(project / "beat-schedule")]
-        log = (project / f"{name}.log").open("wb")
-        procs.append(
-            subprocess.Popen(
-                argv, cwd=project, env=_env(project), stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )  # fmt: skip
+        procs.append(spawn(argv, project, _env(project), project / f"{name}.log"))
     try:
         yield procs
     finally:
@@ -185,7 +179,7 @@ def _poll(what: str, check: Any, seen: Events, timeout: float = 20.0) -> None:
 
 
 def test_step_tasks_report_failure_retry_and_inline_steps(
-    project: Path, workers: list[subprocess.Popen[bytes]], events: Events
+    project: Path, workers: list[subprocess.Popen[str]], events: Events
 ) -> None:
     suffix = f"-{os.getpid()}-{time.monotonic_ns() % 100000}"
     ok, flaky, declined = (f"ok{suffix}", f"flaky{suffix}", f"declined{suffix}")

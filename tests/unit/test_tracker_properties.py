@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
@@ -50,15 +50,9 @@ from sagas.state import (
     SagaState,
     StepState,
 )
+from tests.unit.properties import BASE, property_settings
 
-BASE = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
-
-PROPERTY_SETTINGS = settings(
-    max_examples=150,
-    deadline=None,
-    database=None,  # no .hypothesis/ directory in the repository
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+PROPERTY_SETTINGS = property_settings(150)
 
 
 class P(BaseModel):

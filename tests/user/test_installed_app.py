@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.wheelhouse import stop_group
+from tests.wheelhouse import spawn, stop_group
 
 SAGAS_MODULE = """
 from pydantic import BaseModel
@@ -121,19 +121,12 @@ def worker(project: Path) -> Iterator[subprocess.Popen[str]]:
 
 
 def _celery_worker(project: Path, **extra: str) -> subprocess.Popen[str]:
-    log = (project / "worker.log").open("w")
     argv = ["worker", "-B", "-s", str(project / "beat-schedule"), "-Q", "shop-coordinator,shop"]
     argv += ["-P", "threads", "-c", "2", "--loglevel", "INFO"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "shop_celery", *argv],
-        cwd=project,
-        env=_env(project, **extra),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    proc.stdout_path = log.name  # type: ignore[attr-defined]
+    log = project / "worker.log"
+    celery = [sys.executable, "-m", "celery", "-A", "shop_celery", *argv]
+    proc = spawn(celery, project, _env(project, **extra), log)
+    proc.stdout_path = str(log)  # type: ignore[attr-defined]
     return proc
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from sagas.store.migrate import head_revision
-from tests.wheelhouse import stop_group
+from tests.wheelhouse import spawn, stop_group
 
 pytestmark = pytest.mark.workers
 
@@ -250,21 +250,11 @@ def _worker(
         argv = [sys.executable, "-m", "celery", "-A", "proj", "worker", "-B"]
         argv += ["-s", str(project / "beat-schedule"), "-Q", "shop-coordinator,shop"]
         argv += ["-P", "threads", "-c", "2", "--loglevel", "INFO"]
-    log = (project / "worker.log").open("w")
-    proc = subprocess.Popen(
-        argv,
-        cwd=project,
-        env=_env(project) if env is None else env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc = spawn(argv, project, _env(project) if env is None else env, project / "worker.log")
     try:
         yield proc
     finally:
         stop_group(proc)
-        log.close()
 
 
 def _worker_log(project: Path) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.wheelhouse import stop_group
+from tests.wheelhouse import spawn, stop_group
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "flask_shop"
@@ -117,16 +117,7 @@ def _worker(root: Path, python: str = sys.executable) -> Iterator[Path]:
     log = root / "worker.log"
     argv = ["worker", "-B", "-s", str(root / "beat-schedule"), "-Q", "shop-coordinator,shop"]
     argv += ["-P", "threads", "-c", "2", "--loglevel", "INFO"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [python, "-m", "celery", "-A", "shop.celery_app", *argv],
-            cwd=root,
-            env=_env(root),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+    proc = spawn([python, "-m", "celery", "-A", "shop.celery_app", *argv], root, _env(root), log)
     try:
         yield log
     finally:
@@ -581,16 +572,7 @@ def test_the_example_runs_from_the_wheel(
     log = root / "worker.log"
     worker = [str(bin_dir / "celery"), "-A", "shop.celery_app", "worker", "-B", "-Q", "sagas,shop"]
     worker += ["-s", str(root / "beat-schedule"), "-P", "threads", "-c", "2", "-l", "INFO"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            worker,
-            cwd=root,
-            env=_plain_env(root),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
+    proc = spawn(worker, root, _plain_env(root), log)
     try:
         driven = subprocess.run(
             [python, "-c", WHEEL_DRIVER],
