@@ -49,6 +49,7 @@ from .payload import check_json
 from .runtime import Runtime, get_runtime
 from .state import Action, HistoryKind, SagaKind, StepState
 from .store import NewSaga, SagaRecord, Snapshot, Transition, inserted_record
+from .store.joined import CallerTransaction
 from .transport import send_step, send_wake
 
 log = get_logger("sagas.coordinator")
@@ -82,13 +83,20 @@ def start(
     cid: str,
     *,
     claim: Claim | None = None,
+    joined: CallerTransaction | None = None,
 ) -> Applied | None:
     """Create the saga from a validated start and dispatch its first step.
 
     Idempotent on ``sid``: returns None when the saga existed already (the same start again;
-    anything else raises ``SagaConflict``)."""
+    anything else raises ``SagaConflict``). With ``joined``, the row is written in the caller's
+    transaction and the first step is dispatched once it commits (None is returned)."""
     with saga_context(saga=saga.name, saga_id=sid, correlation_id=cid):
-        existing, now = rt.store.peek(sid)  # and the database clock, in one round trip
+        if joined is None:
+            existing, now = rt.store.peek(sid)  # and the database clock, in one round trip
+        else:
+            # The caller's transaction may hold SQLite's write lock: read nothing else now;
+            # a taken id shows as a conflict inside the caller's transaction instead.
+            existing, now = None, rt.store.now()
         if existing is None:
             deadline = None
             if saga.deadline is not None:
@@ -105,13 +113,35 @@ def start(
                 decision.history,
                 _outbox(decision, claimed),
             )
-            existing = rt.store.create(new, now=now)
+            if joined is None:
+                existing = rt.store.create(new, now=now)
+            else:
+                existing = joined.insert(new, now=now)
         if existing is not None:
             check_duplicate_start(existing, saga.name, data)
             return None
+        snap = Snapshot(inserted_record(new, now), decision.status, now, time.monotonic())
+        if joined is not None:
+            log.info("saga written in the caller's transaction; dispatched when it commits")
+            joined.after_commit(lambda: _started(rt, saga, decision, snap, now, sid, cid))
+            return None
+        return _started(rt, saga, decision, snap, now, sid, cid, claimed)
+
+
+def _started(
+    rt: Runtime,
+    saga: Saga[Any],
+    decision: Decision,
+    snap: Snapshot,
+    now: datetime,
+    sid: str,
+    cid: str,
+    claimed: tuple[Dispatch, ...] = (),
+) -> Applied:
+    """The new saga's row is committed: count it and dispatch its first step."""
+    with saga_context(saga=saga.name, saga_id=sid, correlation_id=cid):
         metrics.inc("sagas_started_total", saga=saga.name)
         log.info("saga started")
-        snap = Snapshot(inserted_record(new, now), decision.status, now, time.monotonic())
         faults.hit("coordinator.start_after_commit")
         return _after_commit(rt, saga, decision, claimed, snap, now)
 

@@ -146,7 +146,9 @@ def start_saga(
         rt = get_runtime()
         direct = _direct_start(self.app, rt, name)
         if direct is None:
-            return starter.start(name, payload, saga_id=saga_id, correlation_id=correlation_id)
+            return starter.start(
+                name, payload, saga_id=saga_id, correlation_id=correlation_id, join=False
+            )
         sid, applied = starter.start_claiming(
             direct,
             payload,

@@ -41,6 +41,7 @@ from ..registry import lookup, registered
 from ..runtime import Runtime, get_runtime
 from ..state import Action, HistoryKind, SagaKind, StepState
 from ..store import NewSaga, SagaRecord, Tx
+from ..store.joined import CallerTransaction
 from ..transport import consumed_queues, local_services, publish_event, send_event_retry
 from .definition import COMPENSATED_EVENT, Choreography, HandlerSpec
 from .tracker import (
@@ -78,26 +79,52 @@ def event_id_for(saga_id: str, name: str, cause: str) -> str:
 # -- starting ------------------------------------------------------------------------------------
 
 
-def start(rt: Runtime, choreo: Choreography[Any], data: dict[str, Any], sid: str, cid: str) -> None:
-    """Record a validated start and publish the start event. Idempotent on ``sid``."""
+def start(
+    rt: Runtime,
+    choreo: Choreography[Any],
+    data: dict[str, Any],
+    sid: str,
+    cid: str,
+    *,
+    joined: CallerTransaction | None = None,
+) -> None:
+    """Record a validated start and publish the start event. Idempotent on ``sid``. With
+    ``joined``, the row is written in the caller's transaction and the event is published once
+    it commits."""
     with saga_context(saga=choreo.name, saga_id=sid, correlation_id=cid):
-        with rt.store.transaction() as tx:
-            existing = tx.peek(sid)  # and the database clock, in one round trip
-            now = tx.now()
+        outbox = event_outbox([choreo.starts_on], cause="start", data=data)
+
+        def new_saga(now: datetime) -> NewSaga:
             outcome = event_seen(choreo, new_choreo_status(choreo, sid), choreo.starts_on, now)
             history = (HistoryRecord(HistoryKind.SAGA_STARTED), *outcome.history)
-            outbox = event_outbox([choreo.starts_on], cause="start", data=data)
-            new = NewSaga(
+            return NewSaga(
                 sid, choreo.name, choreo.version, data, cid, outcome.status, history, outbox,
                 kind=SagaKind.CHOREOGRAPHED,
             )  # fmt: skip
-            existing = existing or tx.insert(new)
+
+        if joined is None:
+            with rt.store.transaction() as tx:
+                existing = tx.peek(sid)  # and the database clock, in one round trip
+                now = tx.now()
+                existing = existing or tx.insert(new_saga(now))
+        else:
+            now = rt.store.now()  # no read under the caller's transaction (see coordinator)
+            existing = joined.insert(new_saga(now), now=now)
         if existing is not None:
             check_duplicate_start(existing, choreo.name, data)
             return
-        metrics.inc("sagas_started_total", saga=choreo.name)
-        log.info("choreography started")
-        _publish_outbox(rt, choreo, sid, cid, outbox, written_at=now)
+
+        def started() -> None:
+            with saga_context(saga=choreo.name, saga_id=sid, correlation_id=cid):
+                metrics.inc("sagas_started_total", saga=choreo.name)
+                log.info("choreography started")
+                _publish_outbox(rt, choreo, sid, cid, outbox, written_at=now)
+
+        if joined is None:
+            started()
+        else:
+            log.info("choreography written in the caller's transaction; started when it commits")
+            joined.after_commit(started)
 
 
 # -- publishing ----------------------------------------------------------------------------------

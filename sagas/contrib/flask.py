@@ -19,6 +19,13 @@
   whatever the Celery app's task base is (sagas' tasks do not all use ``FlaskTask``);
 - ``flask saga list|show|stuck|metrics|retry|cancel|dlq|db upgrade`` is the ``saga`` command with
   the extension's settings and Celery app (no ``--app`` / ``SAGAS_CELERY_APP`` needed);
+- ``saga.start(payload, ...)`` in a request whose ``db.session`` has written in its current
+  transaction (objects added, changed or deleted, or flushed) writes the saga row in that same
+  transaction when the saga store is the app's database: the saga exists if and only if the
+  session commits, and its first step is dispatched after the commit (the row's outbox and the
+  sweeper cover a crash in between). A session that has only read, or none, leaves the start
+  to commit on its own at once; with the store in another database the start waits for the
+  session's commit;
 - ``start_saga_after_commit(...)`` validates now and sends ``start_saga`` once the session's
   transaction commits (nothing is sent if it rolls back).
 
@@ -50,6 +57,7 @@ from ..install import install
 from ..observability import escape, get_logger, saga_context
 from ..runtime import Runtime
 from ..settings import Settings
+from ..store.joined import Action, CallerTransaction, ConnectionTransaction, Deferred, same_database
 from ..transport import START_TASK
 
 __all__ = ["Sagas", "start_saga_after_commit"]
@@ -62,6 +70,7 @@ CELERY_APP_PATH = f"{__name__}:current_celery_app"  # what `flask saga retry` pu
 _PENDING = "sagas.after_commit"  # Session.info key: starts waiting for their transaction
 _READY = "sagas.after_commit.ready"  # Session.info key: committed, sent when the root ends
 _LISTENING = "sagas.after_commit.listening"
+_WROTE = "sagas.wrote"  # Session.info key: the root transaction the session last flushed in
 
 
 class Sagas:
@@ -116,6 +125,10 @@ class Sagas:
             settings = settings.model_copy(update={"broker_url": str(broker)})
         self.runtime = install(celery_app, modules=self.modules, settings=settings, beat=self.beat)
         self.app, self.celery, self.settings = app, celery_app, settings
+        db = app.extensions.get("sqlalchemy")
+        if db is not None:
+            _track_writes(db.session)
+        starter.join_transactions(caller_transaction)
         _contexts.bind(celery_app, app)
         app.extensions[EXTENSION] = self
         app.cli.add_command(_FlaskSagaCommand(self), "saga")
@@ -290,6 +303,70 @@ class _Start:
             self.name, self.payload, saga_id=self.saga_id, correlation_id=self.correlation_id
         )
 
+    def dropped(self) -> None:
+        pass  # start_saga_after_commit: nothing to send after a rollback, as documented
+
+
+@dataclass(frozen=True, slots=True)
+class _Joined:
+    """A start written in the session's transaction: its dispatch once that commits."""
+
+    action: Action
+
+    def send(self) -> None:
+        try:
+            self.action()
+        except Exception as exc:  # noqa: BLE001 - committed: the outbox and sweeper repair it
+            log.error("saga dispatch after commit failed: %s: %s", type(exc).__name__, escape(exc))
+
+    def dropped(self) -> None:
+        log.info("a saga start written in a transaction that rolled back: no saga started")
+
+
+# -- start in the session's transaction -----------------------------------------------------------
+
+
+def caller_transaction(rt: Runtime) -> CallerTransaction | Deferred | None:
+    """The Flask-SQLAlchemy session transaction a start should join: the current app's, when
+    its ``db.session`` has written in its current transaction (registered with
+    ``sagas.starter.join_transactions`` by ``init_app``)."""
+    if not current_app:
+        return None
+    ext = current_app.extensions.get(EXTENSION)
+    db = current_app.extensions.get("sqlalchemy")
+    if not isinstance(ext, Sagas) or ext.runtime is not rt or db is None:
+        return None
+    sess = _session(db.session)
+    owner = sess.get_nested_transaction() or sess.get_transaction()
+    if owner is None or not _has_written(sess):
+        return None
+
+    def on_commit(action: Action) -> None:
+        _listen(sess)
+        _pending(sess).append((owner, _Joined(action)))
+
+    if not same_database(rt.store.url, db.engine.url.render_as_string(hide_password=False)):
+        return Deferred(on_commit, "the saga store is not the app's database")
+    return ConnectionTransaction(sess.connection(), on_commit)
+
+
+def _track_writes(session: scoped_session[Any]) -> None:
+    # Applies to every session of this Flask-SQLAlchemy's session class: a flush marks the
+    # root transaction it wrote in, so a start later in that transaction joins it.
+    if not event.contains(session, "after_flush", _flushed):
+        event.listen(session, "after_flush", _flushed)
+
+
+def _flushed(session: Session, _context: Any) -> None:
+    session.info[_WROTE] = session.get_transaction()
+
+
+def _has_written(session: Session) -> bool:
+    if session.new or session.dirty or session.deleted:
+        return True
+    root = session.get_transaction()
+    return root is not None and session.info.get(_WROTE) is root
+
 
 def start_saga_after_commit(
     name: str,
@@ -348,8 +425,8 @@ def _listen(session: Session) -> None:
         session.info[_LISTENING] = True
 
 
-def _pending(session: Session) -> list[tuple[SessionTransaction, _Start]]:
-    found: list[tuple[SessionTransaction, _Start]] = session.info.get(_PENDING, [])
+def _pending(session: Session) -> list[tuple[SessionTransaction, _Start | _Joined]]:
+    found: list[tuple[SessionTransaction, _Start | _Joined]] = session.info.setdefault(_PENDING, [])
     return found
 
 
@@ -361,8 +438,8 @@ def _after_commit(session: Session) -> None:
     if committed is None:
         return
     parent = committed.parent if committed.nested else None
-    keep: list[tuple[SessionTransaction, _Start]] = []
-    ready: list[_Start] = session.info.setdefault(_READY, [])
+    keep: list[tuple[SessionTransaction, _Start | _Joined]] = []
+    ready: list[_Start | _Joined] = session.info.setdefault(_READY, [])
     for owner, start in _pending(session):
         if owner is not committed:
             keep.append((owner, start))
@@ -378,13 +455,16 @@ def _after_transaction_end(session: Session, transaction: SessionTransaction) ->
     pending = _pending(session)
     if any(owner is transaction for owner, _ in pending):
         session.info[_PENDING] = [(o, s) for o, s in pending if o is not transaction]
+        for owner, start in pending:
+            if owner is transaction:
+                start.dropped()
     if transaction.parent is None:
         ready = session.info.pop(_READY, [])
         if ready:
             _send_all(ready)
 
 
-def _send_all(starts: list[_Start]) -> None:
+def _send_all(starts: list[_Start | _Joined]) -> None:
     """Send each start (after the commit, outside any transaction); the first failure is
     raised once every start was tried."""
     failed: Exception | None = None
@@ -392,6 +472,7 @@ def _send_all(starts: list[_Start]) -> None:
         try:
             start.send()
         except Exception as exc:  # noqa: BLE001 - try the others, then raise the first
+            assert isinstance(start, _Start)  # a _Joined logs its own failure
             with saga_context(
                 saga=escape(start.name), saga_id=start.saga_id, correlation_id=start.correlation_id
             ):

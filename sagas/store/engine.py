@@ -22,6 +22,10 @@ from ..settings import mask_url
 from .records import utc
 
 
+# Execution option of the store's read-only connections (see make_engine's SQLite begin).
+READ_ONLY = "sagas_read_only"
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:")
@@ -44,7 +48,10 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
             # Take the write lock up front: this is SQLite's stand-in for SELECT ... FOR UPDATE.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # Reads (READ_ONLY) do not: in WAL mode they never wait for a writer, such as a web
+            # request's open transaction on the same file.
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     # No pre-ping: it costs a round trip on every checkout. A connection the server dropped fails

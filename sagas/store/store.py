@@ -15,7 +15,7 @@ import builtins
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, select, text
@@ -26,7 +26,7 @@ from ..machine import HistoryRecord, SagaStatus, StepStatus
 from ..settings import mask_url
 from ..state import ACTIVE_SAGA_STATES, HistoryKind, SagaKind, SagaState, StepState
 from . import statements
-from .engine import db_now, dropped_connection, make_engine, translated
+from .engine import READ_ONLY, db_now, dropped_connection, make_engine, translated
 from .records import (
     HistoryEntry,
     JsonStep,
@@ -63,7 +63,7 @@ class Store:
     def _connect(self) -> Iterator[Connection]:
         """A connection for reads; driver errors come out as the store's typed errors."""
         with translated(self.url), self.engine.connect() as conn:
-            yield conn
+            yield conn.execution_options(**{READ_ONLY: True})
 
     def ping(self) -> None:
         try:
@@ -328,6 +328,13 @@ class Store:
         # A retry after a lost connection is safe: if the first attempt did commit, the version
         # moved and the retry reports a conflict; the caller re-reads and finds its own write.
         return self._single(lambda conn: write_transition(conn, True, t, now=now))
+
+    def now(self) -> datetime:
+        """The database clock (Python's on SQLite, as everywhere the store reads it there),
+        without a transaction: no lock is taken, so it never waits for another writer."""
+        if not self.is_postgres:
+            return datetime.now(UTC)
+        return self._single(lambda conn: db_now(conn, True))
 
     def peek(self, saga_id: str) -> tuple[SagaRecord | None, datetime]:
         """The saga's record if it exists, and the database clock (one round trip)."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import insert, null, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Executable
 
 from . import statements
 from .records import (
@@ -26,19 +27,30 @@ from .schema import history_table, saga_table, step_table
 
 
 def insert_saga(conn: Connection, is_postgres: bool, new: NewSaga, *, now: datetime) -> None:
+    for statement, params in insert_statements(is_postgres, new, now=now):
+        conn.execute(statement, params)
+
+
+def insert_statements(
+    is_postgres: bool, new: NewSaga, *, now: datetime
+) -> list[tuple[Executable, dict[str, Any] | list[dict[str, Any]]]]:
+    """The statements that create a saga, with their parameters (a list: one execution per
+    row). One statement on PostgreSQL (atomic on its own): the saga, its steps and its first
+    history rows."""
     saga_id, status = new.saga_id, new.status
     values = saga_values(inserted_record(new, now))
     steps = [step_values(saga_id, i, st) for i, st in enumerate(status.steps)]
     if is_postgres:
-        # One statement (atomic on its own): the saga, its steps and its first history rows.
         params = statements.insert_params(values, steps, history_json(new.history))
-        conn.execute(statements.INSERT_SAGA, params)
-        return
-    conn.execute(insert(saga_table).values({**values, "outbox": values["outbox"] or null()}))
-    conn.execute(insert(step_table), steps)
+        return [(statements.INSERT_SAGA, params)]
+    out: list[tuple[Executable, dict[str, Any] | list[dict[str, Any]]]] = [
+        (insert(saga_table).values({**values, "outbox": values["outbox"] or null()}), {}),
+        (insert(step_table), steps),
+    ]
     events = history_rows(saga_id, new.history, now)
     if events:
-        conn.execute(insert(history_table), events)
+        out.append((insert(history_table), events))
+    return out
 
 
 def write_transition(conn: Connection, is_postgres: bool, t: Transition, *, now: datetime) -> bool:

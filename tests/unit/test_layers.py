@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "store.store",
             "store.migrate",
             "store.receipts",
+            "store.joined",
             "transport",
             "runtime",
             "admission",

@@ -53,6 +53,17 @@ DATABASES = {
         "OPTIONS": {"timeout": 30},
     }
 }
+# PostgreSQL instead (pip install "celery-sagas[django,postgres]"): SHOP_PG_NAME=shop and,
+# where they differ from these defaults, SHOP_PG_HOST / _PORT / _USER / _PASSWORD.
+if os.environ.get("SHOP_PG_NAME"):
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": os.environ["SHOP_PG_NAME"],
+        "HOST": os.environ.get("SHOP_PG_HOST", "127.0.0.1"),
+        "PORT": os.environ.get("SHOP_PG_PORT", "5432"),
+        "USER": os.environ.get("SHOP_PG_USER", "postgres"),
+        "PASSWORD": os.environ.get("SHOP_PG_PASSWORD", ""),
+    }
 USE_TZ = True
 TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

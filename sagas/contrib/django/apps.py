@@ -12,9 +12,11 @@ from django.db.models.signals import post_migrate
 from django.utils.module_loading import module_has_submodule
 
 from ...errors import ConfigurationError
+from ...starter import join_transactions
 from ...store import Store
 from ...store.migrate import current_revision, upgrade
 from .conf import settings
+from .start import caller_transaction
 
 SAGA_MODULE = "sagas"
 
@@ -27,6 +29,8 @@ class SagasConfig(AppConfig):  # type: ignore[misc]  # Django is untyped
 
     def ready(self) -> None:
         discover_saga_modules()
+        # saga.start() inside transaction.atomic() writes the saga in that transaction.
+        join_transactions(caller_transaction)
         post_migrate.connect(
             _upgrade_on_migrate, sender=self, dispatch_uid="sagas.contrib.django.upgrade"
         )

@@ -1,16 +1,40 @@
-"""Starting a saga when the caller's Django transaction commits."""
+"""Starting a saga from Django code: in the caller's transaction, or when it commits.
+
+``saga.start(payload, ...)`` inside ``transaction.atomic()`` (or a view under
+``ATOMIC_REQUESTS``) writes the saga row in that transaction when the saga store is
+``DATABASES["default"]`` (the default): the saga exists if and only if the transaction commits,
+and its first step is dispatched by ``transaction.on_commit``. If the process dies between the
+commit and that publish, the command is still in the row's outbox and the sweeper publishes it.
+With the store in another database, the start is made when the transaction commits (nothing on
+rollback). Outside any atomic block, a start commits on its own at once, as everywhere else.
+
+``start_saga_on_commit(name, ...)`` sends the ``start_saga`` message after the commit instead:
+for a saga defined in another codebase, or when the coordinator should write the row.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from django.db import transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 from ...admission import validate_start
 from ...catalog import registered_sagas
+from ...errors import ConfigurationError
 from ...payload import check_saga_id
+from ...runtime import Runtime
+from ...store.joined import (
+    Action,
+    CallerTransaction,
+    CursorTransaction,
+    Deferred,
+    for_cursor,
+    same_database,
+)
 from ...tasks import start_saga
-from .conf import settings
+from .conf import database_url, settings
 
 
 def start_saga_on_commit(
@@ -51,3 +75,42 @@ def start_saga_on_commit(
             message["correlation_id"] = check_saga_id(correlation_id, field="correlation_id")
     transaction.on_commit(lambda: start_saga.delay(name, data, **message), using=using)
     return sid
+
+
+def caller_transaction(rt: Runtime) -> CallerTransaction | Deferred | None:
+    """The open ``atomic()`` block of ``DATABASES["default"]`` a start should join, if any
+    (registered with ``sagas.starter.join_transactions`` when the app is ready)."""
+    conn = connections[DEFAULT_DB_ALIAS]
+    if not conn.in_atomic_block:
+        return None
+
+    def on_commit(action: Action) -> None:
+        # robust: a failed publish after the commit is logged, not raised into the request;
+        # the outbox keeps the command for the sweeper.
+        transaction.on_commit(action, using=DEFAULT_DB_ALIAS, robust=True)
+
+    try:
+        theirs = database_url(conn.settings_dict)
+    except ConfigurationError:
+        theirs = ""
+    if not theirs or not same_database(rt.store.url, theirs):
+        return Deferred(on_commit, "the saga store is not DATABASES['default']")
+    if conn.vendor == "postgresql" and not is_psycopg3:
+        return Deferred(on_commit, "Django's database driver is psycopg2, the store's psycopg 3")
+
+    def execute(
+        sql: str, params: Mapping[str, Any]
+    ) -> tuple[Sequence[str], Sequence[Sequence[Any]]]:
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            if cursor.description is None:
+                return (), ()
+            return [d[0] for d in cursor.description], cursor.fetchall()
+
+    return CursorTransaction(
+        dialect=for_cursor(rt.store.engine.dialect),
+        execute=execute,
+        savepoint=lambda: transaction.atomic(using=DEFAULT_DB_ALIAS),
+        conflict=IntegrityError,
+        on_commit=on_commit,
+    )

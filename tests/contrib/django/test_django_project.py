@@ -85,8 +85,39 @@ r = c.post("/checkout-then-fail/", {"ref": "4"})
 out("rolled back", r.status_code, Order.objects.filter(ref="4").exists())
 r = c.post("/checkout/approval/", {"ref": "5"})
 out("approval", r.status_code, r.json()["saga_id"])
+r = c.post("/checkout/by-message/", {"ref": "7"})
+out("by message", r.status_code, r.json()["saga_id"])
 
-for sid in ("order-1", "order-2"):
+# -- saga.start() inside atomic(): the saga row is written in that transaction -----------------
+from django.db import connection, transaction
+from sagas import SagaConflict
+from shop.sagas import shop_order
+
+
+def seen_by_the_store(saga_id):
+    try:
+        return sagas.get(saga_id).state.value
+    except SagaNotFound:
+        return "absent"
+
+
+with transaction.atomic():
+    Order.objects.create(ref="6", total_cents=700)
+    first = shop_order.start({"ref": "6", "total_cents": 700}, saga_id="order-6")
+    again = shop_order.start({"ref": "6", "total_cents": 700}, saga_id="order-6")
+    try:
+        shop_order.start({"ref": "6", "total_cents": 701}, saga_id="order-6")
+    except SagaConflict as exc:
+        conflict = type(exc).__name__
+    with connection.cursor() as cur:  # this transaction sees its own uncommitted saga row
+        cur.execute("SELECT state, outbox IS NOT NULL FROM saga WHERE id = %s", ["order-6"])
+        state, has_outbox = cur.fetchone()
+        inside = (state, bool(has_outbox))
+    Order.objects.create(ref="6b", total_cents=1)  # the transaction is still usable
+    out("in transaction", first, again, conflict, inside, seen_by_the_store("order-6"))
+out("after commit", sagas.wait("order-6", timeout=30).state.value)
+
+for sid in ("order-1", "order-2", "order-7"):
     info = sagas.wait(sid, timeout=30)
     out(sid, info.state.value, info.correlation_id if sid == "order-1" else "-",
         [(s.name, s.state.value) for s in info.steps])
@@ -288,9 +319,14 @@ def test_checkout_admin_and_manage_py_saga(project: Path) -> None:
         "invalid 400 {'error': 'PayloadInvalid', 'field': 'payload.total_cents'} False",
         "rolled back 500 False",
         "approval 202 order-5",
+        "by message 202 order-7",
+        "in transaction order-6 order-6 SagaConflict ('pending', True) absent",
+        "after commit completed",
         "order-1 completed req-1 [('reserve', 'succeeded'), ('charge', 'succeeded')]",
         "order-2 failed - [('reserve', 'compensated'), ('charge', 'failed')]",
-        "orders [('1', 'paid'), ('2', 'released'), ('5', 'reserved')]",
+        "order-7 completed - [('reserve', 'succeeded'), ('charge', 'succeeded')]",
+        "orders [('1', 'paid'), ('2', 'released'), ('5', 'reserved'), ('6', 'paid'), "
+        "('6b', 'new'), ('7', 'paid')]",
         "order-4 not found",
         "failed list 200 True False False",
         "search 200 True False",
@@ -318,6 +354,8 @@ def test_checkout_admin_and_manage_py_saga(project: Path) -> None:
         "order-1": ["shop_order", "completed"],
         "order-2": ["shop_order", "failed"],
         "order-5": ["shop_approval", "failed"],
+        "order-6": ["shop_order", "completed"],
+        "order-7": ["shop_order", "completed"],
     }
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith("saga order-2  shop_order v1  state=failed\n"), shown.stdout
