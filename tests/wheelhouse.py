@@ -4,7 +4,7 @@ and how those tests stop the worker processes they start.
 
 The wheel is built from a copy of the files git tracks (plus untracked ones it does not ignore),
 so nothing stale in the checkout (a build/ folder) leaks in and nothing is written into it. The
-venv gets ``<wheel>[django,flask]`` from the package index, never the checkout.
+venv gets ``<wheel>[django,flask,postgres,redis]`` from the package index, never the checkout.
 """
 
 from __future__ import annotations
@@ -67,7 +67,11 @@ def wheel_venv(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     env_dir = tmp_path_factory.mktemp("venv")
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = str(env_dir / "bin" / "python")
-    _run([python, "-m", "pip", "install", "--quiet", f"{built_wheel}[django,flask]"], env_dir, 600)
+    _run(
+        [python, "-m", "pip", "install", "--quiet", f"{built_wheel}[django,flask,postgres,redis]"],
+        env_dir,
+        600,
+    )
     return env_dir / "bin"
 
 

@@ -21,7 +21,6 @@ from ..errors import StoreConflict, StoreError, StoreUnavailable
 from ..settings import mask_url
 from .records import utc
 
-
 # Execution option of the store's read-only connections (see make_engine's SQLite begin).
 READ_ONLY = "sagas_read_only"
 

@@ -24,14 +24,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from redis import Redis
+from sqlalchemy import make_url
 
 from sagas.store.migrate import head_revision
+from tests.services import require, scratch_database
 from tests.wheelhouse import spawn, stop_group
 
 pytestmark = pytest.mark.workers
 
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = ROOT / "examples" / "django_shop"
+REDIS_BROKER = "redis://127.0.0.1:6379/11"  # this module's own Redis database
 
 DRIVER = r"""
 import html
@@ -475,38 +479,73 @@ def test_settings_bridge(tmp_path: Path) -> None:
 
 WHEEL_DRIVER = r"""
 import os
+import sys
 import time
-import venv
 
 import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "proj.settings")
 django.setup()
 
+from django.db import transaction
 from django.test import Client
 
 import sagas
 from sagas import SagaNotFound
 from shop.models import Order
+from shop.sagas import shop_order
 
-print("sagas from", os.path.dirname(sagas.__file__), flush=True)
-c = Client(raise_request_exception=False)
-r = c.post("/checkout/", {"ref": "1", "total_cents": "1250"})
-print("checkout", r.status_code, r.json()["saga_id"], flush=True)
-r = c.post("/checkout/", {"ref": "2", "declined": "1"})
-print("declined", r.status_code, r.json()["saga_id"], flush=True)
-r = c.post("/checkout-then-fail/", {"ref": "3"})
-print("rolled back", r.status_code, Order.objects.filter(ref="3").exists(), flush=True)
-for sid in ("order-1", "order-2"):
-    info = sagas.wait(sid, timeout=45)
-    print(sid, info.state.value, [(s.name, s.state.value, s.result) for s in info.steps])
-print("orders", sorted(Order.objects.values_list("ref", "status")))
-time.sleep(1.0)  # a start sent before the rollback would have been recorded by now
-try:
-    sagas.get("order-3")
-    print("order-3 exists")
-except SagaNotFound:
-    print("order-3 not found")
+
+def steps(info):
+    return [(s.name, s.state.value, s.result) for s in info.steps]
+
+
+def history(saga_id):
+    return [h.kind for h in sagas.get(saga_id).history]
+
+
+phase = sys.argv[1]
+if phase == "views":
+    print("sagas from", os.path.dirname(sagas.__file__), flush=True)
+    c = Client(raise_request_exception=False)
+    r = c.post("/checkout/", {"ref": "1", "total_cents": "1250"})
+    print("checkout", r.status_code, r.json()["saga_id"], flush=True)
+    r = c.post("/checkout/", {"ref": "2", "declined": "1"})
+    print("declined", r.status_code, r.json()["saga_id"], flush=True)
+    r = c.post("/checkout-then-fail/", {"ref": "3"})
+    print("rolled back", r.status_code, Order.objects.filter(ref="3").exists(), flush=True)
+    r = c.post("/checkout/approval/", {"ref": "5"})
+    print("approval", r.status_code, r.json()["saga_id"], flush=True)
+    for sid in ("order-1", "order-2"):
+        info = sagas.wait(sid, timeout=45)
+        print(sid, info.state.value, steps(info))
+    deadline = time.monotonic() + 45
+    while sagas.get("order-5").steps[1].state.value != "running":  # awaiting approval
+        assert time.monotonic() < deadline, sagas.get("order-5")
+        time.sleep(0.05)
+    time.sleep(1.0)  # a start sent before the rollback would have been recorded by now
+    try:
+        sagas.get("order-3")
+        print("order-3 exists")
+    except SagaNotFound:
+        print("order-3 not found")
+elif phase == "crash":
+    # SAGAS_FAULTS=coordinator.start_after_commit=exit: this process dies after the commit,
+    # before it publishes the first step; the sweeper finds the command in the row's outbox.
+    with transaction.atomic():
+        Order.objects.create(ref="8", total_cents=800)
+        shop_order.start({"ref": "8", "total_cents": 800}, saga_id="order-8")
+        print("written in the transaction", flush=True)
+    print("not reached")
+elif phase == "recovered":
+    info = sagas.wait("order-8", timeout=45)
+    print("order-8", info.state.value, steps(info), "commands_republished" in history("order-8"))
+elif phase == "operated":
+    info = sagas.wait("order-5", timeout=45)
+    kinds = history("order-5")
+    print("order-5", info.state.value, [(s.name, s.state.value) for s in info.steps],
+          "operator_retry" in kinds, "cancel_requested" in kinds)
+    print("orders", sorted(Order.objects.values_list("ref", "status")))
 """
 
 
@@ -518,33 +557,56 @@ def _run_in(
     )
 
 
-def test_the_example_runs_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> None:
-    """The README's steps with the defaults (``db.sqlite3`` and ``broker/`` in the project,
-    coordinator queue ``sagas``), run by the fresh virtualenv's python and ``celery``."""
+def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
+    wheel_venv: Path, tmp_path: Path
+) -> None:
+    """The README's steps run by the fresh virtualenv's python and ``celery`` (coordinator queue
+    ``sagas``), with the project on PostgreSQL (the saga store in the same database) and Redis
+    as the broker: views, a crash between a start's commit and its publish repaired by beat's
+    sweeper, and ``manage.py saga retry`` / ``cancel``."""
+    require("Redis", REDIS_BROKER)
+    redis = Redis.from_url(REDIS_BROKER)
+    redis.flushdb()
     project = _copy_example(tmp_path / "django_shop")
     (project / "driver.py").write_text(WHEEL_DRIVER)
-    env = _clean_env()
-    for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
-        env.pop(name, None)
-    env.update(
-        PATH=f"{wheel_venv}{os.pathsep}{env.get('PATH', '')}", SHOP_ALLOWED_HOSTS="testserver"
-    )
-    python = str(wheel_venv / "python")
+    with scratch_database("sagas_django_shop") as url:
+        env = _clean_env()
+        for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+            env.pop(name, None)
+        env.update(
+            PATH=f"{wheel_venv}{os.pathsep}{env.get('PATH', '')}",
+            SHOP_ALLOWED_HOSTS="testserver",
+            SHOP_PG_NAME=str(make_url(url).database),
+            CELERY_BROKER_URL=REDIS_BROKER,
+            SAGAS_SWEEP_INTERVAL="1",
+            SAGAS_OUTBOX_GRACE="1",
+        )
+        python = str(wheel_venv / "python")
 
-    migrate = _run_in([python, "manage.py", "migrate", "--noinput"], project, env, timeout=60)
-    assert migrate.returncode == 0, migrate.stderr[-3000:]
-    assert "Applying shop.0001_initial... OK" in migrate.stdout, migrate.stdout
-    upgrade = _run_in([python, "manage.py", "saga", "db", "upgrade"], project, env, timeout=60)
-    assert upgrade.returncode == 0, upgrade.stderr[-3000:]
-    db = project / "db.sqlite3"
-    assert upgrade.stdout == f"saga store at revision {head_revision()} (<Store sqlite:///{db}>)\n"
+        def run(*argv: str, **extra: str) -> subprocess.CompletedProcess[str]:
+            return _run_in([python, *argv], project, {**env, **extra}, timeout=90)
 
-    celery = [str(wheel_venv / "celery"), "-A", "proj", "worker", "-B", "-Q", "sagas,shop"]
-    celery += ["-c", "2", "--loglevel", "INFO"]
-    with _worker(project, celery, env):
-        driver = _run_in([python, "driver.py"], project, env, timeout=90)
-    assert driver.returncode == 0, driver.stderr[-4000:] + _worker_log(project)
-    lines = driver.stdout.splitlines()
+        migrate = run("manage.py", "migrate", "--noinput")
+        assert migrate.returncode == 0, migrate.stderr[-3000:]
+        assert "Applying shop.0001_initial... OK" in migrate.stdout, migrate.stdout
+        upgrade = run("manage.py", "saga", "db", "upgrade")
+        assert upgrade.returncode == 0, upgrade.stderr[-3000:]
+        store = f"postgresql+psycopg://postgres@127.0.0.1:5432/{make_url(url).database}"
+        assert upgrade.stdout == f"saga store at revision {head_revision()} (<Store {store}>)\n"
+
+        celery = [str(wheel_venv / "celery"), "-A", "proj", "worker", "-B", "-Q", "sagas,shop"]
+        celery += ["-c", "2", "--loglevel", "INFO", "-s", str(project / "beat-schedule")]
+        with _worker(project, celery, env):
+            views = run("driver.py", "views")
+            assert views.returncode == 0, views.stderr[-4000:] + _worker_log(project)
+            crash = run("driver.py", "crash", SAGAS_FAULTS="coordinator.start_after_commit=exit")
+            recovered = run("driver.py", "recovered")
+            retry = run("manage.py", "saga", "retry", "order-5", "--reason", "approver back")
+            cancel = run("manage.py", "saga", "cancel", "order-5", "--reason", "out of stock")
+            operated = run("driver.py", "operated")
+    redis.flushdb()
+
+    lines = views.stdout.splitlines()
     site = lines.pop(0)
     assert site.startswith(f"sagas from {wheel_venv.parent}/lib/"), site
     assert site.endswith("/site-packages/sagas"), site
@@ -552,12 +614,25 @@ def test_the_example_runs_from_the_wheel(wheel_venv: Path, tmp_path: Path) -> No
         "checkout 202 order-1",
         "declined 202 order-2",
         "rolled back 500 False",
+        "approval 202 order-5",
         "order-1 completed [('reserve', 'succeeded', {'reserved': '1'}), "
         "('charge', 'succeeded', {'charged': 1250})]",
         "order-2 failed [('reserve', 'compensated', {'reserved': '2'}), "
         "('charge', 'failed', None)]",
-        "orders [('1', 'paid'), ('2', 'released')]",
         "order-3 not found",
-    ], driver.stdout + _worker_log(project)
-    log = _worker_log(project)
-    assert "celery@" in log and "beat: Starting" in log, log
+    ], views.stdout + _worker_log(project)
+    assert (crash.returncode, crash.stdout) == (1, "written in the transaction\n"), crash.stderr
+    assert recovered.returncode == 0, recovered.stderr[-3000:] + _worker_log(project)
+    assert recovered.stdout == (
+        "order-8 completed [('reserve', 'succeeded', {'reserved': '8'}), "
+        "('charge', 'succeeded', {'charged': 800})] True\n"
+    )
+    assert retry.returncode == 0, retry.stderr
+    assert cancel.returncode == 0, cancel.stderr
+    assert operated.returncode == 0, operated.stderr[-3000:]
+    assert operated.stdout.splitlines() == [
+        "order-5 failed [('reserve', 'compensated'), ('approve', 'timed_out')] True True",
+        "orders [('1', 'paid'), ('2', 'released'), ('5', 'released'), ('8', 'paid')]",
+    ], operated.stdout
+    log = (project / "worker.log").read_text()
+    assert "celery@" in log and "beat: Starting" in log, log[-4000:]
