@@ -1,6 +1,6 @@
 """docs/flask.md's "Add sagas to your Flask project" files, written out as they are printed and run
-(in subprocesses): ``flask saga db upgrade``, then a request that starts a saga after its commit
-and one the typed error rejects. The broker is ``memory://`` (the page's ``create_app`` takes
+(in subprocesses): ``flask saga db upgrade``, then a request that starts a saga in its own
+transaction and one the typed error rejects. The broker is ``memory://`` (the page's ``create_app`` takes
 ``CELERY_BROKER_URL``), so no worker: ``test_flask_shop.py`` runs the same layout with one.
 """
 
@@ -66,8 +66,8 @@ def test_the_readme_flask_project_runs_as_written(tmp_path: Path) -> None:
                 from shop import create_app
 
                 sent = []
-                before_task_publish.connect(
-                    lambda sender=None, body=None, **_: sent.append((sender, body[1]["saga_id"])),
+                before_task_publish.connect(  # a step command: its saga id is in args[0]
+                    lambda sender=None, body=None, **_: sent.append((sender, body[0][0]["saga_id"])),
                     weak=False,
                 )
                 client = create_app().test_client()
@@ -81,8 +81,11 @@ def test_the_readme_flask_project_runs_as_written(tmp_path: Path) -> None:
     )
     assert driver.returncode == 0, driver.stderr[-3000:]
     assert driver.stdout.splitlines() == [
-        "202 {'saga_id': 'order-o1'} [('sagas.start_saga', 'order-o1')]",
+        "202 {'saga_id': 'order-o1'} [('saga.shop_order.reserve', 'order-o1')]",
         "400 {'error': 'InvalidSagaId', 'field': 'saga_id'} 1",
     ]
-    listed = _run(tmp_path, [*flask, "list"])  # no worker consumed the start: no saga row yet
-    assert listed.returncode == 0 and listed.stdout.strip() == "no sagas", listed.stderr
+    # The saga row was committed with the order (no worker ran: step 1 is still running).
+    listed = _run(tmp_path, [*flask, "list"])
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split()[:3] for line in listed.stdout.splitlines()[2:]]
+    assert rows == [["order-o1", "shop_order", "pending"]], listed.stdout
