@@ -97,6 +97,7 @@ def start(
             # The caller's transaction may hold SQLite's write lock: read nothing else now;
             # a taken id shows as a conflict inside the caller's transaction instead.
             existing, now = None, rt.store.now()
+        taken = time.monotonic()  # when ``now`` was the database's time (see Snapshot.now)
         if existing is None:
             deadline = None
             if saga.deadline is not None:
@@ -120,7 +121,7 @@ def start(
         if existing is not None:
             check_duplicate_start(existing, saga.name, data)
             return None
-        snap = Snapshot(inserted_record(new, now), decision.status, now, time.monotonic())
+        snap = Snapshot(inserted_record(new, now), decision.status, now, taken)
         if joined is not None:
             log.info("saga written in the caller's transaction; dispatched when it commits")
             joined.after_commit(lambda: _started(rt, saga, decision, snap, now, sid, cid))

@@ -85,8 +85,13 @@ class Snapshot:
         return self.read_at + timedelta(seconds=max(time.monotonic() - self.taken, 0.0))
 
     def after_write(self, t: Transition, at: datetime) -> Snapshot:
-        """This snapshot as ``Store.write`` left the row (what the next write compares with)."""
-        return Snapshot(written_record(t, at), t.new, at, time.monotonic())
+        """This snapshot as ``Store.write`` left the row (what the next write compares with).
+
+        The clock keeps its anchor, the last read of the database clock: ``at`` was estimated
+        before the write went out, so anchoring at it once the write has returned would drop
+        the write's round trip from every later estimate (each inline step's times would run
+        a little further behind the database's)."""
+        return Snapshot(written_record(t, at), t.new, self.read_at, self.taken)
 
 
 # -- the shape of a written row: derived here only, used by the writes and by the snapshots ------
