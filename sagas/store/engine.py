@@ -49,8 +49,10 @@ def make_engine(url: str) -> Engine:
             # Take the write lock up front: this is SQLite's stand-in for SELECT ... FOR UPDATE.
             # Reads (READ_ONLY) do not: in WAL mode they never wait for a writer, such as a web
             # request's open transaction on the same file.
-            read_only = conn.get_execution_options().get(READ_ONLY, False)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+            if conn.get_execution_options().get(READ_ONLY, False):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     # No pre-ping: it costs a round trip on every checkout. A connection the server dropped fails

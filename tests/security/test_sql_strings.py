@@ -27,6 +27,7 @@ ALLOWED = {
         "sagas/store/engine.py",
         "BEGIN IMMEDIATE",
     ): "SQLite's write lock up front; Core has no spelling",
+    ("sagas/store/engine.py", "BEGIN"): "SQLite read transactions (pysqlite's own BEGIN is off)",
     ("sagas/store/store.py", "SELECT 1"): "Store.ping: a connectivity probe",
     ("sagas/store/schema.py", "false"): "server_default of a Boolean column",
     ("sagas/store/schema.py", "0"): "server_default of an Integer column",

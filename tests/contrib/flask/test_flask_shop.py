@@ -214,7 +214,7 @@ def test_orders_complete_compensate_and_a_rolled_back_request_starts_none(
             print(json.dumps([s.result for s in info.steps]))
         with app.app_context():
             print(sorted((o.id, o.status) for o in db.session.scalars(db.select(Order))))
-            print([(c.order_id, c.charged_by) for c in db.session.scalars(db.select(Charge))])
+            print(sorted((c.order_id, c.charged_by) for c in db.session.scalars(db.select(Charge))))
         for sid in ("order-o3", "order-o4"):
             try:
                 sagas.get(sid)
