@@ -16,9 +16,10 @@ from .registry import lookup, registered
 SagaDefinition = Saga[Any] | Choreography[Any]
 
 
-def get_saga(name: object) -> SagaDefinition:
-    """The saga or choreography registered as ``name`` (``UnknownSaga`` if none)."""
-    found = lookup(name)
+def get_saga(name: object, version: int | None = None) -> SagaDefinition:
+    """The saga or choreography registered as ``name``: its newest version, or ``version``
+    (``UnknownSaga`` if none, ``VersionUnavailable`` without that version)."""
+    found = lookup(name, version)
     assert isinstance(found, Saga | Choreography), f"registry holds {found!r}"
     return found
 

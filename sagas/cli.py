@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import coordinator, report
+from . import coordinator, report, versions
 from .doctor import run as doctor_checks
 from .errors import SagaError, StoreError
 from .examples.demo import run_embedded
@@ -225,6 +225,43 @@ def doctor(app_path: str | None) -> None:
     for check in checks:
         click.echo(check.line())
     if any(c.ok is False for c in checks):
+        sys.exit(1)
+
+
+@main.command("versions")
+@_APP_OPTION
+@_one_line_errors
+def versions_(app_path: str | None) -> None:
+    """Saga versions: sagas in flight and finished per version, which versions this deployment
+    defines (with --app / SAGAS_CELERY_APP) and which new starts take.
+
+    Exit status 1 if a defined version differs from the one its sagas in flight started on."""
+    if app_path:
+        rt = _operator_runtime(app_path)
+    else:
+        settings = Settings()
+        rt = Runtime(settings=settings, store=_store(), app=None)
+    lines = versions.report(rt)
+    if not lines:
+        click.echo("no sagas")
+        return
+    rows = [
+        [
+            line.name,
+            f"v{line.version}",
+            str(line.in_flight),
+            str(line.finished),
+            ("yes, new starts" if line.newest else "yes") if line.defined else "no",
+            "differs" if line.problems else "",
+        ]
+        for line in lines
+    ]
+    headers = ["NAME", "VERSION", "IN FLIGHT", "FINISHED", "DEFINED", "DEFINITION"]
+    click.echo(report.table(headers, rows))
+    problems = [p for line in lines for p in line.problems]
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+    if problems:
         sys.exit(1)
 
 

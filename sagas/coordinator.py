@@ -23,7 +23,14 @@ from . import faults
 from .admission import check_duplicate_start
 from .commands import build_command, decode_command, encode_command, still_wanted
 from .definition import Saga, StepDef, get_orchestrated
-from .errors import DefinitionError, SagaError, SagaInputError, SagaNotFound, StoreUnavailable
+from .errors import (
+    DefinitionError,
+    SagaError,
+    SagaInputError,
+    SagaNotFound,
+    StoreUnavailable,
+    VersionUnavailable,
+)
 from .machine import (
     Cancel,
     Decision,
@@ -113,6 +120,7 @@ def start(
                 decision.status,
                 decision.history,
                 _outbox(decision, claimed),
+                definition_hash=saga.fingerprint,
             )
             if joined is None:
                 existing = rt.store.create(new, now=now)
@@ -347,15 +355,25 @@ def republish(saga_id: str, grace: float, *, rt: Runtime | None = None) -> int:
 
 
 def _definition(record: SagaRecord, status: SagaStatus) -> Saga[Any]:
-    saga = get_orchestrated(record.name)
-    names = tuple(s.name for s in saga.plan.steps)
-    if names != tuple(s.name for s in status.steps):
-        raise DefinitionError(
-            f"saga {record.name!r} id {record.id!r} was started with steps "
-            f"{[s.name for s in status.steps]} but this process defines {list(names)} "
-            f"(stored version {record.version}, defined version {saga.version})"
-        )
+    """The definition a saga in flight runs on: the version it started with, with the steps it
+    started with. ``VersionUnavailable`` when this process lacks it (the task retries its
+    message, so a process that has it takes the work)."""
+    saga = get_orchestrated(record.name, record.version)
+    mismatch = definition_mismatch(saga, record, [s.name for s in status.steps])
+    if mismatch is not None:
+        raise VersionUnavailable(mismatch, field="version", saga=record.name)
     return saga
+
+
+def definition_mismatch(saga: Saga[Any], record: SagaRecord, steps: list[str]) -> str | None:
+    """Why ``saga`` is not the definition ``record`` started on (None: it is)."""
+    difference = saga.differs_from(record.definition_hash, steps)
+    if difference is None:
+        return None
+    return (
+        f"saga {record.name!r} version {record.version} (id {record.id!r}) was {difference}: "
+        "a changed definition needs a new version number"
+    )
 
 
 def _outbox(decision: Decision, claimed: tuple[Dispatch, ...] = ()) -> list[dict[str, Any]]:

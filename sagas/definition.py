@@ -16,6 +16,8 @@ is an existing Celery task named by string in another codebase; the coordinator 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -28,7 +30,14 @@ from pydantic import BaseModel
 from . import registry
 from .errors import DefinitionError
 from .machine import Plan, StepPlan
-from .registry import SagaHandle, StartOptions, lookup_as, registered, start_through_hook
+from .registry import (
+    SagaHandle,
+    StartOptions,
+    lookup_as,
+    registered,
+    registered_versions,
+    start_through_hook,
+)
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
 from .state import Action, SagaKind
 
@@ -307,6 +316,32 @@ class Saga(Startable[P]):
             self._plan = Plan(tuple(s.plan() for s in self.steps))
         return self._plan
 
+    @property
+    def shape(self) -> list[dict[str, Any]]:
+        """What a saga in flight depends on: its steps, in order, and which are compensated.
+        Timeouts, retry policies, queues and the code inside a step may change under one
+        version; a change here needs a new version number."""
+        return [{"step": s.name, "compensable": s.compensable} for s in self.steps]
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of ``shape``, stored with every saga this definition starts."""
+        text = json.dumps(self.shape, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def differs_from(self, stored_hash: str | None, steps: list[str]) -> str | None:
+        """How this definition differs from the one a saga was started on, given the
+        fingerprint stored with it and its steps (None: it does not). A saga started before
+        fingerprints were stored is compared by step names."""
+        names = [s.name for s in self.steps]
+        if stored_hash == self.fingerprint or (stored_hash is None and names == steps):
+            return None
+        stored = f" (fingerprint {stored_hash})" if stored_hash else ""
+        return (
+            f"started on steps {steps}{stored}, defined here with steps {names} "
+            f"(fingerprint {self.fingerprint})"
+        )
+
     def step_def(self, name_or_index: str | int) -> StepDef:
         if isinstance(name_or_index, int):
             return self.steps[name_or_index]
@@ -319,15 +354,26 @@ class Saga(Startable[P]):
 # -- the registry (``sagas.registry``), narrowed to orchestrated sagas -----------------------------
 
 
-def get_orchestrated(name: object) -> Saga[Any]:
-    """The registered orchestrated saga called ``name`` (``UnknownSaga`` if there is none)."""
-    saga: Saga[Any] = lookup_as(name, Saga, "an orchestrated saga")
+def get_orchestrated(name: object, version: int | None = None) -> Saga[Any]:
+    """The registered orchestrated saga called ``name``: its newest version, or ``version``
+    (``UnknownSaga`` if there is none, ``VersionUnavailable`` without that version)."""
+    saga: Saga[Any] = lookup_as(name, Saga, "an orchestrated saga", version)
     return saga
 
 
 def orchestrated_sagas() -> dict[str, Saga[Any]]:
-    """Every registered orchestrated saga, by name."""
+    """The newest version of every registered orchestrated saga, by name."""
     return {n: d for n, d in registered().items() if isinstance(d, Saga)}
+
+
+def orchestrated_versions() -> list[Saga[Any]]:
+    """Every registered version of every orchestrated saga."""
+    return [
+        d
+        for versions in registered_versions().values()
+        for d in versions.values()
+        if isinstance(d, Saga)
+    ]
 
 
 # -- extension point: binding step tasks once an app is configured -------------------------------

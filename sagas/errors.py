@@ -54,6 +54,12 @@ class UnknownSaga(SagaInputError):
     """No saga of that name is registered in this process."""
 
 
+class VersionUnavailable(UnknownSaga):
+    """The saga is registered, but not in the version asked for (or a saga in flight was
+    started on: this process lacks it, or defines it with other steps). Work for it is left for
+    a process that has it (``field`` is ``"version"``)."""
+
+
 class PayloadInvalid(SagaInputError):
     """The payload failed validation against the saga's payload model."""
 

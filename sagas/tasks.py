@@ -11,7 +11,7 @@ change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task, shared_task
 from celery.exceptions import Retry
@@ -25,11 +25,17 @@ from celery.signals import (
 )
 from pydantic import ValidationError
 
-from . import coordinator, faults, starter, sweeper
+from . import coordinator, faults, starter, sweeper, versions
 from .catalog import get_saga, registered_sagas
 from .choreography import runner
 from .definition import Saga, StepDef, get_orchestrated, on_step_declared, orchestrated_sagas
-from .errors import SagaInputError, StoreUnavailable
+from .errors import (
+    DefinitionError,
+    SagaInputError,
+    StoreError,
+    StoreUnavailable,
+    VersionUnavailable,
+)
 from .messages import StepCommand, StepReply
 from .observability import SagaContextFilter, escape, get_logger, metrics, saga_context
 from .participant import (
@@ -82,7 +88,10 @@ class _CoordinatorTask(Task):  # type: ignore[misc]
 COORDINATOR: dict[str, Any] = {
     **RELIABLE,
     "base": _CoordinatorTask,
-    "autoretry_for": (StoreUnavailable,),
+    # VersionUnavailable: this process lacks the saga's version (a rolling deploy): the retried
+    # message may be taken by a coordinator that has it. Past the retries the saga waits for
+    # its timers, which the sweeper fires in a process that has the version.
+    "autoretry_for": (StoreUnavailable, VersionUnavailable),
     "retry_backoff": 0.5,
     "retry_backoff_max": 30,
     "max_retries": 8,
@@ -137,17 +146,23 @@ def start_saga(
     payload: dict[str, Any],
     saga_id: str | None = None,
     correlation_id: str | None = None,
+    version: int | None = None,
 ) -> str:
-    """Start saga ``name`` with ``payload``. Idempotent on ``saga_id``; returns the saga id.
+    """Start saga ``name`` with ``payload`` (its newest version, or ``version``). Idempotent on
+    ``saga_id``; returns the saga id.
 
     With ``SAGAS_START_ON_STEP_QUEUE`` the message may arrive on the first step's queue: this
     worker then records the start and runs step 1 (and any following local steps) itself."""
     try:
         rt = get_runtime()
-        direct = _direct_start(self.app, rt, name)
+        direct = _direct_start(self.app, rt, name, version)
         if direct is None:
             return starter.start(
-                name, payload, saga_id=saga_id, correlation_id=correlation_id, join=False
+                get_saga(name, version),
+                payload,
+                saga_id=saga_id,
+                correlation_id=correlation_id,
+                join=False,
             )
         sid, applied = starter.start_claiming(
             direct,
@@ -172,11 +187,11 @@ def start_saga(
         raise
 
 
-def _direct_start(app: CeleryApp, rt: Runtime, name: str) -> Saga[Any] | None:
+def _direct_start(app: CeleryApp, rt: Runtime, name: str, version: int | None) -> Saga[Any] | None:
     """The saga, when this worker should record its start and run step 1 itself."""
     if not (rt.settings.start_on_step_queue and rt.settings.local_transitions):
         return None
-    found = get_saga(name)
+    found = get_saga(name, version)
     first = _first_local_step(found) if isinstance(found, Saga) else None
     if first is None or not _local_queues(app, rt)(first.queue_for(Action.FORWARD)):
         return None
@@ -332,8 +347,11 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
             metrics.inc("sagas_bad_commands_total", reason="schema")
             log.error("malformed step command for %s dropped: %s", task_name, escape(exc))
             return
-        saga = get_orchestrated(saga_name)
-        step = saga.step_def(step_name)
+        try:
+            saga = get_orchestrated(saga_name, parsed.version)
+            step = saga.step_def(step_name)
+        except (VersionUnavailable, KeyError) as exc:
+            _leave_for_another_worker(self, parsed, exc)
         fn = step.fn_for(action)
         assert fn is not None
         rt = get_runtime()
@@ -342,6 +360,11 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
         snapshot = None
         if rt.settings.local_transitions:
             open_, snapshot = open_snapshot(rt, step, parsed)
+            if snapshot is not None:
+                steps = [s.name for s in snapshot.status.steps]
+                mismatch = coordinator.definition_mismatch(saga, snapshot.record, steps)
+                if mismatch is not None:
+                    _leave_for_another_worker(self, parsed, VersionUnavailable(mismatch))
         else:
             open_ = still_open(rt, step, parsed)
         if not open_:
@@ -366,6 +389,31 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
 
     run.__name__ = run.__qualname__ = task_name.replace(".", "_")
     shared_task(name=task_name, bind=True, throws=(StepAttemptFailed,), **RELIABLE)(run)
+
+
+# How long a step command waits for a worker that has its saga's version: retried with
+# backoff (the message goes back to the step's queue for any worker), about 15 minutes in all.
+VERSION_RETRIES = 20
+VERSION_RETRY_MAX_DELAY = 60.0
+
+
+def _leave_for_another_worker(task: Task, command: StepCommand, exc: Exception) -> NoReturn:
+    """This worker lacks the saga's version (or defines it with other steps): put the command
+    back for a worker that has it, instead of running the wrong code or failing the saga."""
+    retries = task.request.retries or 0
+    with saga_context(
+        saga=command.saga, saga_id=command.saga_id, correlation_id=command.correlation_id
+    ):
+        log.warning(
+            "%s: left for a worker that has it (retry %d of %d): %s",
+            command.describe(),
+            retries + 1,
+            VERSION_RETRIES,
+            escape(exc),
+        )
+    metrics.inc("sagas_version_unavailable_total", saga=command.saga)
+    countdown = min(2.0**retries, VERSION_RETRY_MAX_DELAY)
+    raise task.retry(exc=exc, countdown=countdown, max_retries=VERSION_RETRIES)
 
 
 class StepAttemptFailed(Exception):
@@ -444,6 +492,22 @@ def _check_beat(sender: Any = None, **_: Any) -> None:
 def _check_worker(sender: Any = None, **_: Any) -> None:
     if sender is not None:
         _complain_without_sweeper(sender.app, "worker")
+        _refuse_changed_definitions()
+
+
+def _refuse_changed_definitions() -> None:
+    """A worker whose definition of a saga version differs from the one that version's sagas
+    in flight were started on does not start (``sagas.versions``)."""
+    rt = current_runtime()
+    if rt is None:
+        return
+    try:
+        versions.refuse_changed_definitions(rt)
+    except StoreError as exc:
+        log.warning("saga definitions not checked against the store: %s", escape(exc))
+    except DefinitionError as exc:
+        log.critical("worker refused to start: %s", escape(exc))
+        raise SystemExit(1) from exc
 
 
 @after_setup_logger.connect(weak=False)

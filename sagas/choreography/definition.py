@@ -78,6 +78,7 @@ def event_queue_name(service: str) -> str:
 
 class Choreography(Startable[P]):
     kind: ClassVar[SagaKind] = SagaKind.CHOREOGRAPHED
+    side_by_side: ClassVar[bool] = False  # one version per process (see sagas.registry)
 
     def __init__(
         self,

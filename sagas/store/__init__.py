@@ -19,7 +19,7 @@ from .records import (
     payload_hash,
     utc,
 )
-from .store import Store
+from .store import Store, VersionCount
 from .tx import Tx
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "Store",
     "Transition",
     "Tx",
+    "VersionCount",
     "inserted_record",
     "make_engine",
     "payload_hash",

@@ -37,6 +37,7 @@ class SagaRecord:
     lock_version: int
     failure: ErrorInfo | None
     kind: SagaKind = SagaKind.ORCHESTRATED
+    definition_hash: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,7 @@ class NewSaga:
     history: Sequence[HistoryRecord]
     outbox: Sequence[dict[str, Any]]
     kind: SagaKind = SagaKind.ORCHESTRATED
+    definition_hash: str | None = None  # Saga.fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ def inserted_record(new: NewSaga, now: datetime) -> SagaRecord:
         lock_version=1,
         failure=None,
         kind=new.kind,
+        definition_hash=new.definition_hash,
     )
 
 
@@ -165,6 +168,7 @@ def saga_values(r: SagaRecord) -> dict[str, Any]:
         "outbox_at": r.outbox_at,
         "parked": r.parked,
         "lock_version": r.lock_version,
+        "definition_hash": r.definition_hash,
     }
 
 
@@ -239,6 +243,7 @@ def record_from_row(row: Any) -> SagaRecord:
         lock_version=row.lock_version,
         failure=ErrorInfo.from_json(row.failure),
         kind=SagaKind(row.kind),
+        definition_hash=getattr(row, "definition_hash", None),
     )
 
 

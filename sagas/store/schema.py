@@ -72,12 +72,16 @@ class SagaRow(Base):
     outbox_at: Mapped[datetime | None]
     parked: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     lock_version: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Saga.fingerprint of the definition it started on: a process whose definition of this
+    # version differs refuses to move it. NULL for sagas started before the column existed.
+    definition_hash: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
     __table_args__ = (
         Index("ix_saga_wake_at", "wake_at"),
         Index("ix_saga_outbox_at", "outbox_at"),
         Index("ix_saga_state_updated", "state", "updated_at"),
         Index("ix_saga_name_created", "name", "created_at"),
+        Index("ix_saga_name_version_state", "name", "version", "state"),
         Index("ix_saga_correlation_id", "correlation_id"),
     )
 

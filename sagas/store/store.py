@@ -15,6 +15,7 @@ import builtins
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -201,6 +202,35 @@ class Store:
         due = utc(oldest)
         return None if due is None else (now - due).total_seconds()
 
+    def versions(self, *, active_only: bool = False) -> builtins.list[VersionCount]:
+        """Sagas by name, version and definition fingerprint: how many are in flight and how
+        many finished, with one in-flight saga's steps for each (what it was started on)."""
+        active = saga_table.c.state.in_(ACTIVE_STATES)
+        query = select(
+            saga_table.c.name,
+            saga_table.c.version,
+            saga_table.c.definition_hash,
+            func.count().filter(active).label("in_flight"),
+            func.count().filter(~active).label("finished"),
+            func.min(saga_table.c.id).filter(active).label("example"),
+        ).group_by(saga_table.c.name, saga_table.c.version, saga_table.c.definition_hash)
+        if active_only:
+            query = query.where(active)
+        with self._connect() as conn:
+            rows = conn.execute(query.order_by(saga_table.c.name, saga_table.c.version)).all()
+            return [
+                VersionCount(
+                    r.name,
+                    r.version,
+                    r.definition_hash,
+                    r.in_flight,
+                    r.finished,
+                    r.example,
+                    [s.name for s in steps_of(conn, r.example)] if r.example else [],
+                )
+                for r in rows
+            ]
+
     def stats(self, *, unsent_grace: float) -> dict[str, Any]:
         """Store-wide gauges: sagas by (name, state), parked, due timers, unsent outboxes and the
         age of the oldest active saga (database clock). One scan of the saga table."""
@@ -366,3 +396,16 @@ class Store:
 
 
 ACTIVE_STATES = tuple(s.value for s in ACTIVE_SAGA_STATES)
+
+
+@dataclass(frozen=True, slots=True)
+class VersionCount:
+    """``Store.versions``: one (name, version, fingerprint) and its sagas."""
+
+    name: str
+    version: int
+    definition_hash: str | None
+    in_flight: int
+    finished: int
+    example: str | None  # an in-flight saga's id (None: none in flight)
+    example_steps: builtins.list[str]

@@ -66,6 +66,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "query",
             "doctor",
             "report",
+            "versions",
         },
     ),
     (
