@@ -13,7 +13,6 @@ neither published nor put in the outbox, and come back in ``Applied.claimed`` fo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -111,7 +110,7 @@ def start(
             return None
         metrics.inc("sagas_started_total", saga=saga.name)
         log.info("saga started")
-        snap = Snapshot(inserted_record(new, now), decision.status, now, time.monotonic())
+        snap = rt.store.snapshot(inserted_record(new, now), decision.status, now)
         faults.hit("coordinator.start_after_commit")
         return _after_commit(rt, saga, decision, claimed, snap, now)
 
