@@ -14,12 +14,28 @@ The pytest fixtures live in ``sagas.testing.plugin`` (see the README, "Testing y
 from __future__ import annotations
 
 from ..clock import FakeClock
+from .assertions import assert_compensated, assert_completed, assert_failed
 from .broker import InProcessBroker, WorkerCrash
+from .doubles import Double, StepDoubles, Transient, ok
 from .embedded import embedded, private_database, saga_queues, wait_for
+from .explore import Exploration, Point, PointResult, explore
+from .invariants import check_saga
 from .runtime import LocalRuntime, SagaStuck, local_runtime
 
 __all__ = [
+    "Double",
+    "Exploration",
     "FakeClock",
+    "Point",
+    "PointResult",
+    "StepDoubles",
+    "Transient",
+    "assert_compensated",
+    "assert_completed",
+    "assert_failed",
+    "check_saga",
+    "explore",
+    "ok",
     "InProcessBroker",
     "LocalRuntime",
     "SagaStuck",

@@ -90,7 +90,7 @@ class InProcessBroker:
     _waiting: list[Message] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
     _original: Any = None
-    _tracers: dict[str, Any] = field(default_factory=dict)
+    _tracers: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     # -- taking over the app's publishing ------------------------------------------------------
 
@@ -204,10 +204,11 @@ class InProcessBroker:
         return self._logged(message, "ran")
 
     def _tracer(self, task: Any) -> Any:
-        tracer = self._tracers.get(task.name)
-        if tracer is None:
-            tracer = build_tracer(task.name, task, app=self.app, eager=False, propagate=False)
-            self._tracers[task.name] = tracer
+        cached = self._tracers.get(task.name)
+        if cached is not None and cached[0] is task:
+            return cached[1]
+        tracer = build_tracer(task.name, task, app=self.app, eager=False, propagate=False)
+        self._tracers[task.name] = (task, tracer)  # a double may replace the task: keyed on it
         return tracer
 
     def _logged(self, message: Message, outcome: str) -> Delivery:
