@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery
 from pydantic import BaseModel
 
-from sagas import PermanentError, RetryPolicy, Saga, StepContext
+from sagas import PermanentError, RetryPolicy, Saga, StepContext, TransientError
 
 
 class Booking(BaseModel):
@@ -82,3 +82,17 @@ def charge_card(ctx: StepContext[Booking]) -> dict[str, Any]:
 
 app = Celery("kit-tests", set_as_current=False)
 app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+
+
+# A saga whose only step keeps failing with long backoffs: only its one-hour deadline ends it.
+patient = Saga("kit_patient", payload=Booking, deadline=timedelta(hours=1))
+
+
+@patient.step(
+    queue="tables",
+    timeout=timedelta(seconds=30),
+    retry=RetryPolicy.build(max_attempts=1000, initial=60.0, max_interval=600.0),
+    compensation=None,
+)
+def wait_for_table(ctx: StepContext[Booking]) -> None:
+    raise TransientError("no table free yet")
