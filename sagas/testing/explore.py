@@ -238,18 +238,18 @@ class _Run:
     def before(self, step: StepDef, action: Action, saga_id: str) -> str | None:
         if saga_id != self.saga_id:
             return None
-        label = self.steps(_step_label(step.name, action))
-        base = _step_label(step.name, action)
         if action is Action.FORWARD and (
             step.name == self.base or (self._is("fail", step.name) or self._failing(step.name))
         ):
+            # Fails before its effect, every attempt: no crash point of its own.
             raise InjectedFailure(f"explore: {step.name} fails permanently")
+        label = self.steps(_step_label(step.name, action))
         if self._is("crash", f"before_effect:{label}"):
             raise WorkerCrash(f"explore: worker died before {label}")
         if action is Action.COMPENSATE and self._is("fail_compensation", step.name):
             raise InjectedTransient(f"explore: compensation of {step.name} fails once")
         self.calls.append((step.name, action))
-        return base if label == base else label
+        return label
 
     def after(self, step: StepDef, action: Action, label: str) -> None:
         self.ok_calls[(step.name, action)] += 1
