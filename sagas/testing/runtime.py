@@ -224,13 +224,17 @@ def local_runtime(
     clock: FakeClock | None = None,
     database_url: str | None = None,
     settings: Settings | None = None,
+    consume: Iterable[str] | None = None,
     **overrides: Any,
 ) -> Iterator[LocalRuntime]:
     """Configure sagas on ``app`` with a fake clock, a fresh SQLite store (a temporary file
     unless ``database_url`` names one) and the in-process broker; undone on exit.
 
     ``settings`` (or keyword ``overrides`` of ``Settings`` fields, e.g.
-    ``local_transitions=False``) tune the engine as in production."""
+    ``local_transitions=False``) tune the engine as in production. ``consume``: the queues the
+    in-process worker stands for — a step on one of them runs inline in the task before it, as
+    on a worker consuming that queue (default: only the coordinator's: one worker per service,
+    every step its own message)."""
     clock = clock or FakeClock()
     base = settings or Settings(sweep_interval=5.0)
     with private_database(database_url or (settings.database_url if settings else None)) as url:
@@ -247,6 +251,9 @@ def local_runtime(
         app.conf.task_always_eager = False
         broker = InProcessBroker(app, clock)
         broker.install()
+        queues = app.amqp.queues
+        consumed_before = queues._consume_from  # restored on exit: the app outlives the test
+        queues.select([final.coordinator_queue, *(consume or ())])
         try:
             rt = configure(settings=final, store=store, app=app)
             local = LocalRuntime(rt, broker, clock, clock.now())
@@ -256,6 +263,7 @@ def local_runtime(
             finally:
                 clock.drive(None)
         finally:
+            queues._consume_from = consumed_before
             broker.uninstall()
             store.dispose()
             reset()  # the next test (or get_runtime) starts from scratch

@@ -194,3 +194,16 @@ def test_step_states_after_compensation(saga_runtime: LocalRuntime) -> None:
     saga_id = saga_runtime.start(shop.dinner, {"guest": "lee", "card": "0000"})
     steps = saga_runtime.store.get(saga_id)[1].steps
     assert [s.state for s in steps] == [StepState.COMPENSATED, StepState.FAILED]
+
+
+def test_one_worker_for_every_queue_runs_the_steps_inline() -> None:
+    with local_runtime(shop.app, consume=["tables", "payments"]) as rt:
+        saga_id = rt.start(shop.dinner, {"guest": "max"})
+        assert_completed(saga_id)
+        assert [d.message.name for d in rt.broker.log] == ["saga.kit_dinner.book_table"]
+    with local_runtime(shop.app) as rt:  # one worker per service: a message per step
+        saga_id = rt.start(shop.dinner, {"guest": "max"})
+        assert [d.message.name for d in rt.broker.log] == [
+            "saga.kit_dinner.book_table",
+            "saga.kit_dinner.charge_card",
+        ]
