@@ -37,7 +37,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from celery import Celery
@@ -527,7 +526,3 @@ def _explore_mode(
     for point in [*happy, *unhappy]:
         results.append(one(point, point.base)[1])
     return results
-
-
-def timeout_of(saga: Saga[Any], step: str) -> timedelta:
-    return timedelta(seconds=saga.step_def(step).timeout)
