@@ -23,8 +23,8 @@ $(BIN)/ruff $(BIN)/mypy $(BIN)/honcho:
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 
 lint: $(BIN)/ruff
-	$(BIN)/ruff check sagas workers tests examples
-	$(BIN)/ruff format --check sagas workers tests examples
+	$(BIN)/ruff check sagas workers tests examples pytest_sagas.py
+	$(BIN)/ruff format --check sagas workers tests examples pytest_sagas.py
 
 typecheck: $(BIN)/mypy
 	$(BIN)/mypy

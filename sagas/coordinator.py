@@ -13,7 +13,6 @@ neither published nor put in the outbox, and come back in ``Applied.claimed`` fo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -104,7 +103,7 @@ def start(
             # The caller's transaction may hold SQLite's write lock: read nothing else now;
             # a taken id shows as a conflict inside the caller's transaction instead.
             existing, now = None, rt.store.now()
-        taken = time.monotonic()  # when ``now`` was the database's time (see Snapshot.now)
+        taken = rt.store.clock.monotonic()  # when ``now`` was the database's (Snapshot.now)
         if existing is None:
             deadline = None
             if saga.deadline is not None:
@@ -129,7 +128,7 @@ def start(
         if existing is not None:
             check_duplicate_start(existing, saga.name, data)
             return None
-        snap = Snapshot(inserted_record(new, now), decision.status, now, taken)
+        snap = Snapshot(inserted_record(new, now), decision.status, now, taken, rt.store.clock)
         if joined is not None:
             log.info("saga written in the caller's transaction; dispatched when it commits")
             joined.after_commit(lambda: _started(rt, saga, decision, snap, now, sid, cid))

@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 POINTS = (
     "coordinator.after_commit",  # transition committed, commands not yet published
@@ -49,8 +50,15 @@ _fired: dict[str, int] = {}
 _lock = threading.Lock()
 
 
+# A test harness's own hook (``sagas.testing.explore``): called at every point before arming.
+_interceptor: Callable[[str], None] | None = None
+
+
 def hit(point: str) -> None:
     """Fire the fault armed at ``point``, if any."""
+    hook = _interceptor
+    if hook is not None:
+        hook(point)
     if not _armed:
         return
     armed = _armed.get(point)
@@ -78,3 +86,10 @@ def arm(spec: str) -> None:
     with _lock:
         _armed = _parse(spec)
         _fired.clear()
+
+
+def intercept(hook: Callable[[str], None] | None) -> None:
+    """Call ``hook(point)`` at every fault point in this process (None: stop). For in-process
+    harnesses that simulate a crash at a point by raising from the hook."""
+    global _interceptor
+    _interceptor = hook

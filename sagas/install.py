@@ -18,7 +18,7 @@ from .errors import ConfigurationError
 from .runtime import Runtime, set_runtime
 from .settings import Settings
 from .store import Store
-from .tasks import SWEEP_ENTRY, bind_all_step_tasks, watch_startup
+from .tasks import SWEEP_ENTRY, bind_all_step_tasks, register_step_tasks, watch_startup
 from .transport import CeleryApp, coordinator_queue, event_queues
 
 
@@ -30,6 +30,8 @@ def configure(
     the step tasks of every saga declared, now and later."""
     runtime = set_runtime(settings=settings, store=store, app=app)
     bind_all_step_tasks()
+    if app is not None:
+        register_step_tasks(app)
     return runtime
 
 

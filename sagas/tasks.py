@@ -303,6 +303,7 @@ def _local_queues(app: CeleryApp, rt: Runtime) -> Callable[[str], bool]:
 # -- step tasks: bound by the worker bootstrap or ``configure``, never by a declaration --------
 
 _bound: set[str] = set()
+_step_tasks: dict[str, Callable[..., None]] = {}  # name -> body, for ``register_step_tasks``
 
 
 def bind_all_step_tasks() -> None:
@@ -388,6 +389,7 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
         _outcome_for_celery(reply, settled.retried)
 
     run.__name__ = run.__qualname__ = task_name.replace(".", "_")
+    _step_tasks[task_name] = run
     shared_task(name=task_name, bind=True, throws=(StepAttemptFailed,), **RELIABLE)(run)
 
 
@@ -414,6 +416,19 @@ def _leave_for_another_worker(task: Task, command: StepCommand, exc: Exception) 
     metrics.inc("sagas_version_unavailable_total", saga=command.saga)
     countdown = min(2.0**retries, VERSION_RETRY_MAX_DELAY)
     raise task.retry(exc=exc, countdown=countdown, max_retries=VERSION_RETRIES)
+
+
+def register_step_tasks(app: Any) -> None:
+    """Register every step task bound so far on ``app`` where it is missing. Shared tasks
+    reach apps created later through Celery's finalizer list, which a test framework may reset
+    between tests (``celery.contrib.testing`` restores it after each ``celery_app``); an app
+    made afterwards would then reject step commands as unregistered."""
+    tasks = app.tasks
+    for name, run in _step_tasks.items():
+        if name not in tasks:
+            app.task(name=name, bind=True, shared=False, throws=(StepAttemptFailed,), **RELIABLE)(
+                run
+            )
 
 
 class StepAttemptFailed(Exception):

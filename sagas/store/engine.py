@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, func, select
@@ -17,6 +17,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from ..clock import SYSTEM, Clock
 from ..errors import StoreConflict, StoreError, StoreUnavailable
 from ..settings import mask_url
 from .records import utc
@@ -84,8 +85,9 @@ def dropped_connection(exc: BaseException) -> bool:
     return bool(getattr(exc.__cause__, "connection_invalidated", False))
 
 
-def db_now(conn: Connection, is_postgres: bool) -> datetime:
+def db_now(conn: Connection, is_postgres: bool, clock: Clock = SYSTEM) -> datetime:
+    """The database clock on PostgreSQL; ``clock`` (Python's, or a test's fake) on SQLite."""
     if is_postgres:
         value = conn.execute(select(func.now())).scalar_one()
         return utc(value) or value
-    return datetime.now(UTC)
+    return clock.now()

@@ -4,12 +4,12 @@ mapping between them and table rows (no I/O here)."""
 from __future__ import annotations
 
 import hashlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..clock import SYSTEM, Clock
 from ..machine import ErrorInfo, HistoryRecord, SagaStatus, StepStatus, next_wakeup
 from ..payload import encode
 from ..state import SagaKind, SagaState, StepState
@@ -79,12 +79,13 @@ class Snapshot:
     record: SagaRecord
     status: SagaStatus
     read_at: datetime
-    taken: float  # time.monotonic() when read_at was current
+    taken: float  # clock.monotonic() when read_at was current
+    clock: Clock = SYSTEM  # the store's clock (a test's fake one on SQLite)
 
     def now(self) -> datetime:
         """The database clock now, estimated from the read and this process's monotonic clock
         (immune to a skewed wall clock)."""
-        return self.read_at + timedelta(seconds=max(time.monotonic() - self.taken, 0.0))
+        return self.read_at + timedelta(seconds=max(self.clock.monotonic() - self.taken, 0.0))
 
     def after_write(self, t: Transition, at: datetime) -> Snapshot:
         """This snapshot as ``Store.write`` left the row (what the next write compares with).
@@ -93,7 +94,7 @@ class Snapshot:
         before the write went out, so anchoring at it once the write has returned would drop
         the write's round trip from every later estimate (each inline step's times would run
         a little further behind the database's)."""
-        return Snapshot(written_record(t, at), t.new, self.read_at, self.taken)
+        return Snapshot(written_record(t, at), t.new, self.read_at, self.taken, self.clock)
 
 
 # -- the shape of a written row: derived here only, used by the writes and by the snapshots ------

@@ -12,17 +12,17 @@ in ``engine``.
 from __future__ import annotations
 
 import builtins
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.engine import Connection
 
-from ..errors import SagaNotFound, StoreConflict, StoreUnavailable
+from ..clock import SYSTEM, Clock
+from ..errors import ConfigurationError, SagaNotFound, StoreConflict, StoreUnavailable
 from ..machine import HistoryRecord, SagaStatus, StepStatus
 from ..settings import mask_url
 from ..state import ACTIVE_SAGA_STATES, HistoryKind, SagaKind, SagaState, StepState
@@ -47,10 +47,19 @@ T = TypeVar("T")
 
 
 class Store:
-    def __init__(self, url: str, *, engine: Engine | None = None) -> None:
+    def __init__(self, url: str, *, engine: Engine | None = None, clock: Clock = SYSTEM) -> None:
         self.url = url
         self.engine = engine or make_engine(url)
         self.is_postgres = self.engine.dialect.name == "postgresql"
+        if self.is_postgres and not clock.real:
+            # Production time is the database's: deadlines must not depend on a worker's clock,
+            # and a fake one would desynchronise every process sharing this store.
+            raise ConfigurationError(
+                f"a fake clock ({clock!r}) is for the embedded SQLite test runtime only; "
+                f"saga store {mask_url(url)} is PostgreSQL, whose time is the database clock",
+                setting="clock",
+            )
+        self.clock = clock
 
     def __repr__(self) -> str:
         return f"<Store {mask_url(self.url)}>"
@@ -58,7 +67,7 @@ class Store:
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
         with translated(self.url), self.engine.begin() as conn:
-            yield Tx(conn, self.is_postgres)
+            yield Tx(conn, self.is_postgres, self.clock)
 
     @contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -133,7 +142,7 @@ class Store:
     ) -> builtins.list[tuple[str, SagaKind]]:
         """(id, kind) of sagas whose ``column`` is at least ``older_than`` s in the past."""
         with self._connect() as conn:
-            cutoff = db_now(conn, self.is_postgres) - timedelta(seconds=older_than)
+            cutoff = db_now(conn, self.is_postgres, self.clock) - timedelta(seconds=older_than)
             rows = conn.execute(
                 select(saga_table.c.id, saga_table.c.kind)
                 .where(column <= cutoff)
@@ -141,6 +150,20 @@ class Store:
                 .limit(limit)
             )
             return [(r.id, SagaKind(r.kind)) for r in rows]
+
+    def next_due(self, grace: float) -> datetime | None:
+        """When the sweeper next has something to do: the earliest timer (``wake_at``) or
+        unsent outbox past ``grace`` (None: nothing pending). What a fake clock steps to."""
+        with self._connect() as conn:
+            wake, outbox = conn.execute(
+                select(func.min(saga_table.c.wake_at), func.min(saga_table.c.outbox_at))
+            ).one()
+        found: builtins.list[datetime] = []
+        if wake is not None:
+            found.append(utc(wake) or wake)
+        if outbox is not None:
+            found.append((utc(outbox) or outbox) + timedelta(seconds=grace))
+        return min(found, default=None)
 
     def open_attempt(self, saga_id: str, index: int) -> StepStatus | None:
         """One step's state, attempts and deadline (what decides whether an attempt is still
@@ -160,7 +183,7 @@ class Store:
     def stuck(self, older_than: float, limit: int = 100) -> builtins.list[tuple[SagaRecord, str]]:
         """Active sagas an operator should look at, each with the reason."""
         with self._connect() as conn:
-            cutoff = db_now(conn, self.is_postgres) - timedelta(seconds=older_than)
+            cutoff = db_now(conn, self.is_postgres, self.clock) - timedelta(seconds=older_than)
             rows = conn.execute(
                 select(saga_table)
                 .where(
@@ -195,7 +218,7 @@ class Store:
         """Seconds the most overdue timer has been due (None: none due). A sweeper that runs
         keeps this under a few of its periods."""
         with self._connect() as conn:
-            now = db_now(conn, self.is_postgres)
+            now = db_now(conn, self.is_postgres, self.clock)
             oldest = conn.execute(
                 select(func.min(saga_table.c.wake_at)).where(saga_table.c.wake_at <= now)
             ).scalar_one()
@@ -236,7 +259,7 @@ class Store:
         age of the oldest active saga (database clock). One scan of the saga table."""
         active = saga_table.c.state.in_(ACTIVE_STATES)
         with self._connect() as conn:
-            now = db_now(conn, self.is_postgres)
+            now = db_now(conn, self.is_postgres, self.clock)
             counts = conn.execute(
                 select(saga_table.c.name, saga_table.c.state, func.count()).group_by(
                     saga_table.c.name, saga_table.c.state
@@ -338,13 +361,17 @@ class Store:
         if not self.is_postgres:
             with self.transaction() as tx:
                 loaded = tx.lock(saga_id)
-                return None if loaded is None else Snapshot(*loaded, tx.now(), time.monotonic())
+                return None if loaded is None else self.snapshot(*loaded, tx.now())
         row = self._single(lambda c: c.execute(statements.LOAD, {"saga_id": saga_id}).first())
         if row is None:
             return None
         record = record_from_row(row)
         steps = status_from_rows(record, [JsonStep(s) for s in row.steps or ()])
-        return Snapshot(record, steps, utc(row.db_now) or row.db_now, time.monotonic())
+        return self.snapshot(record, steps, utc(row.db_now) or row.db_now)
+
+    def snapshot(self, record: SagaRecord, status: SagaStatus, read_at: datetime) -> Snapshot:
+        """A snapshot of ``record`` read at database time ``read_at``, taken now."""
+        return Snapshot(record, status, read_at, self.clock.monotonic(), self.clock)
 
     def write(self, t: Transition, *, now: datetime) -> bool:
         """Persist a transition computed from ``load``; False if the saga moved meanwhile
@@ -363,8 +390,8 @@ class Store:
         """The database clock (Python's on SQLite, as everywhere the store reads it there),
         without a transaction: no lock is taken, so it never waits for another writer."""
         if not self.is_postgres:
-            return datetime.now(UTC)
-        return self._single(lambda conn: db_now(conn, True))
+            return self.clock.now()
+        return self._single(lambda conn: db_now(conn, True, self.clock))
 
     def peek(self, saga_id: str) -> tuple[SagaRecord | None, datetime]:
         """The saga's record if it exists, and the database clock (one round trip)."""

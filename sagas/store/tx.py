@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Connection
 
+from ..clock import SYSTEM, Clock
 from ..errors import StoreUnavailable
 from ..machine import HistoryRecord, SagaStatus
 from . import statements
@@ -35,9 +36,10 @@ from .writes import insert_saga, write_transition
 class Tx:
     """One open transaction on the saga tables."""
 
-    def __init__(self, conn: Connection, is_postgres: bool) -> None:
+    def __init__(self, conn: Connection, is_postgres: bool, clock: Clock = SYSTEM) -> None:
         self.conn = conn
         self.is_postgres = is_postgres
+        self.clock = clock
         self._now: datetime | None = None
         self._peeked: str | None = None  # a saga id peek() found free in this transaction
 
@@ -47,7 +49,7 @@ class Tx:
 
     def now(self) -> datetime:
         if self._now is None:
-            self._now = db_now(self.conn, self.is_postgres)
+            self._now = db_now(self.conn, self.is_postgres, self.clock)
         return self._now
 
     def peek(self, saga_id: str) -> SagaRecord | None:

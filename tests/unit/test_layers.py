@@ -20,7 +20,7 @@ PACKAGE = ROOT / "sagas"
 LAYERS: list[tuple[str, set[str]]] = [
     (
         "vocabulary",
-        {"errors", "state", "retry", "payload", "settings", "observability", "faults"},
+        {"errors", "state", "retry", "payload", "settings", "observability", "faults", "clock"},
     ),
     (
         "rules and definitions",
@@ -71,7 +71,22 @@ LAYERS: list[tuple[str, set[str]]] = [
     ),
     (
         "edges",
-        {"tasks", "install", "testing", "receipts", "choreography", "__init__"},
+        {
+            "tasks",
+            "install",
+            "receipts",
+            "choreography",
+            "__init__",
+            "testing.broker",
+            "testing.embedded",
+            "testing.runtime",
+            "testing.assertions",
+            "testing.doubles",
+            "testing.invariants",
+            "testing.explore",
+            "testing.plugin",
+            "testing",
+        },
     ),
     # The example shop (user-level code shipped for ``saga demo``) and the CLI that runs it.
     (
@@ -119,7 +134,9 @@ DOORS = {
     # get the Flask app context from Celery's task_prerun/task_postrun signals.
     "sqlalchemy": lambda m: m.startswith("store") or m == "contrib.flask",
     "alembic": lambda m: m.startswith("store"),
-    "celery": lambda m: m in {"tasks", "transport", "testing", "contrib.flask"},
+    "celery": lambda m: (
+        m in {"tasks", "transport", "contrib.flask"} or m.split(".")[0] == "testing"
+    ),
     "kombu": lambda m: m in {"transport"},
     "flask": lambda m: m == "contrib.flask",
     "flask_sqlalchemy": lambda m: m == "contrib.flask",

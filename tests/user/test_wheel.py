@@ -27,7 +27,8 @@ def _run(argv: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complet
 def test_the_wheel_holds_only_the_library(built_wheel: Path) -> None:
     names = zipfile.ZipFile(built_wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
-    assert top == {"sagas"}
+    # sagas, and the pytest11 entry point kept outside it so that loading it imports nothing.
+    assert top == {"sagas", "pytest_sagas.py"}
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "sagas/store/migrations/versions/0001_saga_tables.py" in names
     assert "sagas/store/migrations/script.py.mako" in names

@@ -19,7 +19,8 @@ WITH
       outbox,
       outbox_at,
       parked,
-      lock_version
+      lock_version,
+      definition_hash
     )
     VALUES (
       %(s_id)s::VARCHAR,
@@ -39,7 +40,8 @@ WITH
       %(s_outbox)s::JSONB,
       %(s_outbox_at)s::TIMESTAMP WITH TIME ZONE,
       %(s_parked)s,
-      %(s_lock_version)s::INTEGER
+      %(s_lock_version)s::INTEGER,
+      %(s_definition_hash)s::VARCHAR
     )
   ),
   t AS (

@@ -18,6 +18,7 @@ SELECT
   saga.outbox_at,
   saga.parked,
   saga.lock_version,
+  saga.definition_hash,
   now() AS db_now,
   (
     SELECT json_agg(saga_step ORDER BY saga_step.idx) AS json_agg_1

@@ -18,7 +18,8 @@ SELECT
   saga.outbox,
   saga.outbox_at,
   saga.parked,
-  saga.lock_version
+  saga.lock_version,
+  saga.definition_hash
 FROM (
   SELECT %(param_1)s::INTEGER AS one
 ) AS one

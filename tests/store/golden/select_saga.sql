@@ -17,6 +17,7 @@ SELECT
   saga.outbox,
   saga.outbox_at,
   saga.parked,
-  saga.lock_version
+  saga.lock_version,
+  saga.definition_hash
 FROM saga
 WHERE saga.id = %(saga_id)s::VARCHAR

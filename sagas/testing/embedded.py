@@ -1,34 +1,43 @@
-"""Run sagas in one process: an in-memory broker, a worker thread and a sweeper thread.
+"""Run sagas in one process: an in-memory broker, a real Celery worker thread pool and a
+sweeper thread, in real time.
 
-This is the embedded default behind ``saga demo`` and a harness for users' own tests:
+This is the embedded default behind ``saga demo``:
 
-    with embedded(app, database_url="sqlite:///test.db") as rt:
+    with embedded(app) as rt:
         saga_id = order_fulfillment.start(payload)
         record = wait_for(rt.store, saga_id)
         assert record.state is SagaState.COMPLETED
+
+The store defaults to a private temporary SQLite file, deleted on exit. An in-memory SQLite
+database (``sqlite://``) is one connection shared by every thread; the worker's threads, the
+sweeper and the caller then interleave transactions on it ("cannot start a transaction within
+a transaction"), so an in-memory URL is given a temporary file instead. For fast,
+deterministic tests with a fake clock see ``sagas.testing.local_runtime``.
 """
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from celery.contrib.testing.worker import start_worker
 
-from . import sweeper
-from .catalog import registered_sagas
-from .choreography.definition import Choreography
-from .errors import SagaError, SagaNotFound
-from .install import configure
-from .runtime import Runtime
-from .settings import Settings
-from .state import SagaState
-from .store import SagaRecord, Store
-from .store.migrate import upgrade
-from .transport import COMBINED_QUEUE, event_queues
+from .. import sweeper
+from ..catalog import registered_sagas
+from ..choreography.definition import Choreography
+from ..errors import SagaError, SagaNotFound
+from ..install import configure
+from ..runtime import Runtime
+from ..settings import Settings
+from ..state import SagaState
+from ..store import SagaRecord, Store
+from ..store.migrate import upgrade
+from ..transport import COMBINED_QUEUE, event_queues
 
 
 def saga_queues(coordinator_queue: str = "sagas") -> list[str]:
@@ -47,14 +56,52 @@ def saga_queues(coordinator_queue: str = "sagas") -> list[str]:
 def embedded(
     app: Any,
     *,
-    database_url: str = "sqlite://",
+    database_url: str | None = None,
     queues: Iterable[str] | None = None,
     sweep_interval: float = 0.25,
     concurrency: int = 4,
     settings: Settings | None = None,
 ) -> Iterator[Runtime]:
-    """Configure sagas on ``app`` with an in-memory broker and run a worker and a sweeper."""
-    settings = settings or Settings(database_url=database_url, sweep_interval=sweep_interval)
+    """Configure sagas on ``app`` with an in-memory broker and run a worker and a sweeper.
+
+    ``database_url`` (or ``settings.database_url``) None or in-memory: a temporary SQLite file,
+    private to this call and deleted on exit."""
+    with private_database(settings.database_url if settings else database_url) as url:
+        if settings is None:
+            settings = Settings(database_url=url, sweep_interval=sweep_interval)
+        else:
+            settings = settings.model_copy(update={"database_url": url})
+        with _embedded(app, settings, queues, sweep_interval, concurrency) as rt:
+            yield rt
+
+
+@contextmanager
+def private_database(url: str | None) -> Iterator[str]:
+    """``url``, unless it is None or an in-memory SQLite URL: then a temporary SQLite file
+    (safe to share between threads, unlike one in-memory connection), removed on exit."""
+    if url is not None and url not in MEMORY_URLS:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="sagas-test-") as tmp:
+        yield f"sqlite:///{Path(tmp) / 'sagas.db'}"
+
+
+MEMORY_URLS = (
+    "sqlite://",
+    "sqlite:///:memory:",
+    "sqlite+pysqlite://",
+    "sqlite+pysqlite:///:memory:",
+)
+
+
+@contextmanager
+def _embedded(
+    app: Any,
+    settings: Settings,
+    queues: Iterable[str] | None,
+    sweep_interval: float,
+    concurrency: int,
+) -> Iterator[Runtime]:
     store = Store(settings.database_url_sqlalchemy)
     upgrade(store.engine)
     app.loader.import_default_modules()  # the app's saga modules decide which queues exist
@@ -80,7 +127,10 @@ def embedded(
         shutdown_timeout=30,
     ):
         with _sweeper_thread(rt, sweep_interval):
-            yield rt
+            try:
+                yield rt
+            finally:
+                store.dispose()
 
 
 @contextmanager
