@@ -4,7 +4,8 @@ and how those tests stop the worker processes they start.
 
 The wheel is built from a copy of the files git tracks (plus untracked ones it does not ignore),
 so nothing stale in the checkout (a build/ folder) leaks in and nothing is written into it. The
-venv gets ``<wheel>[django,flask,postgres,redis]`` from the package index, never the checkout.
+venv gets ``<wheel>[django,flask]`` (and another ``[django,flask,postgres,redis]``) from the
+package index, never the checkout.
 """
 
 from __future__ import annotations
@@ -61,18 +62,26 @@ def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return found
 
 
+def _venv_with(built_wheel: Path, where: Path, extras: str) -> Path:
+    venv.EnvBuilder(with_pip=True).create(where)
+    python = str(where / "bin" / "python")
+    _run([python, "-m", "pip", "install", "--quiet", f"{built_wheel}[{extras}]"], where, 600)
+    return where / "bin"
+
+
 @pytest.fixture(scope="session")
 def wheel_venv(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with the wheel and both framework extras; its bin directory."""
-    env_dir = tmp_path_factory.mktemp("venv")
-    venv.EnvBuilder(with_pip=True).create(env_dir)
-    python = str(env_dir / "bin" / "python")
-    _run(
-        [python, "-m", "pip", "install", "--quiet", f"{built_wheel}[django,flask,postgres,redis]"],
-        env_dir,
-        600,
+    """A fresh virtualenv with the wheel and both framework extras only (no database driver
+    nor broker client: what ``pip install "celery-sagas[django]"`` gives); its bin directory."""
+    return _venv_with(built_wheel, tmp_path_factory.mktemp("venv"), "django,flask")
+
+
+@pytest.fixture(scope="session")
+def wheel_venv_services(built_wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same with PostgreSQL's driver and Redis's client (``[...,postgres,redis]``)."""
+    return _venv_with(
+        built_wheel, tmp_path_factory.mktemp("venv-services"), "django,flask,postgres,redis"
     )
-    return env_dir / "bin"
 
 
 def stop_group(*procs: subprocess.Popen[Any]) -> None:

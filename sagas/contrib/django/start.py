@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
-from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
 from ...admission import validate_start
 from ...catalog import registered_sagas
@@ -95,8 +94,11 @@ def caller_transaction(rt: Runtime) -> CallerTransaction | Deferred | None:
         theirs = ""
     if not theirs or not same_database(rt.store.url, theirs):
         return Deferred(on_commit, "the saga store is not DATABASES['default']")
-    if conn.vendor == "postgresql" and not is_psycopg3:
-        return Deferred(on_commit, "Django's database driver is psycopg2, the store's psycopg 3")
+    # Django's PostgreSQL driver module (psycopg or psycopg2); not imported here, since
+    # importing Django's psycopg helpers fails where neither is installed (SQLite projects).
+    driver = getattr(getattr(conn, "Database", None), "__name__", "")
+    if conn.vendor == "postgresql" and driver != "psycopg":
+        return Deferred(on_commit, f"Django's database driver is {driver}, the store's psycopg")
 
     def execute(
         sql: str, params: Mapping[str, Any]

@@ -557,14 +557,51 @@ def _run_in(
     )
 
 
+def test_the_example_runs_from_a_plain_install(wheel_venv: Path, tmp_path: Path) -> None:
+    """The README's first steps exactly: ``pip install "celery-sagas[django]"`` (no database
+    driver, no broker client), the defaults (``db.sqlite3`` and a ``filesystem://`` broker in
+    the project), a worker with beat, then the views."""
+    project = _copy_example(tmp_path / "django_shop")
+    (project / "driver.py").write_text(WHEEL_DRIVER)
+    env = _clean_env()
+    for name in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        env.pop(name, None)
+    env.update(
+        PATH=f"{wheel_venv}{os.pathsep}{env.get('PATH', '')}", SHOP_ALLOWED_HOSTS="testserver"
+    )
+    python = str(wheel_venv / "python")
+    for argv in (["migrate", "--noinput"], ["saga", "db", "upgrade"]):
+        done = _run_in([python, "manage.py", *argv], project, env, timeout=60)
+        assert done.returncode == 0, done.stderr[-3000:]
+    celery = [str(wheel_venv / "celery"), "-A", "proj", "worker", "-B", "-Q", "sagas,shop"]
+    celery += ["-c", "2", "--loglevel", "INFO", "-s", str(project / "beat-schedule")]
+    with _worker(project, celery, env):
+        views = _run_in([python, "driver.py", "views"], project, env, timeout=90)
+    assert views.returncode == 0, views.stderr[-4000:] + _worker_log(project)
+    assert views.stdout.splitlines()[1:] == VIEWS_OUTPUT, views.stdout
+
+
+VIEWS_OUTPUT = [
+    "checkout 202 order-1",
+    "declined 202 order-2",
+    "rolled back 500 False",
+    "approval 202 order-5",
+    "order-1 completed [('reserve', 'succeeded', {'reserved': '1'}), "
+    "('charge', 'succeeded', {'charged': 1250})]",
+    "order-2 failed [('reserve', 'compensated', {'reserved': '2'}), ('charge', 'failed', None)]",
+    "order-3 not found",
+]
+
+
 def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
-    wheel_venv: Path, tmp_path: Path
+    wheel_venv_services: Path, tmp_path: Path
 ) -> None:
     """The README's steps run by the fresh virtualenv's python and ``celery`` (coordinator queue
     ``sagas``), with the project on PostgreSQL (the saga store in the same database) and Redis
     as the broker: views, a crash between a start's commit and its publish repaired by beat's
     sweeper, and ``manage.py saga retry`` / ``cancel``."""
     require("Redis", REDIS_BROKER)
+    wheel_venv = wheel_venv_services
     redis = Redis.from_url(REDIS_BROKER)
     redis.flushdb()
     project = _copy_example(tmp_path / "django_shop")
@@ -610,17 +647,7 @@ def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
     site = lines.pop(0)
     assert site.startswith(f"sagas from {wheel_venv.parent}/lib/"), site
     assert site.endswith("/site-packages/sagas"), site
-    assert lines == [
-        "checkout 202 order-1",
-        "declined 202 order-2",
-        "rolled back 500 False",
-        "approval 202 order-5",
-        "order-1 completed [('reserve', 'succeeded', {'reserved': '1'}), "
-        "('charge', 'succeeded', {'charged': 1250})]",
-        "order-2 failed [('reserve', 'compensated', {'reserved': '2'}), "
-        "('charge', 'failed', None)]",
-        "order-3 not found",
-    ], views.stdout + _worker_log(project)
+    assert lines == VIEWS_OUTPUT, views.stdout + _worker_log(project)
     assert (crash.returncode, crash.stdout) == (1, "written in the transaction\n"), crash.stderr
     assert recovered.returncode == 0, recovered.stderr[-3000:] + _worker_log(project)
     assert recovered.stdout == (

@@ -714,8 +714,49 @@ elif phase == "finished":
 """
 
 
-def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
+def test_the_example_runs_from_a_plain_install(
     wheel_venv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The README's steps exactly: ``pip install "celery-sagas[flask]"`` (no database driver,
+    no broker client), the example's defaults (SQLite in ``instance/``, a ``filesystem://``
+    broker), ``flask saga db upgrade``, ``celery worker -B``, then the views."""
+    root = tmp_path_factory.mktemp("shop-plain")
+    shutil.copytree(EXAMPLE, root, dirs_exist_ok=True, ignore=IGNORE)
+    upgrade = _check(
+        [str(wheel_venv / "flask"), "--app", "shop", "saga", "db", "upgrade"], root, 60
+    )
+    assert f"(<Store sqlite:///{root}/instance/shop.db>)" in upgrade.stdout
+    log = root / "worker.log"
+    worker = [str(wheel_venv / "celery"), "-A", "shop.celery_app", "worker", "-B"]
+    worker += ["-Q", "sagas,shop", "-s", str(root / "beat-schedule"), "-P", "threads", "-c", "2"]
+    proc = spawn([*worker, "-l", "INFO"], root, _plain_env(root), log)
+    try:
+        views = subprocess.run(
+            [str(wheel_venv / "python"), "-c", WHEEL_DRIVER, "views"], cwd=root,
+            env=_plain_env(root), capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        logged = _stop(proc, log)
+    assert views.returncode == 0, views.stderr[-3000:] + "\n--- worker ---\n" + logged[-3000:]
+    lines = views.stdout.splitlines()
+    assert lines[:8] == VIEWS_OUTPUT, views.stdout
+    assert Path(lines[8]).is_relative_to(wheel_venv.parent)  # the installed wheel
+
+
+VIEWS_OUTPUT = [
+    "/orders 202 {'saga_id': 'order-w1'}",
+    "/orders 202 {'saga_id': 'order-w2'}",
+    "/orders-broken 500 None",  # the view raised after starting: rolled back, nothing sent
+    "/orders 202 {'saga_id': 'order-w4'}",
+    "order-w1 completed [('reserve', 'succeeded'), ('charge', 'succeeded')]",
+    "order-w2 failed [('reserve', 'compensated'), ('charge', 'failed')]",
+    "order-w4 pending pending",
+    "SagaNotFound",
+]
+
+
+def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
+    wheel_venv_services: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The README's path, from outside the checkout: the wheel installed into a fresh
     virtualenv, the example copied out and pointed at PostgreSQL (the shop's database and the
@@ -725,7 +766,7 @@ def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
     require("Redis", REDIS_BROKER)
     redis = Redis.from_url(REDIS_BROKER)
     redis.flushdb()
-    bin_dir = wheel_venv
+    bin_dir = wheel_venv_services
     python = str(bin_dir / "python")
     root = tmp_path_factory.mktemp("shop-from-wheel")
     shutil.copytree(EXAMPLE, root, dirs_exist_ok=True, ignore=IGNORE)
@@ -773,16 +814,7 @@ def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
     redis.flushdb()
 
     lines = views.stdout.splitlines()
-    assert lines[:4] == [
-        "/orders 202 {'saga_id': 'order-w1'}",
-        "/orders 202 {'saga_id': 'order-w2'}",
-        "/orders-broken 500 None",  # the view raised after starting: rolled back, nothing sent
-        "/orders 202 {'saga_id': 'order-w4'}",
-    ]
-    assert lines[4] == "order-w1 completed [('reserve', 'succeeded'), ('charge', 'succeeded')]"
-    assert lines[5] == "order-w2 failed [('reserve', 'compensated'), ('charge', 'failed')]"
-    assert lines[6] == "order-w4 pending pending"
-    assert lines[7] == "SagaNotFound"
+    assert lines[:8] == VIEWS_OUTPUT, views.stdout
     assert Path(lines[8]).is_relative_to(bin_dir.parent)  # the installed wheel, not this checkout
     assert (crash.returncode, crash.stdout) == (1, "written in the transaction\n"), crash.stderr
     assert retry.returncode == 0, retry.stderr
