@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from sagas.store.migrate import head_revision
 from tests.wheelhouse import spawn, stop_group
 
 SAGAS_MODULE = """
@@ -290,4 +291,4 @@ def test_doctor_names_what_is_missing(project: Path, worker: subprocess.Popen[st
         timeout=60,
     )
     assert unmigrated.returncode == 1
-    assert unmigrated.stdout.splitlines()[0].endswith("not 0003: run saga db upgrade")
+    assert unmigrated.stdout.splitlines()[0].endswith(f"not {head_revision()}: run saga db upgrade")
