@@ -334,7 +334,9 @@ def caller_transaction(rt: Runtime) -> CallerTransaction | Deferred | None:
         return None
     ext = current_app.extensions.get(EXTENSION)
     db = current_app.extensions.get("sqlalchemy")
-    if not isinstance(ext, Sagas) or ext.runtime is not rt or db is None:
+    # Not "ext.runtime is rt": the runtime may have been replaced since init_app (a test
+    # runtime); what decides is whether rt's store is this app's database.
+    if not isinstance(ext, Sagas) or db is None:
         return None
     sess = _session(db.session)
     owner = sess.get_nested_transaction() or sess.get_transaction()

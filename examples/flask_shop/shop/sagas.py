@@ -59,7 +59,8 @@ def charge(ctx: StepContext[OrderPayload]) -> dict:
     if ctx.payload.hold and not os.path.exists(go):
         raise TransientError("card processor says later")
     db = current_app.extensions["sqlalchemy"]  # the app context's Flask-SQLAlchemy
-    db.session.add(Charge(order_id=order_id, charged_by=current_app.name))
+    if db.session.get(Charge, order_id) is None:  # run twice (a redelivery): charged once
+        db.session.add(Charge(order_id=order_id, charged_by=current_app.name))
     db.session.get(Order, order_id).status = "paid"
     db.session.commit()
     return {"charged": order_id, "by": current_app.name, "task": current_task.name}

@@ -834,3 +834,18 @@ def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
         "order-w4": "completed",
         "order-w5": "completed",
     }
+
+
+def test_the_examples_own_tests_use_the_testing_kit(tmp_path: Path) -> None:
+    """``examples/flask_shop/tests`` run as the shop's developers would (``pytest`` in the
+    project, the kit's fixtures from its ``pytest.ini``): through the views, with a step
+    double, and the crash-point harness over the order saga."""
+    shutil.copytree(EXAMPLE, tmp_path, dirs_exist_ok=True, ignore=IGNORE)
+    env = _plain_env(tmp_path)
+    env["PYTHONPATH"] = str(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=tmp_path, env=env,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].startswith("5 passed"), done.stdout[-2000:]
