@@ -663,3 +663,17 @@ def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
     ], operated.stdout
     log = (project / "worker.log").read_text()
     assert "celery@" in log and "beat: Starting" in log, log[-4000:]
+
+
+def test_the_examples_own_tests_use_the_testing_kit(tmp_path: Path) -> None:
+    """``examples/django_shop/tests`` run as the shop's developers would (``pytest`` in the
+    project, the kit's fixtures from its ``pytest.ini``, no pytest-django): views, step
+    doubles and the crash-point harness over the order saga."""
+    project = _copy_example(tmp_path / "django_shop")
+    env = _clean_env()
+    env["PYTHONPATH"] = str(project)
+    done = _run_in(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], project, env, 300
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1].startswith("6 passed"), done.stdout[-2000:]
