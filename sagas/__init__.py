@@ -28,6 +28,7 @@ from .install import configure, install
 from .query import SagaInfo, SagaWaitTimeout, StepInfo, get, wait
 from .registry import SagaHandle
 from .retry import RetryPolicy
+from .routes import Compensate, Park, RetryAfter
 from .runtime import get_runtime
 from .settings import Settings
 from .state import Action, SagaKind, SagaState, StepState
@@ -45,6 +46,9 @@ __all__ = [
     "PayloadTooLarge",
     "PermanentError",
     "RetryPolicy",
+    "RetryAfter",
+    "Compensate",
+    "Park",
     "Saga",
     "SagaConflict",
     "SagaError",

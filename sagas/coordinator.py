@@ -47,13 +47,15 @@ from .machine import (
     Wake,
     WakeAt,
     decide,
+    is_parked,
     new_status,
+    why_no_cancel,
 )
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json
 from .runtime import Runtime, get_runtime
-from .state import Action, HistoryKind, SagaKind, StepState
+from .state import Action, HistoryKind, SagaKind
 from .store import NewSaga, SagaRecord, Snapshot, Transition, inserted_record
 from .store.joined import CallerTransaction
 from .transport import send_step, send_wake
@@ -190,8 +192,8 @@ def apply(
             if not decision.changed:
                 return Applied(decision, (), snap)
             claimed = _claimed(saga, decision, claim)
-            # Parked while any compensation is dead-lettered; an operator retry clears it.
-            parked = any(st.state is StepState.COMPENSATION_FAILED for st in decision.status.steps)
+            # Parked while a step or a compensation waits for an operator; a retry clears it.
+            parked = is_parked(decision.status)
             change = Transition(
                 record,
                 status,
@@ -303,7 +305,7 @@ def wake(saga_id: str, *, rt: Runtime | None = None, skip_locked: bool = False) 
 
 
 def cancel(saga_id: str, reason: str, *, rt: Runtime | None = None) -> Decision:
-    """Operator: stop forward progress and compensate now."""
+    """Operator: stop forward progress and compensate now (refused past the pivot)."""
     return _operator(saga_id, lambda now, _saga: Cancel(now, reason), "cancel", rt)
 
 
@@ -318,7 +320,11 @@ def _operator(saga_id: str, make: EventFactory, what: str, rt: Runtime | None) -
         raise SagaNotFound(f"no saga with id {saga_id!r}")
     decision = applied.decision
     if not decision.changed:
-        raise SagaError(f"nothing to {what}: saga {saga_id!r} is {decision.status.state.value}")
+        why = f"saga {saga_id!r} is {decision.status.state.value}"
+        if what == "cancel":
+            saga = get_orchestrated(applied.snapshot.record.name, applied.snapshot.record.version)
+            why = f"saga {saga_id!r}: " + (why_no_cancel(saga.plan, decision.status) or why)
+        raise SagaError(f"nothing to {what}: {why}")
     metrics.inc("sagas_operator_actions_total", action=what)
     return decision
 
@@ -422,8 +428,10 @@ def _publish(
                 send_wake(app, record.id, countdown, queue)
         elif isinstance(cmd, Parked):
             metrics.inc("sagas_parked_total", saga=saga.name)
+            side = "compensation of step" if cmd.action is Action.COMPENSATE else "step"
             log.error(
-                "compensation of step %s exhausted (%s: %s); saga parked for an operator",
+                "%s %s exhausted (%s: %s); saga parked for an operator",
+                side,
                 saga.steps[cmd.step].name,
                 escape(cmd.error.type),
                 escape(cmd.error.message),

@@ -39,6 +39,7 @@ from .registry import (
     start_through_hook,
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
+from .routes import Compensate, Park, RetryAfter, Route
 from .state import Action, SagaKind
 
 P = TypeVar("P", bound=BaseModel)
@@ -90,6 +91,8 @@ class StepDef:
     compensation_timeout: float = 0.0
     compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY
     arguments: Callable[[StepContext[Any]], dict[str, Any]] | None = field(default=None)
+    pivot: bool = False
+    on_exhausted: Route | None = None  # None: Compensate() before a pivot, Park() after it
 
     @property
     def compensable(self) -> bool:
@@ -120,6 +123,8 @@ class StepDef:
             compensable=self.compensable,
             compensation_timeout=self.compensation_timeout,
             compensation_retry=self.compensation_retry,
+            pivot=self.pivot,
+            on_exhausted=self.on_exhausted or Compensate(),
         )
 
 
@@ -186,8 +191,14 @@ class Saga(Startable[P]):
         compensation_timeout: timedelta | float | None = None,
         compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY,
         name: str | None = None,
+        pivot: bool = False,
+        on_exhausted: Route | None = None,
     ) -> Callable[[StepFn], StepFn]:
-        """Declare a local step. ``compensation=None`` marks a step that needs none."""
+        """Declare a local step. ``compensation=None`` marks a step that needs none.
+
+        ``pivot=True`` marks the point of no return: once it succeeded, the saga only goes
+        forward (the steps after it take no compensation). ``on_exhausted`` is the step's
+        failure route (``sagas.routes``: ``Compensate()``, ``RetryAfter(...)``, ``Park(...)``)."""
 
         def decorate(fn: StepFn) -> StepFn:
             step_name = name or fn.__name__
@@ -206,6 +217,8 @@ class Saga(Startable[P]):
                 compensation_timeout=compensation_timeout,
                 compensation_retry=compensation_retry,
                 required=compensation is REQUIRED,
+                pivot=pivot,
+                on_exhausted=on_exhausted,
             )
             return fn
 
@@ -224,6 +237,8 @@ class Saga(Startable[P]):
         compensation_timeout: timedelta | float | None = None,
         compensation_retry: RetryPolicy = DEFAULT_COMPENSATION_RETRY,
         arguments: Callable[[StepContext[Any]], dict[str, Any]] | None = None,
+        pivot: bool = False,
+        on_exhausted: Route | None = None,
     ) -> StepDef:
         """Declare a step carried out by an existing Celery task in another codebase.
 
@@ -249,6 +264,8 @@ class Saga(Startable[P]):
             compensation_retry=compensation_retry,
             arguments=arguments,
             required=compensation is REQUIRED,
+            pivot=pivot,
+            on_exhausted=on_exhausted,
         )
 
     def _add(
@@ -270,6 +287,7 @@ class Saga(Startable[P]):
             raise DefinitionError(f"{where}: step name must match {NAME_RE.pattern}")
         if any(s.name == name for s in self.steps):
             raise DefinitionError(f"{where}: duplicate step name")
+        required = self._check_pivot(where, kwargs, required)
         if required:
             raise DefinitionError(
                 f"{where}: needs a compensation, or compensation=None to mark that it needs none"
@@ -305,6 +323,36 @@ class Saga(Startable[P]):
             listener(self, step)
         return step
 
+    def _check_pivot(self, where: str, kwargs: dict[str, Any], required: bool) -> bool:
+        """Check a new step's pivot and failure route; after the pivot no compensation is
+        needed (or allowed). Returns whether a compensation is still required."""
+        pivot, route = kwargs.get("pivot", False), kwargs.get("on_exhausted")
+        after_pivot = any(s.pivot for s in self.steps)
+        if not isinstance(pivot, bool):
+            raise DefinitionError(f"{where}: pivot must be True or False")
+        if pivot and after_pivot:
+            pivot_name = next(s.name for s in self.steps if s.pivot)
+            raise DefinitionError(f"{where}: a saga has one pivot ({pivot_name!r} is one)")
+        if route is not None and not isinstance(route, Compensate | RetryAfter | Park):
+            raise DefinitionError(
+                f"{where}: on_exhausted must be Compensate(), RetryAfter(...) or Park(...)"
+            )
+        if not after_pivot:
+            return required
+        if required:
+            kwargs["compensation_fn"] = kwargs["compensation_task"] = None
+            return False  # after the pivot nothing is compensated: none needed
+        if kwargs.get("compensation_fn") or kwargs.get("compensation_task"):
+            raise DefinitionError(
+                f"{where}: comes after the pivot, so it is never compensated: "
+                "declare it with compensation=None"
+            )
+        if isinstance(route, Compensate):
+            raise DefinitionError(
+                f"{where}: comes after the pivot, so it cannot route to Compensate()"
+            )
+        return False
+
     # -- using it -----------------------------------------------------------------------------
 
     @property
@@ -321,7 +369,12 @@ class Saga(Startable[P]):
         """What a saga in flight depends on: its steps, in order, and which are compensated.
         Timeouts, retry policies, queues and the code inside a step may change under one
         version; a change here needs a new version number."""
-        return [{"step": s.name, "compensable": s.compensable} for s in self.steps]
+        return [
+            {"step": s.name, "compensable": s.compensable}
+            | ({"pivot": True} if s.pivot else {})
+            | ({"on_exhausted": s.on_exhausted.kind} if s.on_exhausted else {})
+            for s in self.steps
+        ]
 
     @property
     def fingerprint(self) -> str:

@@ -16,6 +16,12 @@ Rules, in one place:
   (every attempt reported failure), or never started, are not.
 - A compensation that fails is retried per its policy; past it the step is parked
   (``compensation_failed``) and the saga stays ``compensating`` for an operator.
+- A step's failure route (``sagas.routes``) says what exhausted retries lead to: compensation
+  (the default), another round of retries after a delay, or ``parked`` for an operator (the
+  saga stays ``pending``; an operator retry runs the step again).
+- The pivot: once the step marked ``pivot`` succeeded, the saga only goes forward. Later steps
+  are retried per their policy, then parked; a deadline is recorded and passes; a cancel is
+  refused; nothing is ever compensated.
 - ``completed`` and ``failed`` are absorbing.
 """
 
@@ -27,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .retry import RetryPolicy
+from .routes import Compensate, Park, RetryAfter, Route
 from .state import (
     Action,
     HistoryKind,
@@ -53,6 +60,8 @@ class StepPlan:
     compensable: bool
     compensation_timeout: float
     compensation_retry: RetryPolicy
+    pivot: bool = False  # the point of no return (at most one per plan)
+    on_exhausted: Route = Compensate()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,11 @@ class Plan:
             if step.name == name:
                 return i
         raise KeyError(name)
+
+    @property
+    def pivot(self) -> int | None:
+        """The pivot step's index (None: the saga has none)."""
+        return next((i for i, s in enumerate(self.steps) if s.pivot), None)
 
 
 # -- status: what the store holds ---------------------------------------------------------------
@@ -128,6 +142,27 @@ def new_status(saga_id: str, plan: Plan, deadline_at: datetime | None) -> SagaSt
         steps=tuple(StepStatus(name=s.name) for s in plan.steps),
         deadline_at=deadline_at,
     )
+
+
+def past_pivot(plan: Plan, saga: SagaStatus) -> bool:
+    """Has the pivot step succeeded (so the saga may only go forward)?"""
+    pivot = plan.pivot
+    return pivot is not None and saga.steps[pivot].state is StepState.SUCCEEDED
+
+
+def is_parked(saga: SagaStatus) -> bool:
+    """Is the saga waiting for an operator (a step or a compensation parked)?"""
+    return any(s.state in (StepState.PARKED, StepState.COMPENSATION_FAILED) for s in saga.steps)
+
+
+def why_no_cancel(plan: Plan, saga: SagaStatus) -> str | None:
+    """Why a cancel would change nothing (None: it would compensate)."""
+    if saga.state not in (SagaState.STARTED, SagaState.PENDING):
+        return f"saga is {saga.state.value}"
+    if past_pivot(plan, saga):
+        pivot = plan.steps[plan.pivot or 0].name
+        return f"saga passed its pivot step {pivot!r} and only goes forward"
+    return None
 
 
 # -- events: what happened ---------------------------------------------------------------------
@@ -203,10 +238,12 @@ class WakeAt:
 
 @dataclass(frozen=True, slots=True)
 class Parked:
-    """A compensation is exhausted: dead-letter it and flag the saga for an operator."""
+    """A step (its compensation, or its forward side when routed so) is exhausted: flag the
+    saga for an operator."""
 
     step: int
     error: ErrorInfo
+    action: Action = Action.COMPENSATE
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +300,7 @@ def decide(plan: Plan, saga: SagaStatus, event: Event) -> Decision:
         case Wake(at=at):
             _wake(b, at)
         case Cancel(at=at, reason=reason):
-            if b.saga.state in (SagaState.STARTED, SagaState.PENDING):
+            if why_no_cancel(plan, b.saga) is None:
                 b.record(HistoryKind.CANCEL_REQUESTED, detail={"reason": reason})
                 _begin_compensation(b, ErrorInfo(CANCELLED_ERROR, reason, False), at)
         case Retry(at=at, reason=reason):
@@ -326,6 +363,8 @@ def _forward_succeeded(b: _Builder, ev: StepSucceeded) -> None:
         deadline_at=None,
     )
     b.record(HistoryKind.STEP_SUCCEEDED, ev.step, ev.attempt)
+    if b.plan.steps[ev.step].pivot:
+        b.record(HistoryKind.PIVOT_PASSED, ev.step)
     if ev.step + 1 < len(b.plan.steps):
         b.dispatch(ev.step + 1, Action.FORWARD, ev.at)
     else:
@@ -346,28 +385,48 @@ def _forward_failed(b: _Builder, ev: StepFailed) -> None:
 
 
 def _after_forward_failure(b: _Builder, index: int, error: ErrorInfo, at: datetime) -> None:
-    """Retry if the policy allows, else stop forward progress and compensate."""
-    step, policy = b.saga.steps[index], b.plan.steps[index].retry
+    """Retry if the policy allows, else follow the step's failure route."""
+    step, plan = b.saga.steps[index], b.plan.steps[index]
+    policy = plan.retry
     retryable = error.retryable and policy.is_retryable(error.type)
-    if retryable and step.attempt < policy.max_attempts:
-        wait = policy.interval(step.attempt, f"{b.saga.id}:{step.name}")
-        when = at + timedelta(seconds=wait)
-        b.set_step(
-            index, state=StepState.PENDING, error=error, deadline_at=None, next_attempt_at=when
-        )
+    # Attempts count on across rounds (RetryAfter): the policy applies to each round.
+    in_round = (step.attempt - 1) % policy.max_attempts + 1
+    if retryable and in_round < policy.max_attempts:
+        wait = policy.interval(in_round, f"{b.saga.id}:{step.name}")
+        _retry_at(b, index, error, at + timedelta(seconds=wait), {"interval": round(wait, 6)})
+        return
+    route = plan.on_exhausted
+    rounds = (step.attempt - 1) // policy.max_attempts + 1
+    if isinstance(route, RetryAfter) and retryable and rounds <= route.times:
+        when = at + timedelta(seconds=route.seconds)
+        detail = {"interval": route.seconds, "route": route.kind, "round": rounds + 1}
+        _retry_at(b, index, error, when, detail)
+        return
+    if isinstance(route, Park) or past_pivot(b.plan, b.saga):
+        reason = route.reason if isinstance(route, Park) else "retries exhausted past the pivot"
+        doubt = step.in_doubt or error.type == TIMEOUT_ERROR
+        b.set_step(index, state=StepState.PARKED, error=error, deadline_at=None, in_doubt=doubt)
         b.record(
-            HistoryKind.RETRY_SCHEDULED,
-            index,
-            step.attempt + 1,
-            {"at": when.isoformat(), "interval": round(wait, 6)},
+            HistoryKind.STEP_PARKED, index, step.attempt, {"reason": reason, **error.as_json()}
         )
-        b.commands.append(WakeAt(when))
+        b.commands.append(Parked(index, error, Action.FORWARD))
         return
     # Known not to have taken effect only if no attempt of it ever ended in doubt.
     doubt = error.type == TIMEOUT_ERROR or step.in_doubt
     final = StepState.TIMED_OUT if doubt else StepState.FAILED
     b.set_step(index, state=final, error=error, deadline_at=None, finished_at=at)
     _begin_compensation(b, error, at)
+
+
+def _retry_at(
+    b: _Builder, index: int, error: ErrorInfo, when: datetime, detail: dict[str, Any]
+) -> None:
+    step = b.saga.steps[index]
+    b.set_step(index, state=StepState.PENDING, error=error, deadline_at=None, next_attempt_at=when)
+    b.record(
+        HistoryKind.RETRY_SCHEDULED, index, step.attempt + 1, {"at": when.isoformat(), **detail}
+    )
+    b.commands.append(WakeAt(when))
 
 
 def _begin_compensation(b: _Builder, reason: ErrorInfo, at: datetime) -> None:
@@ -382,6 +441,9 @@ def _begin_compensation(b: _Builder, reason: ErrorInfo, at: datetime) -> None:
             b.set_step(i, state=final, next_attempt_at=None, finished_at=at)
         elif s.state is StepState.PENDING:
             b.set_step(i, state=StepState.SKIPPED)
+        elif s.state is StepState.PARKED:  # an operator cancelled it (before any pivot)
+            final = StepState.TIMED_OUT if s.in_doubt else StepState.FAILED
+            b.set_step(i, state=final, finished_at=at)
     b.saga = replace(b.saga, failure=reason)
     b.set_saga(SagaState.COMPENSATING)
     b.record(HistoryKind.COMPENSATION_STARTED, detail=reason.as_json())
@@ -454,6 +516,7 @@ def _operator_retry(b: _Builder, at: datetime, reason: str) -> None:
         elif b.saga.state is SagaState.PENDING and s.state in (
             StepState.RUNNING,
             StepState.PENDING,
+            StepState.PARKED,
         ):
             if s.state is StepState.PENDING and s.attempt == 0:
                 continue
@@ -477,9 +540,17 @@ def _wake(b: _Builder, at: datetime) -> None:
     saga = b.saga
     forward = saga.state in (SagaState.STARTED, SagaState.PENDING)
     if forward and saga.deadline_at is not None and saga.deadline_at <= at:
-        b.record(HistoryKind.DEADLINE_EXCEEDED, detail={"deadline": saga.deadline_at.isoformat()})
-        _begin_compensation(b, ErrorInfo(DEADLINE_ERROR, "saga deadline passed", False), at)
-        return
+        detail: dict[str, Any] = {"deadline": saga.deadline_at.isoformat()}
+        if past_pivot(b.plan, saga):
+            # Past the point of no return a deadline cannot undo anything: noted once, the
+            # saga goes on forward.
+            b.record(HistoryKind.DEADLINE_EXCEEDED, detail={**detail, "past_pivot": True})
+            b.saga = replace(b.saga, deadline_at=None)
+            saga = b.saga
+        else:
+            b.record(HistoryKind.DEADLINE_EXCEEDED, detail=detail)
+            _begin_compensation(b, ErrorInfo(DEADLINE_ERROR, "saga deadline passed", False), at)
+            return
     for i, s in enumerate(saga.steps):
         if s.deadline_at is not None and s.deadline_at <= at:
             timeout = ErrorInfo(TIMEOUT_ERROR, "no reply before the step's deadline", True)

@@ -50,16 +50,29 @@ class StepState(StrEnum):
     COMPENSATED = "compensated"
     COMPENSATION_FAILED = "compensation_failed"  # exhausted: dead-lettered for an operator
     SKIPPED = "skipped"  # never ran because the saga stopped before it
+    PARKED = "parked"  # retries exhausted, routed to an operator (Park, or past the pivot)
 
 
 STEP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
     # A step waiting to retry settles as FAILED (last attempt reported failure) or TIMED_OUT
     # (last attempt timed out) when compensation begins.
     StepState.PENDING: frozenset(
-        {StepState.RUNNING, StepState.SKIPPED, StepState.FAILED, StepState.TIMED_OUT}
+        {
+            StepState.RUNNING,
+            StepState.SKIPPED,
+            StepState.FAILED,
+            StepState.TIMED_OUT,
+            StepState.PARKED,
+        }
     ),
     StepState.RUNNING: frozenset(
-        {StepState.PENDING, StepState.SUCCEEDED, StepState.FAILED, StepState.TIMED_OUT}
+        {
+            StepState.PENDING,
+            StepState.SUCCEEDED,
+            StepState.FAILED,
+            StepState.TIMED_OUT,
+            StepState.PARKED,
+        }
     ),
     StepState.SUCCEEDED: frozenset({StepState.COMPENSATING}),
     StepState.TIMED_OUT: frozenset({StepState.COMPENSATING}),
@@ -68,6 +81,8 @@ STEP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
     StepState.COMPENSATED: frozenset(),
     StepState.COMPENSATION_FAILED: frozenset({StepState.COMPENSATING}),
     StepState.SKIPPED: frozenset(),
+    # An operator runs it again, or (before a pivot) cancels: settled as compensation begins.
+    StepState.PARKED: frozenset({StepState.RUNNING, StepState.FAILED, StepState.TIMED_OUT}),
 }
 
 
@@ -107,6 +122,8 @@ class HistoryKind(StrEnum):
     STEP_COMPENSATED = "step_compensated"
     COMPENSATION_FAILED = "compensation_failed"
     COMPENSATION_PARKED = "compensation_parked"
+    STEP_PARKED = "step_parked"  # a step's retries are exhausted and it waits for an operator
+    PIVOT_PASSED = "pivot_passed"  # the pivot step succeeded: from here on, forward only
     REPLY_IGNORED = "reply_ignored"
     COMMANDS_REPUBLISHED = "commands_republished"
     EVENT_PUBLISHED = "event_published"  # choreography: an event of this saga went out

@@ -284,7 +284,8 @@ class Store:
         }
 
     def dead_letters(self, limit: int = 100) -> builtins.list[tuple[SagaRecord, StepStatus]]:
-        """Parked sagas with the compensation that exhausted its retries."""
+        """Parked sagas with the step waiting for an operator: a compensation that exhausted
+        its retries, or a step routed to park (``Park``, or past the pivot)."""
         with self._connect() as conn:
             rows = conn.execute(
                 select(saga_table)
@@ -296,7 +297,7 @@ class Store:
             for row in rows:
                 record = record_from_row(row)
                 for step in status_from_rows(record, steps_of(conn, record.id)).steps:
-                    if step.state is StepState.COMPENSATION_FAILED:
+                    if step.state in (StepState.COMPENSATION_FAILED, StepState.PARKED):
                         out.append((record, step))
             return out
 

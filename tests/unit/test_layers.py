@@ -20,7 +20,17 @@ PACKAGE = ROOT / "sagas"
 LAYERS: list[tuple[str, set[str]]] = [
     (
         "vocabulary",
-        {"errors", "state", "retry", "payload", "settings", "observability", "faults", "clock"},
+        {
+            "errors",
+            "state",
+            "retry",
+            "routes",
+            "payload",
+            "settings",
+            "observability",
+            "faults",
+            "clock",
+        },
     ),
     (
         "rules and definitions",

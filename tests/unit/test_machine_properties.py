@@ -1,6 +1,7 @@
 """Property tests over the pure core, ``sagas.machine.decide``.
 
-A random plan (1-5 steps, random retry policies, some steps without a compensation) is driven
+A random plan (1-5 steps, random retry policies, some steps without a compensation, some with a
+failure route other than compensation, and sometimes a pivot step) is driven
 from ``new_status`` + ``Start`` through a random script played by a faithful environment: it
 keeps every ``Dispatch`` the core emitted and sometimes answers the open one (ok or error),
 sometimes answers an old one late, re-sends replies already applied, invents stale replies,
@@ -37,10 +38,13 @@ from sagas.machine import (
     StepSucceeded,
     Wake,
     decide,
+    is_parked,
     new_status,
     next_wakeup,
+    past_pivot,
 )
 from sagas.retry import RetryPolicy
+from sagas.routes import Compensate, Park, RetryAfter
 from sagas.state import (
     SAGA_TRANSITIONS,
     STEP_TRANSITIONS,
@@ -72,6 +76,11 @@ compensation_policies = st.builds(
     max_interval=st.just(10.0),
     jitter=st.sampled_from([0.0, 0.2]),
 )
+# Compensation is the common route; Park and RetryAfter appear in about half of the steps.
+routes = st.sampled_from(
+    [Compensate(), Compensate(), Compensate(), Park("ops"), Park("ops"), RetryAfter(5.0, 1),
+     RetryAfter(30.0, 2)]
+)  # fmt: skip
 step_plans = st.builds(
     StepPlan,
     name=st.just("?"),
@@ -80,9 +89,27 @@ step_plans = st.builds(
     compensable=st.booleans(),
     compensation_timeout=st.sampled_from([1.0, 10.0]),
     compensation_retry=compensation_policies,
+    on_exhausted=routes,
 )
-plans = st.lists(step_plans, min_size=1, max_size=5).map(
-    lambda steps: Plan(tuple(replace(s, name=f"s{i}") for i, s in enumerate(steps)))
+
+
+def _plan(steps: list[StepPlan], pivot: int | None) -> Plan:
+    """Name the steps; with a pivot, the steps after it take no compensation (as a definition
+    must declare them)."""
+    named = [replace(s, name=f"s{i}") for i, s in enumerate(steps)]
+    if pivot is not None and pivot < len(named):
+        named = [
+            replace(s, pivot=True) if i == pivot else replace(s, compensable=False)
+            if i > pivot else s
+            for i, s in enumerate(named)
+        ]  # fmt: skip
+    return Plan(tuple(named))
+
+
+plans = st.builds(
+    _plan,
+    st.lists(step_plans, min_size=1, max_size=5),
+    st.one_of(st.none(), st.integers(0, 4)),
 )
 
 # Repeated kinds are drawn more often: answering the open dispatch is the common case.
@@ -300,6 +327,29 @@ def runs() -> st.SearchStrategy[Run]:
     return scenarios.map(simulate)
 
 
+# Failure-heavy scripts: steps exhaust their retries often, so failure routes and parked steps
+# (and an operator resuming them) are common rather than rare.
+FAILING_KINDS = ("fail", "fail", "fail", "timeout", "ok", "wake_next", "operator_retry", "cancel")
+failing_moves = st.builds(
+    Move,
+    kind=st.sampled_from(FAILING_KINDS),
+    pick=st.integers(0, 1000),
+    seconds=st.sampled_from([0.0, 1.0, 31.0]),
+    retryable=st.sampled_from([True, True, False]),
+    error_type=st.just("Boom"),
+)
+failing_scenarios = st.builds(
+    Scenario,
+    plan=plans,
+    deadline=st.one_of(st.none(), st.just(600.0)),
+    script=st.lists(failing_moves, max_size=45).map(tuple),
+)
+
+
+def any_runs() -> st.SearchStrategy[Run]:
+    return st.one_of(runs(), failing_scenarios.map(simulate))
+
+
 def describe(entry: Entry) -> str:
     return f"[{entry.phase}/{entry.kind}] {entry.event!r} on {entry.before.state}"
 
@@ -346,7 +396,7 @@ def reachable(table: dict[object, frozenset[object]], start: object) -> set[obje
 
 
 @PROPERTY_SETTINGS
-@given(runs())
+@given(any_runs())
 def test_compensates_only_steps_that_succeeded_or_timed_out(run: Run) -> None:
     for entry, truth in outcomes(run):
         for d in entry.dispatches(Action.COMPENSATE):
@@ -432,7 +482,7 @@ def test_replies_accepted_exactly_when_they_answer_the_open_attempt(run: Run) ->
 
 
 @PROPERTY_SETTINGS
-@given(runs())
+@given(any_runs())
 def test_every_change_is_allowed_and_recorded(run: Run) -> None:
     saga_closure = {s: reachable(SAGA_TRANSITIONS, s) for s in SagaState}  # type: ignore[arg-type]
     step_closure = {s: reachable(STEP_TRANSITIONS, s) for s in StepState}  # type: ignore[arg-type]
@@ -463,7 +513,10 @@ def test_attempts_never_exceed_the_policy(run: Run) -> None:
             assert len(entry.dispatches()) == 1, describe(entry)
             extra += 1
         for i, (plan, s) in enumerate(zip(run.plan.steps, entry.after.steps, strict=True)):
-            assert s.attempt <= plan.retry.max_attempts + extra, (
+            route = plan.on_exhausted
+            rounds = 1 + (route.times if isinstance(route, RetryAfter) else 0)
+            # Each operator retry may also open a round of its own (it resumes a parked step).
+            assert s.attempt <= plan.retry.max_attempts * (rounds + extra) + extra, (
                 f"{describe(entry)}: s{i} attempt {s.attempt}"
             )
             assert s.compensation_attempt <= plan.compensation_retry.max_attempts + extra, (
@@ -504,11 +557,11 @@ def test_finished_sagas_are_consistent(run: Run) -> None:
 
 
 @PROPERTY_SETTINGS
-@given(runs())
+@given(any_runs())
 def test_a_saga_always_has_a_way_forward(run: Run) -> None:
     for entry in run.trace:
         after = entry.after
-        parked = any(s.state is StepState.COMPENSATION_FAILED for s in after.steps)
+        parked = is_parked(after)
         if not after.state.terminal and not parked:
             assert next_wakeup(after) is not None, f"{describe(entry)}: stuck with no timer"
         if isinstance(entry.event, Wake) and not after.state.terminal:
@@ -516,7 +569,41 @@ def test_a_saga_always_has_a_way_forward(run: Run) -> None:
             assert due is None or due > entry.event.at, (
                 f"{describe(entry)}: timer at {due} still due after waking"
             )
-    parked = any(s.state is StepState.COMPENSATION_FAILED for s in run.status.steps)
-    assert run.status.state.terminal or (parked and run.status.state is SagaState.COMPENSATING), (
+    parked = is_parked(run.status)
+    waiting = run.status.state in (SagaState.COMPENSATING, SagaState.PENDING)
+    assert run.status.state.terminal or (parked and waiting), (
         f"the drain phase left the saga {run.status.state}"
     )
+    if run.status.state is SagaState.PENDING:  # parked forward: a step waits for an operator
+        assert any(s.state is StepState.PARKED for s in run.status.steps), run.status
+
+
+@PROPERTY_SETTINGS
+@given(any_runs())
+def test_nothing_is_undone_once_the_pivot_succeeded(run: Run) -> None:
+    passed = False
+    for entry in run.trace:
+        if passed:
+            assert not entry.dispatches(Action.COMPENSATE), f"{describe(entry)}: past the pivot"
+            assert entry.after.state is not SagaState.COMPENSATING, describe(entry)
+            assert entry.after.state is not SagaState.FAILED, describe(entry)
+        passed = passed or past_pivot(run.plan, entry.after)
+    if passed and run.status.state.terminal:
+        assert run.status.state is SagaState.COMPLETED
+
+
+@PROPERTY_SETTINGS
+@given(any_runs())
+def test_a_parked_step_waits_for_an_operator(run: Run) -> None:
+    for entry in run.trace:
+        for i, (b, a) in enumerate(zip(entry.before.steps, entry.after.steps, strict=True)):
+            if a.state is StepState.PARKED and b.state is not StepState.PARKED:
+                plan = run.plan.steps[i]
+                assert isinstance(plan.on_exhausted, Park) or past_pivot(run.plan, entry.after), (
+                    f"{describe(entry)}: s{i} parked without a Park route or a pivot"
+                )
+                kinds = [h.kind for h in entry.decision.history]
+                assert HistoryKind.STEP_PARKED in kinds, describe(entry)
+                assert entry.after.state is SagaState.PENDING, describe(entry)
+            if b.state is StepState.PARKED and a.state is StepState.RUNNING:
+                assert isinstance(entry.event, Retry), f"{describe(entry)}: left parked by itself"
