@@ -9,6 +9,7 @@ attempts, or sleep (to exceed the step's timeout or the saga's deadline).
 - ``probe``: steps s1..s4 on the inventory, payment, shipping and notification queues.
 - ``probe_deadline``: d1 (inventory) then d2 (payment) under a 1.5 s saga deadline; d2's own
   timeout is longer than that, so sleeping in d2 trips the saga deadline first.
+- ``probe_pivot``: p1, p2 (the pivot), p3, p4 on the same four queues.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ CREATE TABLE IF NOT EXISTS probe_effect (
 
 
 class Probe(BaseModel):
-    """What each step should do. Step names are keys (s1..s4, d1, d2)."""
+    """What each step should do. Step names are keys (s1..s4, d1, d2, p1..p4)."""
 
     tag: str = ""
     fail_permanent: str | None = None  # this step raises PermanentError
@@ -120,3 +121,19 @@ for _name, _queue in STEP_QUEUES.items():
 probe_deadline = Saga("probe_deadline", payload=Probe, deadline=SAGA_DEADLINE)
 _declare(probe_deadline, "d1", "inventory")
 _declare(probe_deadline, "d2", "payment", timeout=10.0)
+
+# ``probe_pivot``: p1 (inventory), p2 the pivot (payment), then p3 (shipping) and p4
+# (notification), which take no compensation: past the pivot they are retried, then parked.
+PIVOT_QUEUES = {"p1": "inventory", "p2": "payment", "p3": "shipping", "p4": "notification"}
+probe_pivot = Saga("probe_pivot", payload=Probe, deadline=timedelta(minutes=5))
+for _name, _queue in PIVOT_QUEUES.items():
+    probe_pivot.step(
+        name=_name,
+        queue=_queue,
+        timeout=STEP_TIMEOUT,
+        retry=FAST_RETRY,
+        compensation=_compensate if _name in ("p1", "p2") else None,
+        compensation_timeout=COMPENSATION_TIMEOUT,
+        compensation_retry=FAST_RETRY,
+        pivot=_name == "p2",
+    )(_forward)

@@ -587,6 +587,7 @@ EXPECTED_ERRORS = (
     "start rejected: ",
     "malformed event dropped: ",
     "saga escalated to an operator: ",
+    "saga parked for an operator",  # probe_pivot: a step past the pivot out of retries
 )
 EXPECTED_TASK_FAILURES = ("SagaConflict(", "UnknownSaga(", "PayloadInvalid(", "InvalidSagaId(")
 
