@@ -24,7 +24,7 @@ from .observability import escape
 from .payload import check_saga_id
 from .runtime import Runtime, current_runtime
 from .settings import Settings
-from .state import SagaState
+from .state import SagaState, StepState
 from .store import Store
 from .store.migrate import current_revision
 from .store.migrate import upgrade as run_upgrade
@@ -148,19 +148,23 @@ def cancel(saga_id: str, reason: str, app_path: str | None) -> None:
 
 @main.group()
 def dlq() -> None:
-    """The dead-letter list: compensations that exhausted their retries."""
+    """The dead-letter list: compensations, and steps routed to park, out of retries."""
 
 
 @dlq.command("list")
 @_one_line_errors
 def dlq_list() -> None:
-    """Parked sagas and the compensation each is waiting on."""
+    """Parked sagas and the compensation (or parked step) each is waiting on."""
     rows = [
         [
             r.id,
             r.name,
-            step.name,
-            str(step.compensation_attempt),
+            step.name if step.state is StepState.COMPENSATION_FAILED else f"{step.name} (parked)",
+            str(
+                step.compensation_attempt
+                if step.state is StepState.COMPENSATION_FAILED
+                else step.attempt
+            ),
             escape(f"{step.error.type}: {step.error.message}")[:70] if step.error else "",
         ]
         for r, step in _store().dead_letters()
