@@ -18,6 +18,7 @@ from .errors import (
     SagaError,
     SagaInputError,
     SagaNotFound,
+    SignalUnknown,
     StoreConflict,
     StoreError,
     StoreUnavailable,
@@ -28,9 +29,10 @@ from .install import configure, install
 from .query import SagaInfo, SagaWaitTimeout, StepInfo, get, wait
 from .registry import SagaHandle
 from .retry import RetryPolicy
-from .routes import Compensate, Park, RetryAfter
+from .routes import Compensate, Continue, Park, RetryAfter
 from .runtime import get_runtime
 from .settings import Settings
+from .signals import SignalSent, signal
 from .state import Action, SagaKind, SagaState, StepState
 from .tasks import start_saga
 
@@ -40,6 +42,7 @@ __all__ = [
     "Action",
     "Compensate",
     "ConfigurationError",
+    "Continue",
     "DefinitionError",
     "InvalidSagaId",
     "Park",
@@ -60,6 +63,8 @@ __all__ = [
     "SagaState",
     "SagaWaitTimeout",
     "Settings",
+    "SignalSent",
+    "SignalUnknown",
     "StepContext",
     "StepInfo",
     "StepState",
@@ -74,6 +79,7 @@ __all__ = [
     "get_saga",
     "install",
     "registered_sagas",
+    "signal",
     "start_saga",
     "wait",
 ]

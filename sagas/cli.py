@@ -7,6 +7,7 @@ Configuration is read here, once, from the environment (``SAGAS_DATABASE_URL``,
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import coordinator, report, versions
+from . import coordinator, report, signals, versions
 from .doctor import run as doctor_checks
 from .errors import SagaError, StoreError
 from .examples.demo import run_embedded
@@ -230,6 +231,27 @@ def doctor(app_path: str | None) -> None:
         click.echo(check.line())
     if any(c.ok is False for c in checks):
         sys.exit(1)
+
+
+@main.command("signal")
+@click.argument("saga_id")
+@click.argument("name")
+@click.option("--data", default="{}", show_default=True, help="The signal's data, as JSON.")
+@click.option("--signal-id", default=None, help="Idempotency id (a repeated send is one signal).")
+@_APP_OPTION
+@_one_line_errors
+def signal_(
+    saga_id: str, name: str, data: str, signal_id: str | None, app_path: str | None
+) -> None:
+    """Send signal NAME to a saga's wait step (an approval, a callback); the data is validated
+    by the wait's model. Prints whether it was delivered, kept for the wait, or a duplicate."""
+    try:
+        value = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise SagaError(f"--data is not JSON: {exc}") from None
+    check_saga_id(saga_id, field="ID")
+    sent = signals.signal(saga_id, name, value, signal_id=signal_id, rt=_operator_runtime(app_path))
+    click.echo(f"signal {sent.name} for saga {sent.saga_id}: {sent.outcome} (id {sent.signal_id})")
 
 
 @main.command("versions")

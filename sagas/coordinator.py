@@ -31,6 +31,7 @@ from .errors import (
     VersionUnavailable,
 )
 from .machine import (
+    AwaitSignal,
     Cancel,
     Decision,
     Dispatch,
@@ -41,6 +42,7 @@ from .machine import (
     Parked,
     Retry,
     SagaStatus,
+    Signal,
     Start,
     StepFailed,
     StepSucceeded,
@@ -242,7 +244,34 @@ def _after_commit(
         rt.store.clear_outbox(record.id, outbox_at=now)
         snap = replace(snap, record=replace(record, outbox=None, outbox_at=None))
     commands = tuple(build_command(saga, record, decision.status, c) for c in claimed)
+    for wait in (c for c in decision.commands if isinstance(c, AwaitSignal)):
+        take_kept_signal(rt, saga, record.id, wait.step)
     return Applied(decision, commands, snap)
+
+
+def take_kept_signal(rt: Runtime, saga: Saga[Any], saga_id: str, step: int) -> str | None:
+    """The saga now waits at ``step``: deliver the signal kept for it, if one came early.
+    Returns what became of it (None: none was kept)."""
+    name = saga.steps[step].name
+    kept = rt.store.pending_signal(saga_id, name)
+    if kept is None:
+        return None
+    signal_id, data = kept
+    applied = apply(saga_id, lambda now, _saga: Signal(step, now, data, signal_id), rt=rt)
+    outcome = signal_outcome(applied.decision if applied else None)
+    if outcome != "kept":
+        rt.store.consume_signal(saga_id, signal_id, outcome)
+    return outcome
+
+
+def signal_outcome(decision: Decision | None) -> str:
+    """What a Signal transition did: delivered, ignored (the wait had ended) or kept."""
+    kinds = [h.kind for h in decision.history] if decision else []
+    if HistoryKind.SIGNAL_RECEIVED in kinds:
+        return "delivered"
+    if HistoryKind.SIGNAL_IGNORED in kinds:
+        return "ignored"
+    return "kept"
 
 
 def _claimed(saga: Saga[Any], decision: Decision, claim: Claim | None) -> tuple[Dispatch, ...]:

@@ -28,8 +28,9 @@ from typing import Any, ClassVar, Generic, TypeVar
 from pydantic import BaseModel
 
 from . import registry
-from .errors import DefinitionError
+from .errors import DefinitionError, SignalUnknown
 from .machine import Plan, StepPlan
+from .payload import check_json
 from .registry import (
     SagaHandle,
     StartOptions,
@@ -39,13 +40,15 @@ from .registry import (
     start_through_hook,
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
-from .routes import Compensate, Park, RetryAfter, Route
+from .routes import Compensate, Continue, Park, RetryAfter, Route
 from .state import Action, SagaKind
 
 P = TypeVar("P", bound=BaseModel)
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_SECONDS = 10 * 365 * 86400.0  # keeps deadline arithmetic inside datetime's range
 QUEUE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+# What a wait step (no task: it waits for a signal) has for a queue; nothing is sent to it.
+WAIT_QUEUE = "sagas.waits"
 
 
 class _Required:
@@ -93,6 +96,12 @@ class StepDef:
     arguments: Callable[[StepContext[Any]], dict[str, Any]] | None = field(default=None)
     pivot: bool = False
     on_exhausted: Route | None = None  # None: Compensate() before a pivot, Park() after it
+    wait_model: type[BaseModel] | None = None  # a wait for a signal (no task runs)
+    wait_timeout_continues: Continue | None = None  # None: a timed-out wait fails
+
+    @property
+    def is_wait(self) -> bool:
+        return self.wait_model is not None
 
     @property
     def compensable(self) -> bool:
@@ -125,6 +134,11 @@ class StepDef:
             compensation_retry=self.compensation_retry,
             pivot=self.pivot,
             on_exhausted=self.on_exhausted or Compensate(),
+            wait=self.is_wait,
+            wait_fails=self.wait_timeout_continues is None,
+            wait_default=(
+                self.wait_timeout_continues.default if self.wait_timeout_continues else None
+            ),
         )
 
 
@@ -223,6 +237,42 @@ class Saga(Startable[P]):
             return fn
 
         return decorate
+
+    def wait_for(
+        self,
+        name: str,
+        *,
+        model: type[BaseModel],
+        timeout: timedelta | float | None = None,
+        on_timeout: str | Continue = "fail",
+    ) -> StepDef:
+        """Declare a step that waits for the external signal ``name`` (a human approval, a
+        webhook): ``sagas.signal(saga_id, name, data)`` ends it, with ``data`` (validated by
+        ``model``) as its result. No worker is held while it waits. Past ``timeout`` the
+        saga compensates (``on_timeout="fail"``) or goes on with ``Continue(default)``'s
+        default as the result. A signal sent before the saga reaches the wait is kept for it."""
+        where = f"saga {self.name!r} wait {name!r}"
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise DefinitionError(f"{where}: model must be a pydantic model class")
+        if timeout is None:
+            raise DefinitionError(f"{where}: timeout is required (how long to wait)")
+        if on_timeout != "fail" and not isinstance(on_timeout, Continue):
+            raise DefinitionError(f'{where}: on_timeout must be "fail" or Continue(default)')
+        if isinstance(on_timeout, Continue):
+            try:
+                check_json(on_timeout.default, field="on_timeout.default")
+            except Exception as exc:  # noqa: BLE001 - the payload module's typed errors
+                raise DefinitionError(f"{where}: {exc}") from exc
+        return self._add(
+            name,
+            queue=WAIT_QUEUE,
+            timeout=timeout,
+            retry=RetryPolicy(max_attempts=1),
+            required=False,
+            compensation_timeout=None,
+            wait_model=model,
+            wait_timeout_continues=on_timeout if isinstance(on_timeout, Continue) else None,
+        )
 
     def remote_step(
         self,
@@ -371,6 +421,7 @@ class Saga(Startable[P]):
         version; a change here needs a new version number."""
         return [
             {"step": s.name, "compensable": s.compensable}
+            | ({"wait": True} if s.is_wait else {})
             | ({"pivot": True} if s.pivot else {})
             | ({"on_exhausted": s.on_exhausted.kind} if s.on_exhausted else {})
             for s in self.steps
@@ -393,6 +444,19 @@ class Saga(Startable[P]):
         return (
             f"started on steps {steps}{stored}, defined here with steps {names} "
             f"(fingerprint {self.fingerprint})"
+        )
+
+    def wait_step(self, name: object) -> StepDef:
+        """The wait step called ``name`` (``SignalUnknown`` naming the waits there are)."""
+        for s in self.steps:
+            if s.name == name and s.is_wait:
+                return s
+        waits = [s.name for s in self.steps if s.is_wait] or "none"
+        raise SignalUnknown(
+            f"saga {self.name!r} v{self.version} waits for no signal {name!r} (it waits for: "
+            f"{waits})",
+            field="name",
+            saga=self.name,
         )
 
     def step_def(self, name_or_index: str | int) -> StepDef:

@@ -39,6 +39,8 @@ def needed_queues(coordinator_queue: str) -> dict[str, set[str]]:
     needed: dict[str, set[str]] = {coordinator_queue: {"the coordinator"}}
     for saga in orchestrated_sagas().values():
         for step in saga.steps:
+            if step.is_wait:
+                continue  # a wait runs no task: its signal comes through the store
             needed.setdefault(step.queue, set()).add(saga.name)
             if step.compensable:
                 needed.setdefault(step.compensation_queue, set()).add(saga.name)

@@ -60,6 +60,10 @@ class VersionUnavailable(UnknownSaga):
     a process that has it (``field`` is ``"version"``)."""
 
 
+class SignalUnknown(SagaInputError):
+    """The saga does not wait for a signal of that name (``field`` is ``"name"``)."""
+
+
 class PayloadInvalid(SagaInputError):
     """The payload failed validation against the saga's payload model."""
 

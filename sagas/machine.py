@@ -62,6 +62,12 @@ class StepPlan:
     compensation_retry: RetryPolicy
     pivot: bool = False  # the point of no return (at most one per plan)
     on_exhausted: Route = Compensate()
+    # A wait for an external signal named like the step (no task runs): ``timeout`` is how
+    # long it waits; past it, ``wait_default`` is the step's result ("continue") unless
+    # ``wait_fails``, which compensates the steps done.
+    wait: bool = False
+    wait_fails: bool = True
+    wait_default: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +219,17 @@ class Retry:
     reason: str = ""
 
 
-Event = Start | StepSucceeded | StepFailed | Wake | Cancel | Retry
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """An external signal for the wait step ``step`` (validated data, idempotency id)."""
+
+    step: int
+    at: datetime
+    data: Any
+    signal_id: str
+
+
+Event = Start | StepSucceeded | StepFailed | Wake | Cancel | Retry | Signal
 
 
 # -- commands and history: what to do and what to record ----------------------------------------
@@ -227,6 +243,13 @@ class Dispatch:
     attempt: int
     action: Action
     deadline_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class AwaitSignal:
+    """The saga now waits at step ``step`` for its signal (one may have arrived already)."""
+
+    step: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +274,7 @@ class Finished:
     state: SagaState
 
 
-Command = Dispatch | WakeAt | Parked | Finished
+Command = Dispatch | AwaitSignal | WakeAt | Parked | Finished
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,8 +303,7 @@ def decide(plan: Plan, saga: SagaStatus, event: Event) -> Decision:
     """Apply ``event`` to ``saga`` and return the new status, commands and history."""
     b = _Builder(plan, saga)
     if saga.state.terminal:
-        if isinstance(event, StepSucceeded | StepFailed):
-            b.ignore(event, "saga already " + saga.state.value)
+        _after_the_end(b, event)
         return b.build()
     match event:
         case Start(at=at):
@@ -305,7 +327,17 @@ def decide(plan: Plan, saga: SagaStatus, event: Event) -> Decision:
                 _begin_compensation(b, ErrorInfo(CANCELLED_ERROR, reason, False), at)
         case Retry(at=at, reason=reason):
             _operator_retry(b, at, reason)
+        case Signal():
+            _signal(b, event)
     return b.build()
+
+
+def _after_the_end(b: _Builder, event: Event) -> None:
+    """A finished saga changes no more: late replies and signals are recorded as ignored."""
+    if isinstance(event, StepSucceeded | StepFailed):
+        b.ignore(event, "saga already " + b.saga.state.value)
+    elif isinstance(event, Signal):
+        _signal(b, event)
 
 
 def next_wakeup(saga: SagaStatus) -> datetime | None:
@@ -363,10 +395,15 @@ def _forward_succeeded(b: _Builder, ev: StepSucceeded) -> None:
         deadline_at=None,
     )
     b.record(HistoryKind.STEP_SUCCEEDED, ev.step, ev.attempt)
-    if b.plan.steps[ev.step].pivot:
-        b.record(HistoryKind.PIVOT_PASSED, ev.step)
-    if ev.step + 1 < len(b.plan.steps):
-        b.dispatch(ev.step + 1, Action.FORWARD, ev.at)
+    _after_step(b, ev.step, ev.at)
+
+
+def _after_step(b: _Builder, index: int, at: datetime) -> None:
+    """Step ``index`` succeeded: pass the pivot, then the next step or the end."""
+    if b.plan.steps[index].pivot:
+        b.record(HistoryKind.PIVOT_PASSED, index)
+    if index + 1 < len(b.plan.steps):
+        b.dispatch(index + 1, Action.FORWARD, at)
     else:
         b.set_saga(SagaState.COMPLETED)
         b.record(HistoryKind.SAGA_COMPLETED)
@@ -533,6 +570,61 @@ def _operator_retry(b: _Builder, at: datetime, reason: str) -> None:
         return
 
 
+# -- waits for signals ----------------------------------------------------------------------------
+
+
+def why_no_signal(plan: Plan, saga: SagaStatus, step: int) -> str | None:
+    """Why a signal for wait step ``step`` cannot be taken now (None: it can). "not yet" means
+    the saga has not reached the wait: the signal is kept for it."""
+    if not 0 <= step < len(plan.steps) or not plan.steps[step].wait:
+        return "no such wait"
+    s = saga.steps[step]
+    if saga.state is not SagaState.PENDING or s.state is StepState.SKIPPED:
+        return f"saga is {saga.state.value}"
+    if s.state is StepState.PENDING:
+        return "not yet"
+    if s.state is not StepState.RUNNING:
+        return f"wait is {s.state.value}"
+    return None
+
+
+def _signal(b: _Builder, ev: Signal) -> None:
+    why = why_no_signal(b.plan, b.saga, ev.step)
+    if why == "not yet" or why == "no such wait":
+        return  # kept by the caller until the saga reaches the wait (or refused by it)
+    if why is not None:
+        b.record(HistoryKind.SIGNAL_IGNORED, ev.step, None, {"id": ev.signal_id, "why": why})
+        return
+    step = b.saga.steps[ev.step]
+    b.set_step(
+        ev.step, state=StepState.SUCCEEDED, result=ev.data, finished_at=ev.at, deadline_at=None
+    )
+    b.record(HistoryKind.SIGNAL_RECEIVED, ev.step, step.attempt, {"id": ev.signal_id})
+    _after_step(b, ev.step, ev.at)
+
+
+def _wait_timed_out(b: _Builder, index: int, at: datetime) -> None:
+    plan, step = b.plan.steps[index], b.saga.steps[index]
+    outcome = "fail" if plan.wait_fails else "continue"
+    b.record(HistoryKind.WAIT_TIMED_OUT, index, step.attempt, {"outcome": outcome})
+    if plan.wait_fails:
+        error = ErrorInfo(
+            TIMEOUT_ERROR, f"no signal {plan.name!r} before the wait's timeout", False
+        )
+        # A wait takes no effect: it is known failed, never compensated.
+        b.set_step(index, state=StepState.FAILED, error=error, deadline_at=None, finished_at=at)
+        _begin_compensation(b, error, at)
+        return
+    b.set_step(
+        index,
+        state=StepState.SUCCEEDED,
+        result=plan.wait_default,
+        finished_at=at,
+        deadline_at=None,
+    )
+    _after_step(b, index, at)
+
+
 # -- timers -----------------------------------------------------------------------------------
 
 
@@ -554,6 +646,9 @@ def _wake(b: _Builder, at: datetime) -> None:
     for i, s in enumerate(saga.steps):
         if s.deadline_at is not None and s.deadline_at <= at:
             timeout = ErrorInfo(TIMEOUT_ERROR, "no reply before the step's deadline", True)
+            if s.state is StepState.RUNNING and b.plan.steps[i].wait:
+                _wait_timed_out(b, i, at)
+                return
             if s.state is StepState.RUNNING:
                 b.record(HistoryKind.STEP_TIMED_OUT, i, s.attempt)
                 b.set_step(i, in_doubt=True)
@@ -615,6 +710,25 @@ class _Builder:
 
     def dispatch(self, index: int, action: Action, at: datetime) -> None:
         old, plan = self.saga.steps[index], self.plan.steps[index]
+        if plan.wait and action is Action.FORWARD:
+            # A wait runs no task: it holds a durable timer until its signal or its timeout.
+            until = at + timedelta(seconds=plan.timeout)
+            self.set_step(
+                index,
+                state=StepState.RUNNING,
+                attempt=old.attempt + 1,
+                started_at=old.started_at or at,
+                deadline_at=until,
+                next_attempt_at=None,
+            )
+            self.record(
+                HistoryKind.WAITING_FOR_SIGNAL,
+                index,
+                old.attempt + 1,
+                {"signal": plan.name, "until": until.isoformat()},
+            )
+            self.commands.append(AwaitSignal(index))
+            return
         if action is Action.FORWARD:
             attempt = old.attempt + 1
             deadline = at + timedelta(seconds=plan.timeout)

@@ -78,3 +78,10 @@ class Park:
 
 
 Route = Compensate | RetryAfter | Park
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """A wait's timeout outcome: go on, with ``default`` as the wait step's result (JSON)."""
+
+    default: object = None

@@ -124,6 +124,10 @@ class HistoryKind(StrEnum):
     COMPENSATION_PARKED = "compensation_parked"
     STEP_PARKED = "step_parked"  # a step's retries are exhausted and it waits for an operator
     PIVOT_PASSED = "pivot_passed"  # the pivot step succeeded: from here on, forward only
+    WAITING_FOR_SIGNAL = "waiting_for_signal"  # a wait step began (detail: signal, until)
+    SIGNAL_RECEIVED = "signal_received"  # the wait's signal arrived (detail: its id)
+    SIGNAL_IGNORED = "signal_ignored"  # a signal that came too late (detail: id, why)
+    WAIT_TIMED_OUT = "wait_timed_out"  # no signal in time (detail: outcome fail or continue)
     REPLY_IGNORED = "reply_ignored"
     COMMANDS_REPUBLISHED = "commands_republished"
     EVENT_PUBLISHED = "event_published"  # choreography: an event of this saga went out

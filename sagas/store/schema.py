@@ -152,8 +152,28 @@ class SagaOrphanEventRow(Base):
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
+class SagaSignalRow(Base):
+    """Signals sent to sagas' wait steps: kept from arrival (possibly before the saga reaches
+    the wait) until the wait took it; ``signal_id`` makes a repeated send one signal."""
+
+    __tablename__ = "saga_signal"
+
+    saga_id: Mapped[str] = mapped_column(
+        String(128), ForeignKey("saga.id", ondelete="CASCADE"), primary_key=True
+    )
+    signal_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    data: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
+    received_at: Mapped[datetime]
+    consumed_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+    __table_args__ = (Index("ix_saga_signal_pending", "saga_id", "name", "consumed_at"),)
+
+
 saga_table = cast(Table, SagaRow.__table__)
 step_table = cast(Table, SagaStepRow.__table__)
 history_table = cast(Table, SagaHistoryRow.__table__)
 handled_table = cast(Table, SagaHandledRow.__table__)
 orphan_table = cast(Table, SagaOrphanEventRow.__table__)
+signal_table = cast(Table, SagaSignalRow.__table__)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from ..clock import SYSTEM, Clock
@@ -39,7 +39,7 @@ from .records import (
     status_from_rows,
     utc,
 )
-from .schema import history_table, orphan_table, saga_table
+from .schema import history_table, orphan_table, saga_table, signal_table
 from .tx import Tx, steps_of
 from .writes import insert_saga, write_transition
 
@@ -386,6 +386,63 @@ class Store:
         # A retry after a lost connection is safe: if the first attempt did commit, the version
         # moved and the retry reports a conflict; the caller re-reads and finds its own write.
         return self._single(lambda conn: write_transition(conn, True, t, now=now))
+
+    # -- signals for wait steps -------------------------------------------------------------
+
+    def add_signal(self, saga_id: str, name: str, signal_id: str, data: Any) -> bool:
+        """Keep a signal for the saga's wait ``name``; False if ``signal_id`` was sent to this
+        saga before (a repeated send is one signal)."""
+        row = {
+            "saga_id": saga_id,
+            "signal_id": signal_id,
+            "name": name,
+            "data": data,
+            "received_at": self.now(),
+        }
+        try:
+            self._single(lambda conn: conn.execute(insert(signal_table).values(row)))
+        except StoreConflict:
+            return False
+        return True
+
+    def pending_signal(self, saga_id: str, name: str) -> tuple[str, Any] | None:
+        """The oldest signal for the wait ``name`` not taken yet: (signal id, data)."""
+        query = (
+            select(signal_table.c.signal_id, signal_table.c.data)
+            .where(
+                signal_table.c.saga_id == saga_id,
+                signal_table.c.name == name,
+                signal_table.c.consumed_at.is_(None),
+            )
+            .order_by(signal_table.c.received_at, signal_table.c.signal_id)
+            .limit(1)
+        )
+        with self._connect() as conn:
+            found = conn.execute(query).first()
+        return None if found is None else (found.signal_id, found.data)
+
+    def consume_signal(self, saga_id: str, signal_id: str, outcome: str) -> None:
+        """Mark a signal taken (``outcome``: what the saga did with it)."""
+        done = (
+            update(signal_table)
+            .where(
+                signal_table.c.saga_id == saga_id,
+                signal_table.c.signal_id == signal_id,
+                signal_table.c.consumed_at.is_(None),
+            )
+            .values(consumed_at=self.now(), outcome=outcome[:32])
+        )
+        self._single(lambda conn: conn.execute(done))
+
+    def signals(self, saga_id: str) -> builtins.list[dict[str, Any]]:
+        """Every signal sent to the saga, oldest first."""
+        with self._connect() as conn:
+            rows = conn.execute(
+                select(signal_table)
+                .where(signal_table.c.saga_id == saga_id)
+                .order_by(signal_table.c.received_at, signal_table.c.signal_id)
+            ).all()
+        return [dict(r._mapping) for r in rows]
 
     def now(self) -> datetime:
         """The database clock (Python's on SQLite, as everywhere the store reads it there),

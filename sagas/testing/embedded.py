@@ -48,7 +48,8 @@ def saga_queues(coordinator_queue: str = "sagas") -> list[str]:
             queues.add(COMBINED_QUEUE)  # one in-process worker: one combined event queue
             continue
         for step in saga.steps:
-            queues.update((step.queue, step.compensation_queue))
+            if not step.is_wait:  # a wait runs no task
+                queues.update((step.queue, step.compensation_queue))
     return sorted(queues)
 
 

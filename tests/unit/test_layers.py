@@ -77,6 +77,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "doctor",
             "report",
             "versions",
+            "signals",
         },
     ),
     (

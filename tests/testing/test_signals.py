@@ -1,0 +1,153 @@
+"""Waits for signals, end to end in the test runtime (the real coordinator, store and sweeper on
+a fake clock): a signal after the wait began, one sent before the saga reaches it, the wait's
+timeout (failing or continuing), repeated and refused signals, and ``saga signal``."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from celery import Celery
+from click.testing import CliRunner
+from pydantic import BaseModel
+
+import sagas
+from sagas import Continue, PayloadInvalid, Saga, SignalUnknown, StepContext
+from sagas.cli import main
+from sagas.state import HistoryKind, SagaState
+from sagas.testing import assert_compensated, assert_completed
+from sagas.testing.runtime import LocalRuntime, local_runtime
+
+
+class Loan(BaseModel):
+    ref: str
+
+
+class Approval(BaseModel):
+    by: str
+    limit_cents: int = 0
+
+
+RAN: list[str] = []
+
+
+def _step(name: str) -> Any:
+    def run(ctx: StepContext[Loan]) -> dict[str, Any]:
+        RAN.append(f"{ctx.payload.ref}:{name}")
+        return {"approved_by": ctx.results.get("approval", {}).get("by")}
+
+    run.__name__ = name
+    return run
+
+
+def _undo(ctx: StepContext[Loan]) -> None:
+    RAN.append(f"{ctx.payload.ref}:undo_reserve")
+
+
+loan = Saga("kit_loan", payload=Loan)
+loan.step(queue="loans", compensation=_undo)(_step("reserve"))
+loan.wait_for("approval", model=Approval, timeout=timedelta(days=2))
+loan.step(queue="loans", compensation=None)(_step("disburse"))
+
+optional = Saga("kit_loan_optional", payload=Loan)
+optional.step(queue="loans", compensation=None)(_step("reserve"))
+optional.wait_for(
+    "approval", model=Approval, timeout=timedelta(hours=1), on_timeout=Continue({"by": "auto"})
+)
+optional.step(queue="loans", compensation=None)(_step("disburse"))
+
+
+@pytest.fixture
+def rt() -> Iterator[LocalRuntime]:
+    RAN.clear()
+    with local_runtime(Celery("kit-signals", set_as_current=False), consume=["loans"]) as runtime:
+        yield runtime
+
+
+def sid() -> str:
+    return f"loan-{uuid.uuid4().hex[:10]}"
+
+
+def kinds(saga_id: str) -> list[str]:
+    return [h.kind for h in sagas.get(saga_id).history]
+
+
+def test_a_signal_ends_the_wait_and_its_data_is_the_steps_result(rt: LocalRuntime) -> None:
+    saga_id = rt.start(loan, {"ref": "a"}, saga_id=sid())
+    info = sagas.get(saga_id)
+    assert [s.state.value for s in info.steps] == ["succeeded", "running", "pending"]
+    assert HistoryKind.WAITING_FOR_SIGNAL in kinds(saga_id)
+    sent = sagas.signal(saga_id, "approval", {"by": "ops"}, signal_id="t-1")
+    assert sent.outcome == "delivered"
+    rt.run()
+    done = assert_completed(saga_id)
+    assert done.steps[1].result == {"by": "ops", "limit_cents": 0}
+    assert done.steps[2].result == {"approved_by": "ops"}
+    again = sagas.signal(saga_id, "approval", {"by": "ops"}, signal_id="t-1")
+    assert again.outcome == "duplicate"
+    late = sagas.signal(saga_id, "approval", {"by": "someone else"})
+    assert late.outcome == "ignored"
+    assert kinds(saga_id).count(HistoryKind.SIGNAL_RECEIVED) == 1
+
+
+def test_a_signal_sent_before_the_wait_is_kept_for_it(rt: LocalRuntime) -> None:
+    saga_id = rt.start(loan, {"ref": "b"}, saga_id=sid(), run=False)  # reserve not run yet
+    sent = sagas.signal(saga_id, "approval", {"by": "early bird"})
+    assert sent.outcome == "kept"
+    rt.run()  # reserve runs, the wait begins and takes the kept signal at once
+    done = assert_completed(saga_id)
+    assert done.steps[1].result["by"] == "early bird"
+    assert RAN == ["b:reserve", "b:disburse"]
+
+
+def test_no_signal_before_the_timeout_compensates(rt: LocalRuntime) -> None:
+    saga_id = rt.start(loan, {"ref": "c"}, saga_id=sid())
+    rt.advance(timedelta(days=1))
+    assert sagas.get(saga_id).state is SagaState.PENDING  # still waiting, no worker held
+    rt.advance(timedelta(days=1, seconds=1))
+    assert_compensated(saga_id, ["reserve"])
+    assert HistoryKind.WAIT_TIMED_OUT in kinds(saga_id)
+    assert RAN == ["c:reserve", "c:undo_reserve"]
+
+
+def test_a_wait_may_continue_with_a_default_on_timeout(rt: LocalRuntime) -> None:
+    saga_id = rt.start(optional, {"ref": "d"}, saga_id=sid())
+    rt.wait(saga_id)  # skips the hour
+    done = assert_completed(saga_id)
+    assert done.steps[1].result == {"by": "auto"}
+    assert done.steps[2].result == {"approved_by": "auto"}
+
+
+def test_bad_signals_are_refused_and_write_nothing(rt: LocalRuntime) -> None:
+    saga_id = rt.start(loan, {"ref": "e"}, saga_id=sid())
+    with pytest.raises(SignalUnknown) as unknown:
+        sagas.signal(saga_id, "approved", {"by": "x"})
+    assert unknown.value.field == "name"
+    assert "waits for no signal 'approved' (it waits for: ['approval'])" in str(unknown.value)
+    with pytest.raises(PayloadInvalid) as invalid:
+        sagas.signal(saga_id, "approval", {"by": "x", "limit_cents": "lots"})
+    assert invalid.value.field == "data.limit_cents"
+    assert str(invalid.value).startswith("signal 'approval' for saga 'kit_loan'")
+    with pytest.raises(sagas.SagaNotFound):
+        sagas.signal("no-such-loan", "approval", {"by": "x"})
+    assert rt.store.signals(saga_id) == []
+    assert sagas.get(saga_id).steps[1].state.value == "running"
+
+
+def test_saga_signal_from_the_command_line(rt: LocalRuntime, monkeypatch: Any) -> None:
+    saga_id = rt.start(loan, {"ref": "f"}, saga_id=sid())
+    monkeypatch.setenv("SAGAS_CELERY_APP", "tests.testing.test_signals:APP")
+    monkeypatch.setattr("tests.testing.test_signals.APP", rt.app, raising=False)
+    runner = CliRunner()
+    bad = runner.invoke(main, ["signal", saga_id, "approval", "--data", "{not json"])
+    assert bad.exit_code == 1 and "--data is not JSON" in bad.output
+    ok = runner.invoke(
+        main, ["signal", saga_id, "approval", "--data", '{"by": "cli"}', "--signal-id", "c-1"]
+    )
+    assert ok.exit_code == 0, ok.output
+    assert ok.output.strip() == f"signal approval for saga {saga_id}: delivered (id c-1)"
+    rt.run()
+    assert assert_completed(saga_id).steps[1].result["by"] == "cli"
