@@ -137,3 +137,24 @@ for _name, _queue in PIVOT_QUEUES.items():
         compensation_retry=FAST_RETRY,
         pivot=_name == "p2",
     )(_forward)
+
+# ``probe_wait``: w1 (inventory), a wait for the signal ``approval`` (3 s, then the saga
+# compensates), w2 (payment) which returns what the signal carried.
+
+
+class ProbeApproval(BaseModel):
+    by: str
+
+
+def _after_approval(ctx: StepContext[Probe]) -> dict[str, Any]:
+    record_effect(ctx)
+    return {"approved_by": ctx.results["approval"]["by"]}
+
+
+WAIT_TIMEOUT = 3.0
+probe_wait = Saga("probe_wait", payload=Probe, deadline=timedelta(minutes=5))
+_declare(probe_wait, "w1", "inventory")
+probe_wait.wait_for("approval", model=ProbeApproval, timeout=WAIT_TIMEOUT)
+probe_wait.step(queue="payment", timeout=STEP_TIMEOUT, compensation=None, name="w2")(
+    _after_approval
+)
