@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 
 import click
 
-from . import coordinator, report, signals, versions
+from . import coordinator, graph, report, signals, versions
+from .definition import get_orchestrated
 from .doctor import run as doctor_checks
 from .errors import SagaError, StoreError
 from .examples.demo import run_embedded
@@ -252,6 +253,19 @@ def signal_(
     check_saga_id(saga_id, field="ID")
     sent = signals.signal(saga_id, name, value, signal_id=signal_id, rt=_operator_runtime(app_path))
     click.echo(f"signal {sent.name} for saga {sent.saga_id}: {sent.outcome} (id {sent.signal_id})")
+
+
+@main.command("graph")
+@click.argument("name")
+@click.option("--version", "version", type=int, default=None, help="Default: the newest.")
+@_APP_OPTION
+@_one_line_errors
+def graph_(name: str, version: int | None, app_path: str | None) -> None:
+    """Print saga NAME's definition as a Mermaid flowchart (steps, waits, the pivot, failure
+    routes, compensations); paste it into any Mermaid renderer."""
+    if app_path:
+        _operator_runtime(app_path, ping=False)  # imports the app's saga modules
+    click.echo(graph.mermaid(get_orchestrated(name, version)))
 
 
 @main.command("versions")
