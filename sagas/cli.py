@@ -20,7 +20,7 @@ from . import coordinator, graph, report, signals, versions
 from .definition import get_orchestrated
 from .doctor import run as doctor_checks
 from .errors import SagaError, StoreError
-from .examples.demo import run_embedded
+from .examples.demo import run_embedded, run_loans
 from .install import configure
 from .observability import escape
 from .payload import check_saga_id
@@ -323,14 +323,24 @@ def upgrade() -> None:
 @main.command()
 @click.option("--workers/--no-workers", default=True, help="Spawn worker processes (server mode).")
 @click.option("--choreography", is_flag=True, help="Run the event-driven version of the example.")
+@click.option(
+    "--example",
+    type=click.Choice(["order", "loan"]),
+    default="order",
+    show_default=True,
+    help="order: order fulfillment; loan: a two-day wait for an approval (on a fake clock).",
+)
 @_one_line_errors
-def demo(workers: bool, choreography: bool) -> None:
+def demo(workers: bool, choreography: bool, example: str) -> None:
     """Run the order-fulfillment example end to end and print each saga's timeline.
 
     With no configuration: SQLite and an in-process worker (works from any directory). With
     SAGAS_DATABASE_URL and CELERY_BROKER_URL set, from the sagas checkout: that database and
     broker, with one worker process per service (the example deployment in workers/).
     """
+    if example == "loan":
+        run_loans()
+        return
     if not Settings().broker_url:
         run_embedded(choreography=choreography)
         return

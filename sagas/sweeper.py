@@ -21,13 +21,31 @@ from dataclasses import asdict, dataclass
 
 from . import coordinator, faults
 from .choreography import runner
+from .definition import get_orchestrated
 from .errors import SagaError
 from .observability import escape, get_logger, metrics, saga_context
 from .runtime import Runtime
-from .state import HistoryKind, SagaKind
+from .state import HistoryKind, SagaKind, StepState
+from .store import SagaRecord
 from .transport import send_escalation
 
 log = get_logger("sagas.sweeper")
+STUCK_FORWARD = "stuck forward: no progress"
+
+
+def waiting_for_signal(rt: Runtime, record: SagaRecord) -> bool:
+    """Is the saga at a wait step whose timeout has not passed yet?"""
+    if record.kind is not SagaKind.ORCHESTRATED:
+        return False
+    try:
+        saga = get_orchestrated(record.name, record.version)
+        _, status, _ = rt.store.get(record.id)
+    except SagaError:
+        return False  # unknown here: escalate it as any other
+    return any(
+        step.is_wait and s.state is StepState.RUNNING
+        for step, s in zip(saga.steps, status.steps, strict=False)
+    )
 
 
 @dataclass
@@ -76,6 +94,8 @@ def escalate(rt: Runtime) -> int:
     """Escalate stuck sagas not escalated before in their current version. Returns how many."""
     sent = 0
     for record, why in rt.store.stuck(rt.settings.stuck_after, rt.settings.sweep_batch):
+        if why == STUCK_FORWARD and waiting_for_signal(rt, record):
+            continue  # idle by design until its signal or its timeout (a durable timer)
         key = f"escalated:{record.lock_version}:{why}"[:200]
         if not rt.store.note_once(record.id, key, HistoryKind.SAGA_ESCALATED, {"reason": why}):
             continue  # already escalated (by us or another beat) in this version

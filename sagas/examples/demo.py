@@ -5,13 +5,16 @@ in-process worker and sweeper, then their timelines. Works from a plain install.
 2. an order whose card is declined (permanent): the inventory reservation is released;
 3. an order whose carrier API fails twice (transient) and then ships (with ``choreography``:
    a shipment that fails for good: the payment is refunded, then the inventory released).
+
+``saga demo --example loan`` runs the loan approval example (a two-day wait for an officer's
+signal) on the test runtime's fake clock instead, so its two days pass at once.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
@@ -21,10 +24,12 @@ from .. import report
 from ..catalog import get_saga
 from ..runtime import Runtime
 from ..settings import Settings, mask_url
+from ..signals import signal
 from ..store import Store
 from ..store.migrate import upgrade
 from ..tasks import start_saga
 from ..testing import embedded, wait_for
+from ..testing.runtime import local_runtime
 
 EXAMPLE_MODULES = [
     "sagas.examples.order_fulfillment",
@@ -127,3 +132,28 @@ def print_timelines(store: Store, ids: list[str]) -> None:
         click.echo(report.timeline(*store.get(saga_id)))
     click.echo("")
     click.echo(report.saga_list([store.get(i)[0] for i in ids]))
+
+
+def run_loans() -> None:
+    """Three loans on the fake clock: approved by an officer after a day, decided before the
+    saga reached its wait, and never decided (the two-day wait times out)."""
+    app = Celery("sagas_demo_loans", set_as_current=False)
+    app.conf.update(imports=["sagas.examples.loan_approval"])
+    click.echo("loan approval on the test runtime: fake clock, in-process broker, no servers")
+    rid = run_id()
+    ids = [f"loan-{rid}-{k}" for k in ("approved", "early", "no-decision")]
+    with local_runtime(app, consume=["loans"]) as rt:
+        loan = get_saga("loan_approval")
+        payload = {"applicant": "ada@example.com", "amount_cents": 2_500_000}
+        first = rt.start(loan, {**payload, "loan_id": ids[0]}, saga_id=ids[0])
+        early = rt.start(loan, {**payload, "loan_id": ids[1]}, saga_id=ids[1], run=False)
+        sent = signal(early, "officer_decision", {"officer": "grace", "note": "pre-approved"})
+        click.echo(f"{early}: officer_decision sent before the wait: {sent.outcome}")
+        rt.run()
+        rt.start(loan, {**payload, "loan_id": ids[2]}, saga_id=ids[2])
+        rt.advance(timedelta(days=1))
+        sent = signal(first, "officer_decision", {"officer": "alan"})
+        click.echo(f"{first}: officer_decision one day later: {sent.outcome}")
+        for saga_id in ids:
+            rt.wait(saga_id)  # skips the fake clock to the two-day timeout where it must
+        print_timelines(rt.store, ids)

@@ -151,3 +151,15 @@ def test_saga_signal_from_the_command_line(rt: LocalRuntime, monkeypatch: Any) -
     assert ok.output.strip() == f"signal approval for saga {saga_id}: delivered (id c-1)"
     rt.run()
     assert assert_completed(saga_id).steps[1].result["by"] == "cli"
+
+
+def test_saga_demo_example_loan_runs_two_days_at_once() -> None:
+    result = CliRunner().invoke(main, ["demo", "--example", "loan"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "officer_decision sent before the wait: kept" in out
+    assert "officer_decision one day later: delivered" in out
+    states = [line.split()[2] for line in out.splitlines() if line.startswith("loan-")]
+    assert states[-3:] == ["completed", "completed", "failed"]
+    assert "wait_timed_out" in out and "pivot_passed" in out
+    assert "saga_escalated" not in out  # a saga waiting for its signal is not stuck

@@ -112,6 +112,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "examples.notification",
             "examples.order_fulfillment",
             "examples.order_choreography",
+            "examples.loan_approval",
             "examples.demo",
             "cli",
         },
