@@ -8,7 +8,7 @@ from typing import Any
 
 from .machine import SagaStatus
 from .observability import escape
-from .state import HistoryKind
+from .state import HistoryKind, StepState
 from .store import HistoryEntry, SagaRecord
 
 
@@ -49,6 +49,7 @@ def timeline(record: SagaRecord, status: SagaStatus, history: Sequence[HistoryEn
     ]
     if record.failure:
         head.append(f"failure: {record.failure.type}: {escape(record.failure.message)}")
+    head += _waits_and_pivot(status, history)
     steps = [
         [
             str(i + 1),
@@ -76,6 +77,20 @@ def timeline(record: SagaRecord, status: SagaStatus, history: Sequence[HistoryEn
     return "\n".join(
         [*head, "", body, "", table(["T", "EVENT", "STEP", "ATTEMPT", "DETAIL"], events)]
     )
+
+
+def _waits_and_pivot(status: SagaStatus, history: Sequence[HistoryEntry]) -> list[str]:
+    """What the history says of waits and the pivot: the wait in progress (for what, since
+    when, until when), signals kept for a wait not reached yet, and the pivot passed."""
+    lines = []
+    running = {s.name for s in status.steps if s.state is StepState.RUNNING}
+    for h in history:
+        if h.kind == HistoryKind.WAITING_FOR_SIGNAL and h.step in running:
+            until = (h.detail or {}).get("until", "?")
+            lines.append(f"waiting for signal {h.step!r} since {ts(h.at)}, until {until}")
+        if h.kind == HistoryKind.PIVOT_PASSED:
+            lines.append(f"past the pivot {h.step!r} at {ts(h.at)}: forward only")
+    return lines
 
 
 def _detail(h: HistoryEntry) -> str:

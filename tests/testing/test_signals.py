@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 import sagas
-from sagas import Continue, PayloadInvalid, Saga, SignalUnknown, StepContext
+from sagas import Continue, PayloadInvalid, Saga, SignalUnknown, StepContext, report
 from sagas.cli import main
 from sagas.state import HistoryKind, SagaState
 from sagas.testing import assert_compensated, assert_completed
@@ -77,6 +77,8 @@ def kinds(saga_id: str) -> list[str]:
 
 def test_a_signal_ends_the_wait_and_its_data_is_the_steps_result(rt: LocalRuntime) -> None:
     saga_id = rt.start(loan, {"ref": "a"}, saga_id=sid())
+    shown = report.timeline(*rt.store.get(saga_id)).splitlines()
+    assert shown[2].startswith("waiting for signal 'approval' since 2030-01-01 00:00:00, until ")
     info = sagas.get(saga_id)
     assert [s.state.value for s in info.steps] == ["succeeded", "running", "pending"]
     assert HistoryKind.WAITING_FOR_SIGNAL in kinds(saga_id)
