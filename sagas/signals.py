@@ -8,6 +8,8 @@ does not wait for ``name`` raises ``SignalUnknown``, data failing the wait's mod
 ``PayloadInvalid`` naming the field (``data.<field>``); nothing is written then. A valid signal
 is kept in ``saga_signal`` (idempotent on ``signal_id``: a repeated send is one signal), then
 delivered if the saga waits for it now, or when it reaches the wait (a signal may come first).
+A send cut short between keeping and delivering is finished by the next send of the same
+``signal_id``, or by the sweeper.
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ def signal(
         message = str(exc).replace("payload for saga", f"signal {name!r} for saga", 1)
         raise type(exc)(message, field=field, saga=saga.name) from None
     if not rt.store.add_signal(sid, step.name, key, value):
-        return SignalSent(sid, step.name, key, "duplicate")
+        kept, stored = rt.store.kept_signal(sid, key)
+        if not kept:
+            return SignalSent(sid, step.name, key, "duplicate")
+        value = stored  # sent before but not delivered yet (the first send was cut short)
     index = step.index
     applied = coordinator.apply(sid, lambda now, _saga: Signal(index, now, value, key), rt=rt)
     outcome = coordinator.signal_outcome(applied.decision if applied else None)

@@ -53,6 +53,7 @@ class SweepReport:
     woken: int = 0
     republished: int = 0
     escalated: int = 0
+    signals: int = 0
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -86,8 +87,26 @@ def sweep(rt: Runtime) -> SweepReport:
         except SagaError as exc:
             report.errors += 1
             log.error("sweeper could not re-publish for saga %s: %s", saga_id, escape(exc))
+    report.signals = deliver_kept_signals(rt)
     report.escalated = escalate(rt)
     return report
+
+
+def deliver_kept_signals(rt: Runtime) -> int:
+    """Deliver signals kept past the outbox grace to sagas that now wait for them (their
+    sender died between keeping and delivering). Returns how many were delivered."""
+    delivered = 0
+    for saga_id, name in rt.store.kept_signals(rt.settings.outbox_grace, rt.settings.sweep_batch):
+        try:
+            record, status, _ = rt.store.get(saga_id)
+            saga = get_orchestrated(record.name, record.version)
+            step = saga.wait_step(name)
+            if status.steps[step.index].state is StepState.RUNNING:
+                outcome = coordinator.take_kept_signal(rt, saga, saga_id, step.index)
+                delivered += outcome == "delivered"
+        except SagaError as exc:
+            log.error("sweeper could not deliver a signal to saga %s: %s", saga_id, escape(exc))
+    return delivered
 
 
 def escalate(rt: Runtime) -> int:

@@ -421,6 +421,34 @@ class Store:
             found = conn.execute(query).first()
         return None if found is None else (found.signal_id, found.data)
 
+    def kept_signal(self, saga_id: str, signal_id: str) -> tuple[bool, Any]:
+        """(still kept, its data) for a signal sent before: kept means not taken yet."""
+        query = select(signal_table.c.consumed_at, signal_table.c.data).where(
+            signal_table.c.saga_id == saga_id, signal_table.c.signal_id == signal_id
+        )
+        with self._connect() as conn:
+            found = conn.execute(query).first()
+        return (found is not None and found.consumed_at is None), (found.data if found else None)
+
+    def kept_signals(self, older_than: float, limit: int) -> builtins.list[tuple[str, str]]:
+        """(saga id, wait name) of signals kept longer than ``older_than`` seconds for active
+        sagas: the sweeper delivers them if their saga waits (a sender that died between
+        keeping a signal and delivering it)."""
+        with self._connect() as conn:
+            cutoff = db_now(conn, self.is_postgres, self.clock) - timedelta(seconds=older_than)
+            rows = conn.execute(
+                select(signal_table.c.saga_id, signal_table.c.name)
+                .join(saga_table, saga_table.c.id == signal_table.c.saga_id)
+                .where(
+                    signal_table.c.consumed_at.is_(None),
+                    signal_table.c.received_at <= cutoff,
+                    saga_table.c.state.in_(ACTIVE_STATES),
+                )
+                .distinct()
+                .limit(limit)
+            ).all()
+        return [(r.saga_id, r.name) for r in rows]
+
     def consume_signal(self, saga_id: str, signal_id: str, outcome: str) -> None:
         """Mark a signal taken (``outcome``: what the saga did with it)."""
         done = (

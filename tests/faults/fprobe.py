@@ -252,3 +252,15 @@ SAGAS = (
     fprobe_poison,
     fprobe_slow_retry,
 )
+
+
+# ``fprobe_wait``: w1 (inventory), a wait for the signal ``go`` (a minute, then compensate),
+# w3 (shipping).
+class Go(BaseModel):
+    by: str = "test"
+
+
+fprobe_wait = Saga("fprobe_wait", payload=FaultProbe, deadline=DEADLINE)
+_declare(fprobe_wait, "w1", "inventory")
+fprobe_wait.wait_for("go", model=Go, timeout=60.0)
+_declare(fprobe_wait, "w3", "shipping")

@@ -53,7 +53,14 @@ from sagas.machine import SagaStatus
 from sagas.state import HistoryKind, SagaState, StepState
 from sagas.store import HistoryEntry, SagaRecord, Store
 
-SAGA_TABLES = ("saga", "saga_step", "saga_event", "saga_handled", "saga_orphan_event")
+SAGA_TABLES = (
+    "saga",
+    "saga_step",
+    "saga_event",
+    "saga_handled",
+    "saga_orphan_event",
+    "saga_signal",
+)
 UNSETTLED_STEP_STATES = {
     StepState.RUNNING,
     StepState.PENDING,
@@ -232,7 +239,7 @@ def _check_outbox(engine: Engine, ids: list[str], bound: float, found: Findings)
 
 
 def _check_terminal(record: SagaRecord, status: SagaStatus, problems: list[str]) -> None:
-    saga = get_saga(record.name)
+    saga = get_saga(record.name, record.version)
     if record.state is SagaState.COMPLETED:
         bad = [s.name for s in status.steps if s.state is not StepState.SUCCEEDED]
         if bad:
@@ -253,7 +260,7 @@ def _check_terminal(record: SagaRecord, status: SagaStatus, problems: list[str])
 def _check_caps(
     record: SagaRecord, status: SagaStatus, history: list[HistoryEntry], problems: list[str]
 ) -> None:
-    saga = get_saga(record.name)
+    saga = get_saga(record.name, record.version)
     operator = Counter(h.step for h in history if h.kind == HistoryKind.OPERATOR_RETRY.value)
     for step, s in zip(saga.steps, status.steps, strict=True):
         if s.attempt > step.retry.max_attempts + operator[s.name]:
@@ -271,7 +278,9 @@ def _check_effects(
         problems.append(f"effect applied more than once: {dict(keyed)}")
     forward = {e.step: e for e in effects if e.action == "forward"}
     undo = {e.step: e for e in effects if e.action == "compensate"}
-    names = [s.name for s in status.steps]
+    saga = get_saga(record.name, record.version)
+    waits = {s.name for s in getattr(saga, "steps", ()) if s.is_wait}  # a wait has no effect
+    names = [s.name for s in status.steps if s.name not in waits]
     if record.state is SagaState.COMPLETED:
         if sorted(forward) != sorted(names) or undo:
             problems.append(

@@ -198,6 +198,38 @@ def test_postgresql_restarted_mid_run(fc: FaultCluster) -> None:
     _all_completed(fc, ids)
 
 
+def _signal(saga_id: str, signal_id: str) -> str:
+    """``sagas.signal`` as a caller would send it, riding out a store that is restarting."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return sagas.signal(saga_id, "go", {"by": "ops"}, signal_id=signal_id).outcome
+        except sagas.StoreError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.invariants(settle=60)
+def test_postgresql_restarted_during_a_wait(fc: FaultCluster) -> None:
+    """Sagas wait for a signal (a durable timer, no worker held) while PostgreSQL restarts;
+    each signal, sent twice with one id, is delivered once, and every saga completes."""
+    ids = [fc.start("fprobe_wait", {"tag": str(i)}) for i in range(4)]
+
+    def waiting() -> bool:
+        snaps = [fc.get(sid) for sid in ids]
+        return all(s is not None and s[1].steps[1].state.value == "running" for s in snaps)
+
+    assert poll(waiting, 30)
+    restart_service("postgresql", down_for=1.0)
+    outcomes = [(_signal(sid, f"go-{sid}"), _signal(sid, f"go-{sid}")) for sid in ids]
+    assert outcomes == [("delivered", "duplicate")] * len(ids)
+    done = _all_completed(fc, ids)
+    for _record, status, history in done:
+        assert status.steps[1].result == {"by": "ops"}
+        assert [h.kind for h in history].count(HistoryKind.SIGNAL_RECEIVED) == 1
+
+
 # -- 3b. the broker down when a saga is started ---------------------------------------------------
 
 

@@ -165,3 +165,23 @@ def test_saga_demo_example_loan_runs_two_days_at_once() -> None:
     assert states[-3:] == ["completed", "completed", "failed"]
     assert "wait_timed_out" in out and "pivot_passed" in out
     assert "saga_escalated" not in out  # a saga waiting for its signal is not stuck
+
+
+def test_a_send_cut_short_is_finished_by_the_next_send_or_the_sweeper(rt: LocalRuntime) -> None:
+    # What a sender that died right after keeping its signal leaves: a kept signal, not taken.
+    first = rt.start(loan, {"ref": "g"}, saga_id=sid())
+    assert rt.store.add_signal(first, "approval", "cut-1", {"by": "gone", "limit_cents": 0})
+    assert sagas.get(first).steps[1].state.value == "running"
+    again = sagas.signal(
+        first, "approval", {"by": "ignored, the kept data wins"}, signal_id="cut-1"
+    )
+    assert again.outcome == "delivered"
+    rt.run()
+    assert assert_completed(first).steps[1].result["by"] == "gone"
+
+    second = rt.start(loan, {"ref": "h"}, saga_id=sid())
+    assert rt.store.add_signal(second, "approval", "cut-2", {"by": "swept", "limit_cents": 0})
+    rt.advance(timedelta(seconds=rt.settings.outbox_grace + 2 * rt.settings.sweep_interval))
+    rt.run()
+    assert assert_completed(second).steps[1].result["by"] == "swept"
+    assert [s["outcome"] for s in rt.store.signals(second)] == ["delivered"]
