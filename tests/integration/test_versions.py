@@ -6,8 +6,8 @@ Redis and PostgreSQL (``tests/integration/version_app.py``).
    naming the saga, the version and the difference.
 3. Deploy ``v1+v2`` for the coordinator, but leave a ``v1``-only worker alone on the steps'
    queue: a new start takes version 2, and its first step command, which that worker cannot
-   run, is put back for another worker instead of failing the saga. Then a ``v1+v2`` worker
-   joins the steps' queue and the gate opens: the version 1 sagas finish on version 1's steps,
+   run, is put back for another worker instead of failing the saga. Then the old worker is
+   retired, a ``v1+v2`` worker takes the steps' queue and the gate opens: the version 1 sagas finish on version 1's steps,
    the version 2 sagas on version 2's (a step renamed, one added). ``saga versions`` counts them.
 """
 
@@ -151,15 +151,17 @@ def test_sagas_in_flight_finish_on_their_version_while_the_new_one_serves_starts
     assert changed.returncode == 1 and "differs" in changed.stdout, changed.stdout
     assert "saga 'versioned_order' version 1: 2 in flight" in changed.stderr, changed.stderr
 
-    # 3. v1+v2 for the coordinator; a v1-only worker alone on the steps' queue.
+    # 3. v1+v2 for the coordinator; a v1-only worker alone on the steps' queue puts v2 work
+    # back. Then, as a rolling deploy does, it is retired (its reserved messages go back to
+    # the queue) and a v1+v2 worker takes the steps' queue.
     with ExitStack() as stack:
         stack.enter_context(d.worker("coordinator", "v1+v2", "sagas"))
-        old = stack.enter_context(d.worker("old", "v1", "vshop"))
-        for sid in ("b1", "b2"):
-            d.start(sid)
-        poll(lambda: "id=b1 step=reserve attempt=1: left for a worker" in old.read_text(), 30,
-             "the v1-only worker to put b1's command back")  # fmt: skip
-        assert d.steps("b1")[:2] == (2, "pending")
+        with d.worker("old", "v1", "vshop") as old:
+            for sid in ("b1", "b2"):
+                d.start(sid)
+            poll(lambda: "id=b1 step=reserve attempt=1: left for a worker" in old.read_text(),
+                 30, "the v1-only worker to put b1's command back")  # fmt: skip
+            assert d.steps("b1")[:2] == (2, "pending")
         d.gate.write_text("")
         stack.enter_context(d.worker("new", "v1+v2", "vshop"))
 
