@@ -29,7 +29,7 @@ from .install import configure, install
 from .query import SagaInfo, SagaWaitTimeout, StepInfo, get, wait
 from .registry import SagaHandle
 from .retry import RetryPolicy
-from .routes import Compensate, Continue, Park, RetryAfter
+from .routes import AwaitOperator, Compensate, Continue, Park, RetryAfter
 from .runtime import get_runtime
 from .settings import Settings
 from .signals import SignalSent, signal
@@ -40,6 +40,7 @@ del _query, _starter
 
 __all__ = [
     "Action",
+    "AwaitOperator",
     "Compensate",
     "ConfigurationError",
     "Continue",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from . import registry
 from .errors import DefinitionError, SignalUnknown
@@ -40,7 +40,7 @@ from .registry import (
     start_through_hook,
 )
 from .retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
-from .routes import Compensate, Continue, Park, RetryAfter, Route
+from .routes import AwaitOperator, Compensate, Continue, Park, RetryAfter, Route
 from .state import Action, SagaKind
 
 P = TypeVar("P", bound=BaseModel)
@@ -78,6 +78,13 @@ class StepContext(Generic[P]):
     result: Any = None  # for a compensation: what the step returned (None if it timed out)
 
 
+class GoAhead(BaseModel):
+    """An operator's go-ahead signal for a step parked with ``AwaitOperator``: any JSON object
+    (recorded in the signal's row; the step runs again with its own payload)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 @dataclass(frozen=True, slots=True)
 class StepDef:
     saga: str
@@ -102,6 +109,15 @@ class StepDef:
     @property
     def is_wait(self) -> bool:
         return self.wait_model is not None
+
+    @property
+    def takes_signal(self) -> bool:
+        return self.is_wait or isinstance(self.on_exhausted, AwaitOperator)
+
+    @property
+    def signal_model(self) -> type[BaseModel]:
+        """What the signal's data must be: the wait's model, or any JSON object."""
+        return self.wait_model or GoAhead
 
     @property
     def compensable(self) -> bool:
@@ -383,9 +399,12 @@ class Saga(Startable[P]):
         if pivot and after_pivot:
             pivot_name = next(s.name for s in self.steps if s.pivot)
             raise DefinitionError(f"{where}: a saga has one pivot ({pivot_name!r} is one)")
-        if route is not None and not isinstance(route, Compensate | RetryAfter | Park):
+        if route is not None and not isinstance(
+            route, Compensate | RetryAfter | Park | AwaitOperator
+        ):
             raise DefinitionError(
-                f"{where}: on_exhausted must be Compensate(), RetryAfter(...) or Park(...)"
+                f"{where}: on_exhausted must be Compensate(), RetryAfter(...), Park(...) or "
+                "AwaitOperator(...)"
             )
         if not after_pivot:
             return required
@@ -447,11 +466,12 @@ class Saga(Startable[P]):
         )
 
     def wait_step(self, name: object) -> StepDef:
-        """The wait step called ``name`` (``SignalUnknown`` naming the waits there are)."""
+        """The step that takes signal ``name``: a wait, or a step whose failure route waits for
+        an operator's go-ahead (``SignalUnknown`` naming the signals there are)."""
         for s in self.steps:
-            if s.name == name and s.is_wait:
+            if s.name == name and s.takes_signal:
                 return s
-        waits = [s.name for s in self.steps if s.is_wait] or "none"
+        waits = [s.name for s in self.steps if s.takes_signal] or "none"
         raise SignalUnknown(
             f"saga {self.name!r} v{self.version} waits for no signal {name!r} (it waits for: "
             f"{waits})",

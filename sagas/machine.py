@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from .retry import RetryPolicy
-from .routes import Compensate, Park, RetryAfter, Route
+from .routes import AwaitOperator, Compensate, Park, RetryAfter, Route
 from .state import (
     Action,
     HistoryKind,
@@ -439,20 +439,37 @@ def _after_forward_failure(b: _Builder, index: int, error: ErrorInfo, at: dateti
         detail = {"interval": route.seconds, "route": route.kind, "round": rounds + 1}
         _retry_at(b, index, error, when, detail)
         return
-    if isinstance(route, Park) or past_pivot(b.plan, b.saga):
-        reason = route.reason if isinstance(route, Park) else "retries exhausted past the pivot"
-        doubt = step.in_doubt or error.type == TIMEOUT_ERROR
-        b.set_step(index, state=StepState.PARKED, error=error, deadline_at=None, in_doubt=doubt)
-        b.record(
-            HistoryKind.STEP_PARKED, index, step.attempt, {"reason": reason, **error.as_json()}
-        )
-        b.commands.append(Parked(index, error, Action.FORWARD))
+    if isinstance(route, Park | AwaitOperator) or past_pivot(b.plan, b.saga):
+        _park(b, index, error, at)
         return
     # Known not to have taken effect only if no attempt of it ever ended in doubt.
     doubt = error.type == TIMEOUT_ERROR or step.in_doubt
     final = StepState.TIMED_OUT if doubt else StepState.FAILED
     b.set_step(index, state=final, error=error, deadline_at=None, finished_at=at)
     _begin_compensation(b, error, at)
+
+
+def _park(b: _Builder, index: int, error: ErrorInfo, at: datetime) -> None:
+    """The step waits for an operator (``Park``, ``AwaitOperator`` or past the pivot); with
+    ``AwaitOperator``, also for its signal, until a timeout (a durable timer)."""
+    step, route = b.saga.steps[index], b.plan.steps[index].on_exhausted
+    doubt = step.in_doubt or error.type == TIMEOUT_ERROR
+    detail: dict[str, Any] = {}
+    until = None
+    if isinstance(route, Park):
+        detail["reason"] = route.reason
+    elif isinstance(route, AwaitOperator):
+        until = at + timedelta(seconds=route.seconds)
+        detail["reason"] = f"waiting for signal {step.name!r} (an operator's go-ahead)"
+        detail["until"] = until.isoformat()
+    else:
+        detail["reason"] = "retries exhausted past the pivot"
+    b.set_step(index, state=StepState.PARKED, error=error, deadline_at=until, in_doubt=doubt)
+    b.record(HistoryKind.STEP_PARKED, index, step.attempt, {**detail, **error.as_json()})
+    b.commands.append(Parked(index, error, Action.FORWARD))
+    if until is not None:
+        b.commands.append(AwaitSignal(index))
+        b.commands.append(WakeAt(until))
 
 
 def _retry_at(
@@ -480,7 +497,7 @@ def _begin_compensation(b: _Builder, reason: ErrorInfo, at: datetime) -> None:
             b.set_step(i, state=StepState.SKIPPED)
         elif s.state is StepState.PARKED:  # an operator cancelled it (before any pivot)
             final = StepState.TIMED_OUT if s.in_doubt else StepState.FAILED
-            b.set_step(i, state=final, finished_at=at)
+            b.set_step(i, state=final, finished_at=at, deadline_at=None)
     b.saga = replace(b.saga, failure=reason)
     b.set_saga(SagaState.COMPENSATING)
     b.record(HistoryKind.COMPENSATION_STARTED, detail=reason.as_json())
@@ -576,9 +593,13 @@ def _operator_retry(b: _Builder, at: datetime, reason: str) -> None:
 def why_no_signal(plan: Plan, saga: SagaStatus, step: int) -> str | None:
     """Why a signal for wait step ``step`` cannot be taken now (None: it can). "not yet" means
     the saga has not reached the wait: the signal is kept for it."""
-    if not 0 <= step < len(plan.steps) or not plan.steps[step].wait:
+    if not 0 <= step < len(plan.steps) or not takes_signal(plan.steps[step]):
         return "no such wait"
     s = saga.steps[step]
+    if not plan.steps[step].wait:  # AwaitOperator: only while parked and waiting for it
+        if saga.state is not SagaState.PENDING:
+            return f"saga is {saga.state.value}"
+        return None if s.state is StepState.PARKED and s.in_flight else "not yet"
     if saga.state is not SagaState.PENDING or s.state is StepState.SKIPPED:
         return f"saga is {saga.state.value}"
     if s.state is StepState.PENDING:
@@ -586,6 +607,11 @@ def why_no_signal(plan: Plan, saga: SagaStatus, step: int) -> str | None:
     if s.state is not StepState.RUNNING:
         return f"wait is {s.state.value}"
     return None
+
+
+def takes_signal(step: StepPlan) -> bool:
+    """Does this step take a signal: a wait, or a step that waits for an operator's?"""
+    return step.wait or isinstance(step.on_exhausted, AwaitOperator)
 
 
 def _signal(b: _Builder, ev: Signal) -> None:
@@ -596,6 +622,10 @@ def _signal(b: _Builder, ev: Signal) -> None:
         b.record(HistoryKind.SIGNAL_IGNORED, ev.step, None, {"id": ev.signal_id, "why": why})
         return
     step = b.saga.steps[ev.step]
+    if not b.plan.steps[ev.step].wait:  # the operator's go-ahead: run the step again
+        b.record(HistoryKind.SIGNAL_RECEIVED, ev.step, step.attempt, {"id": ev.signal_id})
+        b.dispatch(ev.step, Action.FORWARD, ev.at)
+        return
     b.set_step(
         ev.step, state=StepState.SUCCEEDED, result=ev.data, finished_at=ev.at, deadline_at=None
     )
@@ -625,6 +655,22 @@ def _wait_timed_out(b: _Builder, index: int, at: datetime) -> None:
     _after_step(b, index, at)
 
 
+def _operator_timed_out(b: _Builder, index: int, at: datetime) -> None:
+    """No go-ahead before the step's ``AwaitOperator`` timeout: compensate (past the pivot it
+    stays parked, with no timer, for an operator)."""
+    step = b.saga.steps[index]
+    past = past_pivot(b.plan, b.saga)
+    b.record(
+        HistoryKind.WAIT_TIMED_OUT, index, step.attempt, {"outcome": "park" if past else "fail"}
+    )
+    if past:
+        b.set_step(index, deadline_at=None)
+        return
+    final = StepState.TIMED_OUT if step.in_doubt else StepState.FAILED
+    b.set_step(index, state=final, deadline_at=None, finished_at=at)
+    _begin_compensation(b, step.error or ErrorInfo(TIMEOUT_ERROR, "no go-ahead", False), at)
+
+
 # -- timers -----------------------------------------------------------------------------------
 
 
@@ -648,6 +694,9 @@ def _wake(b: _Builder, at: datetime) -> None:
             timeout = ErrorInfo(TIMEOUT_ERROR, "no reply before the step's deadline", True)
             if s.state is StepState.RUNNING and b.plan.steps[i].wait:
                 _wait_timed_out(b, i, at)
+                return
+            if s.state is StepState.PARKED:
+                _operator_timed_out(b, i, at)
                 return
             if s.state is StepState.RUNNING:
                 b.record(HistoryKind.STEP_TIMED_OUT, i, s.attempt)

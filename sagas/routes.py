@@ -10,6 +10,10 @@
 - ``Park(reason)``: the saga waits, flagged for an operator (``saga retry`` runs the step
   again; ``saga cancel`` compensates, unless the saga is past its pivot). The default for the
   steps after a pivot, which may only go forward.
+- ``AwaitOperator(timeout)``: parked as with ``Park``, and waiting for the signal named like the
+  step (``sagas.signal(saga_id, "<step>", {...})``, an operator's "fixed it, go on"), which runs
+  the step again; if none comes within ``timeout`` the saga compensates (past a pivot it stays
+  parked).
 """
 
 from __future__ import annotations
@@ -77,7 +81,34 @@ class Park:
         return "park"
 
 
-Route = Compensate | RetryAfter | Park
+@dataclass(frozen=True, slots=True)
+class AwaitOperator:
+    """Park and wait up to ``timeout`` (seconds or a timedelta) for an operator's signal."""
+
+    timeout: float | timedelta
+
+    def __post_init__(self) -> None:
+        t = self.timeout
+        seconds = t.total_seconds() if isinstance(t, timedelta) else t
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not (0 < seconds <= MAX_DELAY and math.isfinite(seconds))
+        ):
+            raise DefinitionError(f"AwaitOperator: timeout must be positive seconds, got {t!r}")
+        object.__setattr__(self, "timeout", float(seconds))
+
+    @property
+    def kind(self) -> str:
+        return "await_operator"
+
+    @property
+    def seconds(self) -> float:
+        assert isinstance(self.timeout, float)
+        return self.timeout
+
+
+Route = Compensate | RetryAfter | Park | AwaitOperator
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,10 +59,9 @@ def signal(
         )
     saga = get_orchestrated(record.name, record.version)
     step = saga.wait_step(name)
-    assert step.wait_model is not None
     try:
         value = validate_payload(
-            step.wait_model,
+            step.signal_model,
             {} if data is None else data,
             saga=saga.name,
             max_bytes=rt.settings.max_payload_bytes,

@@ -200,11 +200,12 @@ class Store:
                 record = record_from_row(row)
                 if record.parked:
                     why = "compensation exhausted (dead-lettered)"
-                    if (
-                        record.kind is SagaKind.CHOREOGRAPHED
-                        and record.state is not SagaState.COMPENSATING
-                    ):
-                        why = "expected event not seen in time"
+                    if record.state is not SagaState.COMPENSATING:
+                        why = (
+                            "expected event not seen in time"
+                            if record.kind is SagaKind.CHOREOGRAPHED
+                            else "step parked for an operator"
+                        )
                 elif record.outbox_at is not None and record.outbox_at <= cutoff:
                     why = "commands committed but not published"
                 elif record.state is SagaState.COMPENSATING:

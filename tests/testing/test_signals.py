@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from pydantic import BaseModel
 
 import sagas
-from sagas import Continue, PayloadInvalid, Saga, SignalUnknown, StepContext, report
+from sagas import AwaitOperator, Continue, PayloadInvalid, Saga, SignalUnknown, StepContext, report
 from sagas.cli import main
 from sagas.state import HistoryKind, SagaState
 from sagas.testing import assert_compensated, assert_completed
@@ -185,3 +185,53 @@ def test_a_send_cut_short_is_finished_by_the_next_send_or_the_sweeper(rt: LocalR
     rt.run()
     assert assert_completed(second).steps[1].result["by"] == "swept"
     assert [s["outcome"] for s in rt.store.signals(second)] == ["delivered"]
+
+
+# A step whose failure route waits for an operator's go-ahead (``AwaitOperator``).
+FLAKY = {"fail": True}
+
+
+def _ship(ctx: StepContext[Loan]) -> dict[str, Any]:
+    RAN.append(f"{ctx.payload.ref}:ship#{ctx.attempt}")
+    if FLAKY["fail"]:
+        raise sagas.TransientError("carrier down")
+    return {"shipped": ctx.attempt}
+
+
+guarded = Saga("kit_guarded", payload=Loan)
+guarded.step(queue="loans", compensation=_undo)(_step("reserve"))
+guarded.step(
+    queue="loans",
+    compensation=None,
+    retry=sagas.RetryPolicy(max_attempts=2, initial=1.0, backoff=1.0, jitter=0.0),
+    on_exhausted=AwaitOperator(timedelta(hours=1)),
+    name="ship",
+)(_ship)
+
+
+def test_await_operator_parks_until_a_go_ahead_or_its_timeout(rt: LocalRuntime) -> None:
+    FLAKY["fail"] = True
+    first = rt.start(guarded, {"ref": "p"}, saga_id=sid())
+    rt.advance(timedelta(seconds=5))  # the second attempt fails too: parked, waiting
+    info = sagas.get(first)
+    assert (info.state, info.steps[1].state.value, info.parked) == (
+        SagaState.PENDING,
+        "parked",
+        True,
+    )
+    parked = [h for h in info.history if h.kind == HistoryKind.STEP_PARKED]
+    assert parked[0].detail["reason"] == "waiting for signal 'ship' (an operator's go-ahead)"
+    FLAKY["fail"] = False
+    sent = sagas.signal(first, "ship", {"ticket": "OPS-7", "note": "carrier is back"})
+    assert sent.outcome == "delivered"
+    rt.run()
+    done = assert_completed(first)
+    assert done.steps[1].attempt == 3 and not sagas.get(first).parked
+
+    FLAKY["fail"] = True
+    second = rt.start(guarded, {"ref": "q"}, saga_id=sid())
+    rt.wait(second, parked=False)  # nobody answers: an hour later the saga compensates
+    assert_compensated(second, ["reserve"])
+    assert [
+        h.detail for h in sagas.get(second).history if h.kind == HistoryKind.WAIT_TIMED_OUT
+    ] == [{"outcome": "fail"}]

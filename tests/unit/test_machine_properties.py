@@ -44,7 +44,7 @@ from sagas.machine import (
     past_pivot,
 )
 from sagas.retry import RetryPolicy
-from sagas.routes import Compensate, Park, RetryAfter
+from sagas.routes import AwaitOperator, Compensate, Park, RetryAfter
 from sagas.state import (
     SAGA_TRANSITIONS,
     STEP_TRANSITIONS,
@@ -79,7 +79,7 @@ compensation_policies = st.builds(
 # Compensation is the common route; Park and RetryAfter appear in about half of the steps.
 routes = st.sampled_from(
     [Compensate(), Compensate(), Compensate(), Park("ops"), Park("ops"), RetryAfter(5.0, 1),
-     RetryAfter(30.0, 2)]
+     RetryAfter(30.0, 2), AwaitOperator(60.0)]
 )  # fmt: skip
 step_plans = st.builds(
     StepPlan,
@@ -599,7 +599,8 @@ def test_a_parked_step_waits_for_an_operator(run: Run) -> None:
         for i, (b, a) in enumerate(zip(entry.before.steps, entry.after.steps, strict=True)):
             if a.state is StepState.PARKED and b.state is not StepState.PARKED:
                 plan = run.plan.steps[i]
-                assert isinstance(plan.on_exhausted, Park) or past_pivot(run.plan, entry.after), (
+                routed = isinstance(plan.on_exhausted, Park | AwaitOperator)
+                assert routed or past_pivot(run.plan, entry.after), (
                     f"{describe(entry)}: s{i} parked without a Park route or a pivot"
                 )
                 kinds = [h.kind for h in entry.decision.history]

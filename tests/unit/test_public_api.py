@@ -17,6 +17,7 @@ EXPECTED = {
     "PermanentError",
     "RetryPolicy",
     "SignalSent",
+    "AwaitOperator",
     "Continue",
     "SignalUnknown",
     "signal",
