@@ -20,7 +20,8 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Generic, TypeVar
@@ -103,6 +104,8 @@ class StepDef:
     arguments: Callable[[StepContext[Any]], dict[str, Any]] | None = field(default=None)
     pivot: bool = False
     on_exhausted: Route | None = None  # None: Compensate() before a pivot, Park() after it
+    group: str | None = None  # a parallel group (``Saga.parallel``)
+    group_reverse: bool = False
     wait_model: type[BaseModel] | None = None  # a wait for a signal (no task runs)
     wait_timeout_continues: Continue | None = None  # None: a timed-out wait fails
 
@@ -151,6 +154,8 @@ class StepDef:
             pivot=self.pivot,
             on_exhausted=self.on_exhausted or Compensate(),
             wait=self.is_wait,
+            group=self.group,
+            group_reverse=self.group_reverse,
             wait_fails=self.wait_timeout_continues is None,
             wait_default=(
                 self.wait_timeout_continues.default if self.wait_timeout_continues else None
@@ -203,6 +208,7 @@ class Saga(Startable[P]):
         )
         self.steps: list[StepDef] = []
         self._plan: Plan | None = None
+        self._group: tuple[str, bool] | None = None  # inside ``with saga.parallel(...)``
         if register:
             registry.register(self)
 
@@ -253,6 +259,38 @@ class Saga(Startable[P]):
             return fn
 
         return decorate
+
+    @contextmanager
+    def parallel(self, name: str, *, compensate: str = "parallel") -> Iterator[Saga[P]]:
+        """Declare parallel branches: the steps declared inside the block are dispatched
+        together (each on its own queue) and joined when all succeeded; their results are all
+        in ``ctx.results`` of the steps after. When a branch fails for good, the running
+        branches are let finish or time out, then every branch that may have taken effect is
+        compensated (all at once; ``compensate="reverse"``: one at a time, the last declared
+        first), then the steps before the group, newest first.
+
+            with trip.parallel("bookings"):
+                trip.step(queue="flights", compensation=cancel_flight)(book_flight)
+                trip.step(queue="hotels", compensation=cancel_hotel)(book_hotel)
+        """
+        where = f"saga {self.name!r} group {name!r}"
+        if self._group is not None:
+            raise DefinitionError(f"{where}: groups do not nest")
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+            raise DefinitionError(f"{where}: group name must match {NAME_RE.pattern}")
+        if any(s.group == name for s in self.steps):
+            raise DefinitionError(f"{where}: duplicate group name")
+        if compensate not in ("parallel", "reverse"):
+            raise DefinitionError(f'{where}: compensate must be "parallel" or "reverse"')
+        before = len(self.steps)
+        self._group = (name, compensate == "reverse")
+        try:
+            yield self
+        finally:
+            self._group = None
+        branches = [s.name for s in self.steps[before:]]
+        if len(branches) < 2:
+            raise DefinitionError(f"{where}: a group needs two or more steps, got {branches}")
 
     def wait_for(
         self,
@@ -354,6 +392,16 @@ class Saga(Startable[P]):
         if any(s.name == name for s in self.steps):
             raise DefinitionError(f"{where}: duplicate step name")
         required = self._check_pivot(where, kwargs, required)
+        if self._group is not None:
+            kwargs["group"], kwargs["group_reverse"] = self._group
+            route = kwargs.get("on_exhausted")
+            if kwargs.get("pivot") or kwargs.get("wait_model") is not None:
+                raise DefinitionError(f"{where}: a pivot or a wait cannot be a parallel branch")
+            if isinstance(route, Park | AwaitOperator) or any(s.pivot for s in self.steps):
+                raise DefinitionError(
+                    f"{where}: a parallel branch must be able to compensate (no Park or "
+                    "AwaitOperator route, not after the pivot)"
+                )
         if required:
             raise DefinitionError(
                 f"{where}: needs a compensation, or compensation=None to mark that it needs none"
@@ -441,6 +489,7 @@ class Saga(Startable[P]):
         return [
             {"step": s.name, "compensable": s.compensable}
             | ({"wait": True} if s.is_wait else {})
+            | ({"group": s.group} if s.group else {})
             | ({"pivot": True} if s.pivot else {})
             | ({"on_exhausted": s.on_exhausted.kind} if s.on_exhausted else {})
             for s in self.steps

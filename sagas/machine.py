@@ -68,6 +68,11 @@ class StepPlan:
     wait: bool = False
     wait_fails: bool = True
     wait_default: Any = None
+    # Parallel branches: consecutive steps with the same ``group`` are dispatched together and
+    # joined when all succeeded; ``group_reverse`` compensates them one at a time, newest
+    # declared first, instead of all at once.
+    group: str | None = None
+    group_reverse: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +89,18 @@ class Plan:
     def pivot(self) -> int | None:
         """The pivot step's index (None: the saga has none)."""
         return next((i for i, s in enumerate(self.steps) if s.pivot), None)
+
+    def members(self, index: int) -> range:
+        """The steps of ``index``'s parallel group (just ``index`` outside a group)."""
+        group = self.steps[index].group
+        if group is None:
+            return range(index, index + 1)
+        first = last = index
+        while first > 0 and self.steps[first - 1].group == group:
+            first -= 1
+        while last + 1 < len(self.steps) and self.steps[last + 1].group == group:
+            last += 1
+        return range(first, last + 1)
 
 
 # -- status: what the store holds ---------------------------------------------------------------
@@ -310,7 +327,7 @@ def decide(plan: Plan, saga: SagaStatus, event: Event) -> Decision:
             if saga.state is SagaState.STARTED and saga.steps[0].state is StepState.PENDING:
                 b.record(HistoryKind.SAGA_STARTED)
                 b.set_saga(SagaState.PENDING)
-                b.dispatch(0, Action.FORWARD, at)
+                _dispatch_forward(b, 0, at)
         case StepSucceeded() if event.action is Action.FORWARD:
             _forward_succeeded(b, event)
         case StepFailed() if event.action is Action.FORWARD:
@@ -399,11 +416,22 @@ def _forward_succeeded(b: _Builder, ev: StepSucceeded) -> None:
 
 
 def _after_step(b: _Builder, index: int, at: datetime) -> None:
-    """Step ``index`` succeeded: pass the pivot, then the next step or the end."""
+    """Step ``index`` succeeded: pass the pivot, then the next step or the end. A branch of a
+    parallel group waits for its siblings: the group goes on when all succeeded, or begins
+    compensation once the last sibling settled after one failed."""
+    members = b.plan.members(index)
+    if len(members) > 1:
+        if _group_failed(b, members):
+            _settle_group(b, members, at)
+            return
+        if any(b.saga.steps[j].state is not StepState.SUCCEEDED for j in members):
+            return
+        b.record(HistoryKind.GROUP_JOINED, detail={"group": b.plan.steps[index].group})
+        index = members[-1]
     if b.plan.steps[index].pivot:
         b.record(HistoryKind.PIVOT_PASSED, index)
     if index + 1 < len(b.plan.steps):
-        b.dispatch(index + 1, Action.FORWARD, at)
+        _dispatch_forward(b, index + 1, at)
     else:
         b.set_saga(SagaState.COMPLETED)
         b.record(HistoryKind.SAGA_COMPLETED)
@@ -424,6 +452,14 @@ def _forward_failed(b: _Builder, ev: StepFailed) -> None:
 def _after_forward_failure(b: _Builder, index: int, error: ErrorInfo, at: datetime) -> None:
     """Retry if the policy allows, else follow the step's failure route."""
     step, plan = b.saga.steps[index], b.plan.steps[index]
+    members = b.plan.members(index)
+    if len(members) > 1 and _group_failed(b, members):
+        # A sibling failed for good: this branch is not retried, only settled.
+        doubt = error.type == TIMEOUT_ERROR or step.in_doubt
+        final = StepState.TIMED_OUT if doubt else StepState.FAILED
+        b.set_step(index, state=final, error=error, deadline_at=None, finished_at=at)
+        _settle_group(b, members, at)
+        return
     policy = plan.retry
     retryable = error.retryable and policy.is_retryable(error.type)
     # Attempts count on across rounds (RetryAfter): the policy applies to each round.
@@ -446,7 +482,49 @@ def _after_forward_failure(b: _Builder, index: int, error: ErrorInfo, at: dateti
     doubt = error.type == TIMEOUT_ERROR or step.in_doubt
     final = StepState.TIMED_OUT if doubt else StepState.FAILED
     b.set_step(index, state=final, error=error, deadline_at=None, finished_at=at)
+    if len(members) > 1:
+        running = [
+            b.saga.steps[j].name for j in members if b.saga.steps[j].state is StepState.RUNNING
+        ]
+        b.record(
+            HistoryKind.GROUP_FAILED,
+            index,
+            step.attempt,
+            {"group": plan.group, "waiting_for": running},
+        )
+        _settle_group(b, members, at)
+        return
     _begin_compensation(b, error, at)
+
+
+def _dispatch_forward(b: _Builder, index: int, at: datetime) -> None:
+    """Dispatch step ``index``, or every branch of the parallel group it starts."""
+    for j in b.plan.members(index):
+        b.dispatch(j, Action.FORWARD, at)
+
+
+def _group_failed(b: _Builder, members: range) -> bool:
+    """Has a branch of this group failed for good (while the saga still goes forward)?"""
+    return b.saga.state is SagaState.PENDING and any(
+        b.saga.steps[j].state in (StepState.FAILED, StepState.TIMED_OUT) for j in members
+    )
+
+
+def _settle_group(b: _Builder, members: range, at: datetime) -> None:
+    """A branch failed for good: siblings waiting to retry are settled now, running ones are
+    let finish or time out; once none runs, compensation begins (every branch that may have
+    taken effect, then the steps before the group)."""
+    for j in members:
+        s = b.saga.steps[j]
+        if s.state is StepState.PENDING and s.attempt > 0:
+            in_doubt = s.in_doubt or (s.error is not None and s.error.type == TIMEOUT_ERROR)
+            final = StepState.TIMED_OUT if in_doubt else StepState.FAILED
+            b.set_step(j, state=final, next_attempt_at=None, finished_at=at)
+    if any(b.saga.steps[j].state is StepState.RUNNING for j in members):
+        return
+    settled = (StepState.FAILED, StepState.TIMED_OUT)
+    first = next((b.saga.steps[j].error for j in members if b.saga.steps[j].state in settled), None)
+    _begin_compensation(b, first or ErrorInfo("GroupFailed", "a branch failed", False), at)
 
 
 def _park(b: _Builder, index: int, error: ErrorInfo, at: datetime) -> None:
@@ -506,10 +584,21 @@ def _begin_compensation(b: _Builder, reason: ErrorInfo, at: datetime) -> None:
 
 def _next_compensation(b: _Builder, at: datetime) -> None:
     """Dispatch the newest step still to compensate, or finish the saga as failed."""
+
+    def owed(j: int) -> bool:
+        state = b.saga.steps[j].state
+        return state in (StepState.SUCCEEDED, StepState.TIMED_OUT) and b.plan.steps[j].compensable
+
     for i in range(len(b.saga.steps) - 1, -1, -1):
         s = b.saga.steps[i]
-        if s.state in (StepState.SUCCEEDED, StepState.TIMED_OUT) and b.plan.steps[i].compensable:
-            b.dispatch(i, Action.COMPENSATE, at)
+        if owed(i):
+            members = b.plan.members(i)
+            if len(members) > 1 and not b.plan.steps[i].group_reverse:
+                for j in reversed(members):  # a parallel group's branches, all at once
+                    if owed(j):
+                        b.dispatch(j, Action.COMPENSATE, at)
+            else:
+                b.dispatch(i, Action.COMPENSATE, at)
             return
         if s.state in (StepState.COMPENSATING, StepState.COMPENSATION_FAILED):
             return  # one at a time; a parked one blocks older ones until an operator acts
@@ -689,7 +778,8 @@ def _wake(b: _Builder, at: datetime) -> None:
             b.record(HistoryKind.DEADLINE_EXCEEDED, detail=detail)
             _begin_compensation(b, ErrorInfo(DEADLINE_ERROR, "saga deadline passed", False), at)
             return
-    for i, s in enumerate(saga.steps):
+    for i in range(len(saga.steps)):
+        s = b.saga.steps[i]  # fresh: an earlier branch's timeout may have settled this one
         if s.deadline_at is not None and s.deadline_at <= at:
             timeout = ErrorInfo(TIMEOUT_ERROR, "no reply before the step's deadline", True)
             if s.state is StepState.RUNNING and b.plan.steps[i].wait:

@@ -128,6 +128,8 @@ class HistoryKind(StrEnum):
     SIGNAL_RECEIVED = "signal_received"  # the wait's signal arrived (detail: its id)
     SIGNAL_IGNORED = "signal_ignored"  # a signal that came too late (detail: id, why)
     WAIT_TIMED_OUT = "wait_timed_out"  # no signal in time (detail: outcome fail or continue)
+    GROUP_JOINED = "group_joined"  # every branch of a parallel group succeeded
+    GROUP_FAILED = "group_failed"  # a branch failed for good (detail: siblings still running)
     REPLY_IGNORED = "reply_ignored"
     COMMANDS_REPUBLISHED = "commands_republished"
     EVENT_PUBLISHED = "event_published"  # choreography: an event of this saga went out

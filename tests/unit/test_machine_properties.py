@@ -93,10 +93,31 @@ step_plans = st.builds(
 )
 
 
-def _plan(steps: list[StepPlan], pivot: int | None) -> Plan:
+def _plan(
+    steps: list[StepPlan], pivot: int | None, group: tuple[int, int, bool] | None = None
+) -> Plan:
     """Name the steps; with a pivot, the steps after it take no compensation (as a definition
-    must declare them)."""
+    must declare them); ``group`` (first, size, reverse) makes consecutive steps parallel
+    branches, which route exhaustion to compensation (a definition refuses Park there) and
+    come before any pivot."""
     named = [replace(s, name=f"s{i}") for i, s in enumerate(steps)]
+    if group is not None:
+        first, size, reverse = group
+        last = min(first + size, len(named)) - 1
+        if first < last:
+            for i in range(first, last + 1):
+                route = named[i].on_exhausted
+                if not isinstance(route, Compensate | RetryAfter):
+                    route = Compensate()
+                named[i] = replace(
+                    named[i],
+                    group="g",
+                    group_reverse=reverse,
+                    on_exhausted=route,
+                    compensable=named[i].compensable or i % 2 == 0,
+                )
+            if pivot is not None and pivot <= last:
+                pivot = None
     if pivot is not None and pivot < len(named):
         named = [
             replace(s, pivot=True) if i == pivot else replace(s, compensable=False)
@@ -110,6 +131,7 @@ plans = st.builds(
     _plan,
     st.lists(step_plans, min_size=1, max_size=5),
     st.one_of(st.none(), st.integers(0, 4)),
+    st.one_of(st.none(), st.tuples(st.integers(0, 3), st.integers(2, 3), st.booleans())),
 )
 
 # Repeated kinds are drawn more often: answering the open dispatch is the common case.
@@ -413,11 +435,21 @@ def test_compensates_only_steps_that_succeeded_or_timed_out(run: Run) -> None:
 @PROPERTY_SETTINGS
 @given(runs())
 def test_compensations_run_newest_first(run: Run) -> None:
+    """Newest first, one at a time; the branches of a parallel group (unless it compensates in
+    reverse) count as one place in that order: all dispatched together, each retried on its own."""
+
+    def rank(step: int) -> int:
+        plan = run.plan.steps[step]
+        return run.plan.members(step)[0] if plan.group and not plan.group_reverse else step
+
     previous: Dispatch | None = None
     for entry in run.trace:
         for d in entry.dispatches(Action.COMPENSATE):
+            if previous is not None and rank(d.step) == rank(previous.step) != d.step:
+                previous = d  # another branch of the same parallel group
+                continue
             if previous is not None:
-                assert d.step <= previous.step, (
+                assert rank(d.step) <= rank(previous.step), (
                     f"{describe(entry)}: compensation of s{d.step} after s{previous.step}"
                 )
                 if d.step == previous.step:
@@ -576,6 +608,53 @@ def test_a_saga_always_has_a_way_forward(run: Run) -> None:
     )
     if run.status.state is SagaState.PENDING:  # parked forward: a step waits for an operator
         assert any(s.state is StepState.PARKED for s in run.status.steps), run.status
+
+
+@PROPERTY_SETTINGS
+@given(any_runs())
+def test_parallel_branches_are_dispatched_together_and_joined(run: Run) -> None:
+    for entry in run.trace:
+        forward = entry.dispatches(Action.FORWARD)
+        firsts = [d for d in forward if d.attempt == 1]
+        for d in firsts:
+            members = run.plan.members(d.step)
+            if len(members) > 1:  # a group starts: every branch in the same decision
+                assert sorted(x.step for x in firsts if x.step in members) == list(members), (
+                    describe(entry)
+                )
+        for d in forward:
+            # Nothing after a group runs before every branch succeeded.
+            before = [j for j in range(d.step) if run.plan.steps[j].group]
+            for j in before:
+                if d.step not in run.plan.members(j):
+                    assert entry.after.steps[j].state is StepState.SUCCEEDED, describe(entry)
+
+
+@PROPERTY_SETTINGS
+@given(any_runs())
+def test_running_branches_finish_before_compensation_begins(run: Run) -> None:
+    """A branch failing for good leaves its running siblings running (they finish or time
+    out); compensation begins only in the decision that settles the last of them, or when a
+    deadline or a cancel stops the saga."""
+    for entry in run.trace:
+        ev = entry.event
+        if not isinstance(ev, StepFailed | StepSucceeded) or ev.action is not Action.FORWARD:
+            continue
+        if entry.ignored or not 0 <= ev.step < len(run.plan.steps):
+            continue
+        members = run.plan.members(ev.step)
+        if len(members) < 2:
+            continue
+        siblings = [j for j in members if j != ev.step]
+        running_after = [j for j in siblings if entry.after.steps[j].state is StepState.RUNNING]
+        if running_after:
+            assert not entry.dispatches(Action.COMPENSATE), describe(entry)
+            assert entry.after.state is SagaState.PENDING, describe(entry)
+        if entry.dispatches(Action.COMPENSATE):
+            assert not running_after, describe(entry)
+            for j in siblings:  # every sibling running before was settled by its own reply
+                if entry.before.steps[j].state is StepState.RUNNING:
+                    assert entry.after.steps[j].state is StepState.RUNNING or j == ev.step
 
 
 @PROPERTY_SETTINGS
