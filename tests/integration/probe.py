@@ -158,3 +158,22 @@ probe_wait.wait_for("approval", model=ProbeApproval, timeout=WAIT_TIMEOUT)
 probe_wait.step(queue="payment", timeout=STEP_TIMEOUT, compensation=None, name="w2")(
     _after_approval
 )
+
+# ``probe_group``: g0 (inventory), then the parallel branches ga (payment), gb (shipping) and
+# gc (notification), then gz (inventory), which sees every branch's result.
+GROUP_BRANCHES = {"ga": "payment", "gb": "shipping", "gc": "notification"}
+
+
+def _after_group(ctx: StepContext[Probe]) -> dict[str, Any]:
+    record_effect(ctx)
+    return {"saw": sorted(k for k in ctx.results if k in GROUP_BRANCHES)}
+
+
+probe_group = Saga("probe_group", payload=Probe, deadline=timedelta(minutes=5))
+_declare(probe_group, "g0", "inventory")
+with probe_group.parallel("fan"):
+    for _name, _queue in GROUP_BRANCHES.items():
+        _declare(probe_group, _name, _queue)
+probe_group.step(queue="inventory", timeout=STEP_TIMEOUT, compensation=None, name="gz")(
+    _after_group
+)
