@@ -20,7 +20,7 @@ from . import coordinator, graph, report, signals, versions
 from .definition import get_orchestrated
 from .doctor import run as doctor_checks
 from .errors import SagaError, StoreError
-from .examples.demo import run_embedded, run_loans
+from .examples.demo import run_embedded, run_loans, run_trips
 from .install import configure
 from .observability import escape
 from .payload import check_saga_id
@@ -325,10 +325,11 @@ def upgrade() -> None:
 @click.option("--choreography", is_flag=True, help="Run the event-driven version of the example.")
 @click.option(
     "--example",
-    type=click.Choice(["order", "loan"]),
+    type=click.Choice(["order", "loan", "trip"]),
     default="order",
     show_default=True,
-    help="order: order fulfillment; loan: a two-day wait for an approval (on a fake clock).",
+    help="order: order fulfillment; loan: a two-day wait for an approval; trip: bookings in "
+    "parallel, then the charge as the pivot (loan and trip on a fake clock).",
 )
 @_one_line_errors
 def demo(workers: bool, choreography: bool, example: str) -> None:
@@ -340,6 +341,9 @@ def demo(workers: bool, choreography: bool, example: str) -> None:
     """
     if example == "loan":
         run_loans()
+        return
+    if example == "trip":
+        run_trips()
         return
     if not Settings().broker_url:
         run_embedded(choreography=choreography)

@@ -7,7 +7,9 @@ in-process worker and sweeper, then their timelines. Works from a plain install.
    a shipment that fails for good: the payment is refunded, then the inventory released).
 
 ``saga demo --example loan`` runs the loan approval example (a two-day wait for an officer's
-signal) on the test runtime's fake clock instead, so its two days pass at once.
+signal) on the test runtime's fake clock instead, so its two days pass at once;
+``--example trip`` the trip booking example (flight, hotel and car in parallel, the charge as
+the pivot) the same way.
 """
 
 from __future__ import annotations
@@ -156,4 +158,29 @@ def run_loans() -> None:
         click.echo(f"{first}: officer_decision one day later: {sent.outcome}")
         for saga_id in ids:
             rt.wait(saga_id)  # skips the fake clock to the two-day timeout where it must
+        print_timelines(rt.store, ids)
+
+
+def run_trips() -> None:
+    """Three trips on the fake clock: all booked; the hotel full (the flight and the car are
+    cancelled); the mailer down after the charge (retried, then parked: never unbooked)."""
+    app = Celery("sagas_demo_trips", set_as_current=False)
+    app.conf.update(imports=["sagas.examples.trip_booking"])
+    click.echo("trip booking on the test runtime: fake clock, in-process broker, no servers")
+    rid = run_id()
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("booked", {}),
+        ("hotel-full", {"full": ["hotel"]}),
+        ("mailer-down", {"mail_down": True}),
+    ]
+    ids = []
+    with local_runtime(app, consume=["flights", "hotels", "cars", "payments", "mail"]) as rt:
+        trip = get_saga("trip_booking")
+        for name, extra in cases:
+            saga_id = f"trip-{rid}-{name}"
+            click.echo(f"starting {saga_id}")
+            rt.start(trip, {"trip_id": saga_id, "traveller": "ada@example.com", **extra},
+                     saga_id=saga_id)  # fmt: skip
+            rt.wait(saga_id)
+            ids.append(saga_id)
         print_timelines(rt.store, ids)

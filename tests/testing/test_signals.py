@@ -235,3 +235,13 @@ def test_await_operator_parks_until_a_go_ahead_or_its_timeout(rt: LocalRuntime) 
     assert [
         h.detail for h in sagas.get(second).history if h.kind == HistoryKind.WAIT_TIMED_OUT
     ] == [{"outcome": "fail"}]
+
+
+def test_saga_demo_example_trip_books_in_parallel_and_keeps_the_pivot() -> None:
+    result = CliRunner().invoke(main, ["demo", "--example", "trip"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    states = [line.split()[2] for line in out.splitlines() if line.startswith("trip-")]
+    assert states[-3:] == ["completed", "failed", "pending"]
+    assert "group_joined" in out and "no hotel available" in out
+    assert "step_compensated         book_car" in out and "step_parked      send_itinerary" in out

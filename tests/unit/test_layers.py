@@ -113,6 +113,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "examples.order_fulfillment",
             "examples.order_choreography",
             "examples.loan_approval",
+            "examples.trip_booking",
             "examples.demo",
             "cli",
         },
