@@ -264,3 +264,13 @@ fprobe_wait = Saga("fprobe_wait", payload=FaultProbe, deadline=DEADLINE)
 _declare(fprobe_wait, "w1", "inventory")
 fprobe_wait.wait_for("go", model=Go, timeout=60.0)
 _declare(fprobe_wait, "w3", "shipping")
+
+
+# ``fprobe_group``: g1 (inventory), then the parallel branches ga (payment) and gb (shipping),
+# then g3 (inventory). Long timeouts, so a killed branch is redelivered, not timed out.
+fprobe_group = Saga("fprobe_group", payload=FaultProbe, deadline=DEADLINE)
+_declare(fprobe_group, "g1", "inventory", timeout=LONG_TIMEOUT)
+with fprobe_group.parallel("fan"):
+    _declare(fprobe_group, "ga", "payment", timeout=LONG_TIMEOUT)
+    _declare(fprobe_group, "gb", "shipping", timeout=LONG_TIMEOUT)
+_declare(fprobe_group, "g3", "inventory", timeout=LONG_TIMEOUT)

@@ -74,6 +74,27 @@ def test_child_killed_during_an_inline_step_is_recovered_by_its_timeout(
     assert fc.fx(sid) == [("i1", "forward", 1), ("i2", "forward", 2), ("i3", "forward", 1)]
 
 
+@pytest.mark.invariants(duplicate_runs=True)
+def test_child_killed_while_parallel_branches_run(fc: FaultCluster) -> None:
+    """Two branches run at once on two workers; the child running one is SIGKILLed mid-step.
+    Its message is redelivered (acks_late) and the same attempt runs again; the other branch is
+    unaffected; the group joins once, and each branch's effect is applied once."""
+    sid = fc.start("fprobe_group", {"sleep": {"ga": 1.5, "gb": 1.5}})
+    fc.wait_run(sid, "ga")
+    fc.wait_run(sid, "gb")
+    killed = fc.kill_run(sid, "ga")
+
+    record, status, history = fc.wait_for(sid, TERMINAL)
+    assert record.state is SagaState.COMPLETED
+    runs = fc.runs(sid, "ga")
+    assert [r.attempt for r in runs] == [1, 1] and runs[1].pid != killed, runs
+    assert [r.attempt for r in fc.runs(sid, "gb")] == [1]
+    assert [h.kind for h in history].count(HistoryKind.GROUP_JOINED) == 1
+    assert sorted(fc.fx(sid)) == sorted(
+        [("g1", "forward", 1), ("ga", "forward", 1), ("gb", "forward", 1), ("g3", "forward", 1)]
+    )
+
+
 # -- 1b. a whole worker SIGKILLed and restarted ---------------------------------------------------
 
 
