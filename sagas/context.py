@@ -7,6 +7,7 @@ remote step (a plain Celery task) gets the same facts as a JSON dict (``remote_c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
@@ -21,7 +22,11 @@ def idempotency_key(saga_id: str, step: str, action: Action) -> str:
     return f"{saga_id}:{step}" if action is Action.FORWARD else f"{saga_id}:{step}:compensate"
 
 
-def step_context(payload_model: type[BaseModel], command: StepCommand) -> StepContext[Any]:
+def step_context(
+    payload_model: type[BaseModel],
+    command: StepCommand,
+    current: Callable[[], bool] | None = None,
+) -> StepContext[Any]:
     """The context of the attempt ``command`` dispatches (validates the payload)."""
     return StepContext(
         saga_id=command.saga_id,
@@ -35,6 +40,7 @@ def step_context(payload_model: type[BaseModel], command: StepCommand) -> StepCo
         correlation_id=command.correlation_id,
         deadline_at=command.deadline_at,
         result=command.result,
+        current=current,
     )
 
 

@@ -77,6 +77,15 @@ class StepContext(Generic[P]):
     correlation_id: str
     deadline_at: datetime | None
     result: Any = None  # for a compensation: what the step returned (None if it timed out)
+    # Asks the store whether this attempt is still the one the saga waits for (the worker
+    # sets it; outside a worker there is nothing to ask).
+    current: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+
+    def is_current(self) -> bool:
+        """Is this attempt still the saga's open one? False once it timed out, was retried or
+        compensation began (the attempt is fenced): a long step checks it before an effect
+        that must not land late. True when the store cannot be read (nothing says otherwise)."""
+        return True if self.current is None else self.current()
 
 
 class GoAhead(BaseModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from . import coordinator
@@ -20,7 +21,7 @@ from .machine import Decision, ErrorInfo, is_open_attempt
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, saga_context
 from .payload import check_json
-from .runtime import Runtime
+from .runtime import Runtime, get_runtime
 from .state import Action, HistoryKind
 from .store import Snapshot
 
@@ -34,7 +35,8 @@ def run_step(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -
     ):
         log.info("running %s", command.describe())
         try:
-            ctx = step_context(saga.payload_model, command)
+            current = partial(still_open, get_runtime(), step, command)
+            ctx = step_context(saga.payload_model, command, current)
             result = fn(ctx)
             check_json(result, field=f"{step.name} result")
         except PermanentError as exc:

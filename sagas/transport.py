@@ -128,6 +128,9 @@ def send_step(
         kwargs=remote_arguments(step, command, payload_model),
         queue=queue,
         headers=hdrs,
+        # The remote task's own Celery retries keep this: none runs past the step's deadline,
+        # when the saga has timed the attempt out and may send the next one.
+        expires=command.deadline_at,
         link=Signature(REMOTE_OK_TASK, kwargs=ids, options=options, app=app),
         link_error=Signature(REMOTE_ERROR_TASK, kwargs=ids, options=options, app=app),
         argsrepr=command.describe(),
