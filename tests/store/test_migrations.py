@@ -4,14 +4,17 @@ and go down and up again cleanly."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine, inspect, text
 
-from sagas.store import make_engine, migrate
+from sagas.state import SagaState
+from sagas.store import Store, Transition, make_engine, migrate
 from sagas.store.schema import Base
 from tests.services import scratch_database
 
@@ -95,3 +98,44 @@ def test_a_schema_drift_would_be_detected(engine: Engine) -> None:
         conn.exec_driver_sql("DROP INDEX ix_saga_wake_at")
     diff = schema_diff(engine)
     assert any("ix_saga_wake_at" in repr(d) for d in diff), diff
+
+
+def test_upgrade_from_0003_with_a_saga_in_flight(engine: Engine) -> None:
+    """A store at 0003 (before fingerprints and signals) holding a saga in flight, written with
+    the columns that revision had: 0004 and 0005 apply, the saga keeps its state and steps
+    (no fingerprint: it is checked by its step names), it can move on and take signals."""
+    migrate.upgrade(engine, "0003")
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO saga (id, name, kind, version, state, payload, payload_hash, "
+                "correlation_id, created_at, updated_at, wake_at, parked, lock_version) VALUES "
+                "('old-1', 'order', 'orchestrated', 1, 'pending', :payload, 'h', 'c', :now, :now, "
+                ":wake, false, 3)"
+            ),
+            {"payload": '{"order_id": "o-1"}', "now": now, "wake": now + timedelta(seconds=30)},
+        )
+        for idx, (name, state) in enumerate((("reserve", "succeeded"), ("charge", "running"))):
+            conn.execute(
+                text(
+                    "INSERT INTO saga_step (saga_id, idx, name, state, attempt, "
+                    "compensation_attempt, deadline_at, in_doubt) VALUES "
+                    "('old-1', :idx, :name, :state, 1, 0, :deadline, false)"
+                ),
+                {"idx": idx, "name": name, "state": state, "deadline": now},
+            )
+    migrate.upgrade(engine)
+    assert schema_diff(engine) == []
+    store = Store(str(engine.url.render_as_string(hide_password=False)), engine=engine)
+    snap = store.load("old-1")
+    assert snap is not None
+    assert snap.record.definition_hash is None and snap.record.lock_version == 3
+    assert [(s.name, s.state.value) for s in snap.status.steps] == [
+        ("reserve", "succeeded"),
+        ("charge", "running"),
+    ]
+    done = replace(snap.status, state=SagaState.COMPLETED)
+    assert store.write(Transition(snap.record, snap.status, done, ()), now=now)
+    assert store.add_signal("old-1", "approval", "s-1", {"by": "ops"})
+    assert store.pending_signal("old-1", "approval") == ("s-1", {"by": "ops"})
