@@ -185,7 +185,10 @@ class Startable(Generic[P]):
     ) -> SagaHandle:
         """Start this saga now, in this process (needs the store); returns its id (a
         ``SagaHandle``: ``.status()``, ``.wait(timeout)``) once the saga row is committed (for a
-        choreography: and its start event is published)."""
+        choreography: and its start event is published). Inside a transaction a framework
+        integration joins (Django's ``atomic()``, a Flask-SQLAlchemy session that has
+        written), the row is written in that transaction instead and the first step is sent
+        once it commits."""
         return start_through_hook(self, payload, StartOptions(saga_id, correlation_id))
 
 
