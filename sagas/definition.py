@@ -221,6 +221,7 @@ class Saga(Startable[P]):
         self.steps: list[StepDef] = []
         self._plan: Plan | None = None
         self._group: tuple[str, bool] | None = None  # inside ``with saga.parallel(...)``
+        self._fingerprint: str | None = None
         if register:
             registry.register(self)
 
@@ -509,9 +510,15 @@ class Saga(Startable[P]):
 
     @property
     def fingerprint(self) -> str:
-        """A short hash of ``shape``, stored with every saga this definition starts."""
+        """A short hash of ``shape``, stored with every saga this definition starts (computed
+        once the definition is frozen: every transition compares it)."""
+        if self._fingerprint is not None:
+            return self._fingerprint
         text = json.dumps(self.shape, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        if self._plan is not None:  # frozen: no step can be added any more
+            self._fingerprint = digest
+        return digest
 
     def differs_from(self, stored_hash: str | None, steps: list[str]) -> str | None:
         """How this definition differs from the one a saga was started on, given the
