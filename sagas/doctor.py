@@ -90,11 +90,23 @@ def _broker(app: CeleryApp) -> Check:
     return Check(True, "broker", f"{url} reachable")
 
 
+# Replies to ``inspect`` arrive within the window or not at all; a busy worker, or a polling
+# transport (filesystem://, SQS), can miss a short one. Ask again with a longer window before
+# saying a queue has no consumer.
+INSPECT_WINDOWS = (2.0, 5.0)
+
+
 def _queues(app: CeleryApp, settings: Settings) -> list[Check]:
-    consumed = queues_consumed(app)
+    needed = needed_queues(settings.coordinator_queue)
+    consumed: dict[str, set[str]] = {}
+    for window in INSPECT_WINDOWS:
+        for worker, queues in queues_consumed(app, timeout=window).items():
+            consumed.setdefault(worker, set()).update(queues)
+        if set(needed) <= set().union(*consumed.values()):
+            break
     served = set().union(*consumed.values()) if consumed else set()
     out = []
-    for queue, users in sorted(needed_queues(settings.coordinator_queue).items()):
+    for queue, users in sorted(needed.items()):
         if queue in served:
             workers = sorted(w for w, qs in consumed.items() if queue in qs)
             out.append(Check(True, f"queue {queue}", f"consumed by {', '.join(workers)}"))
