@@ -793,6 +793,9 @@ def test_missing_events_time_out_failing_or_flagging_the_saga(cluster: Cluster) 
 def test_malformed_events_are_logged_and_dropped(cluster: Cluster) -> None:
     saga_id = cluster.start("choreo_probe", {"tag": "malformed"})
     cluster.wait_for(saga_id, TERMINAL)
+    # The last handler clears its outbox just after the terminal state commits (once its
+    # publish returned): wait for that too, or it would show up as a change made below.
+    assert poll(lambda: cluster.store.get(saga_id)[0].outbox is None, 10)
     before = cluster.store.get(saga_id)
     effects = cluster.effects(saga_id)
     good = copy_of(cluster, saga_id, "cprobe.started", choreo_probe)
