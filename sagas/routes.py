@@ -45,16 +45,10 @@ class RetryAfter:
     times: int = 1
 
     def __post_init__(self) -> None:
-        seconds = self.delay.total_seconds() if isinstance(self.delay, timedelta) else self.delay
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or not (0 < seconds <= MAX_DELAY and math.isfinite(seconds))
-        ):
-            raise DefinitionError(f"RetryAfter: delay must be positive seconds, got {self.delay!r}")
+        seconds = _positive_seconds(self.delay, "RetryAfter: delay")
         if isinstance(self.times, bool) or not isinstance(self.times, int) or self.times < 1:
             raise DefinitionError(f"RetryAfter: times must be an int >= 1, got {self.times!r}")
-        object.__setattr__(self, "delay", float(seconds))
+        object.__setattr__(self, "delay", seconds)
 
     @property
     def kind(self) -> str:
@@ -88,15 +82,8 @@ class AwaitOperator:
     timeout: float | timedelta
 
     def __post_init__(self) -> None:
-        t = self.timeout
-        seconds = t.total_seconds() if isinstance(t, timedelta) else t
-        if (
-            isinstance(seconds, bool)
-            or not isinstance(seconds, int | float)
-            or not (0 < seconds <= MAX_DELAY and math.isfinite(seconds))
-        ):
-            raise DefinitionError(f"AwaitOperator: timeout must be positive seconds, got {t!r}")
-        object.__setattr__(self, "timeout", float(seconds))
+        seconds = _positive_seconds(self.timeout, "AwaitOperator: timeout")
+        object.__setattr__(self, "timeout", seconds)
 
     @property
     def kind(self) -> str:
@@ -109,6 +96,18 @@ class AwaitOperator:
 
 
 Route = Compensate | RetryAfter | Park | AwaitOperator
+
+
+def _positive_seconds(value: object, what: str) -> float:
+    """Seconds (a number or a timedelta), positive, finite and at most ``MAX_DELAY``."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not (0 < seconds <= MAX_DELAY and math.isfinite(seconds))
+    ):
+        raise DefinitionError(f"{what} must be positive seconds, got {value!r}")
+    return float(seconds)
 
 
 @dataclass(frozen=True, slots=True)
