@@ -25,6 +25,7 @@ from .errors import (
     TransientError,
     UnknownSaga,
 )
+from .heartbeats import heartbeat
 from .install import configure, install
 from .query import SagaInfo, SagaWaitTimeout, StepInfo, get, wait
 from .registry import SagaHandle
@@ -78,6 +79,7 @@ __all__ = [
     "get",
     "get_runtime",
     "get_saga",
+    "heartbeat",
     "install",
     "registered_sagas",
     "signal",

@@ -52,6 +52,7 @@ def build_command(
     step = saga.steps[cmd.step]
     # Earlier steps that produced a result (succeeded, possibly being compensated since).
     results = {s.name: s.result for s in status.steps[: cmd.step] if s.result is not None}
+    forward = cmd.action is Action.FORWARD
     deadline = cmd.deadline_at
     if status.deadline_at is not None and cmd.action is Action.FORWARD:
         deadline = min(deadline, status.deadline_at)
@@ -67,4 +68,6 @@ def build_command(
         payload=record.payload,
         results=results,
         result=status.steps[cmd.step].result if cmd.action is Action.COMPENSATE else None,
+        progress=status.steps[cmd.step].progress if forward else None,
+        heartbeat=step.heartbeat if forward else None,
     )

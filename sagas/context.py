@@ -26,6 +26,7 @@ def step_context(
     payload_model: type[BaseModel],
     command: StepCommand,
     current: Callable[[], bool] | None = None,
+    beat: Callable[[Any], bool] | None = None,
 ) -> StepContext[Any]:
     """The context of the attempt ``command`` dispatches (validates the payload)."""
     return StepContext(
@@ -40,7 +41,9 @@ def step_context(
         correlation_id=command.correlation_id,
         deadline_at=command.deadline_at,
         result=command.result,
+        progress=command.progress,
         current=current,
+        beat=beat,
     )
 
 
@@ -57,4 +60,6 @@ def remote_context(command: StepCommand) -> dict[str, Any]:
         "deadline_at": command.deadline_at.isoformat() if command.deadline_at else None,
         "results": command.results,
         "result": command.result,
+        "progress": command.progress,
+        "heartbeat": command.heartbeat,
     }

@@ -38,6 +38,7 @@ from .machine import (
     ErrorInfo,
     Event,
     Finished,
+    Heartbeat,
     HistoryRecord,
     Parked,
     Retry,
@@ -327,6 +328,24 @@ def handle_remote_reply(reply: StepReply, *, rt: Runtime | None = None) -> Appli
         log.warning("reply for unknown saga %s ignored", escape(reply.saga_id))
         metrics.inc("sagas_bad_replies_total", reason="unknown_saga")
     return applied
+
+
+def heartbeat(
+    saga_id: str, step: str, attempt: int, details: Any, *, rt: Runtime | None = None
+) -> bool:
+    """Record a forward attempt's heartbeat (its deadline moves on, its details are kept).
+    Returns whether the attempt is still the saga's open one: False once it is fenced (and
+    for an unknown saga or step)."""
+    check_json(details, field="heartbeat details")
+
+    def event(now: datetime, saga: Saga[Any]) -> Event | None:
+        try:
+            return Heartbeat(saga.plan.index(step), attempt, now, details)
+        except KeyError:
+            return None
+
+    applied = apply(saga_id, event, rt=rt)
+    return applied is not None and applied.decision.touched
 
 
 def wake(saga_id: str, *, rt: Runtime | None = None, skip_locked: bool = False) -> Applied | None:

@@ -77,15 +77,30 @@ class StepContext(Generic[P]):
     correlation_id: str
     deadline_at: datetime | None
     result: Any = None  # for a compensation: what the step returned (None if it timed out)
+    # The details of the last heartbeat of an earlier attempt of this step (None: none came),
+    # so an attempt after a crash can resume where the dead one got to.
+    progress: Any = None
     # Asks the store whether this attempt is still the one the saga waits for (the worker
     # sets it; outside a worker there is nothing to ask).
     current: Callable[[], bool] | None = field(default=None, repr=False, compare=False)
+    # Records a heartbeat (the worker sets it); returns whether the attempt is still open.
+    beat: Callable[[Any], bool] | None = field(default=None, repr=False, compare=False)
 
     def is_current(self) -> bool:
         """Is this attempt still the saga's open one? False once it timed out, was retried or
         compensation began (the attempt is fenced): a long step checks it before an effect
         that must not land late. True when the store cannot be read (nothing says otherwise)."""
         return True if self.current is None else self.current()
+
+    def heartbeat(self, details: Any = None) -> bool:
+        """Say this attempt is alive and how far it got (``details``: JSON, kept for the next
+        attempt as ``ctx.progress``). With ``heartbeat=`` on the step, each heartbeat moves
+        the attempt's deadline to now + that interval (never past the step's ``timeout``);
+        an attempt that stops heartbeating is timed out long before its timeout. Returns
+        False once the attempt is fenced (it timed out or the saga moved on): stop and do
+        not take effect. Calls closer together than a third of the interval are merged
+        (the latest details go with the next one that is sent)."""
+        return True if self.beat is None else self.beat(details)
 
 
 class GoAhead(BaseModel):
@@ -117,6 +132,7 @@ class StepDef:
     group_reverse: bool = False
     wait_model: type[BaseModel] | None = None  # a wait for a signal (no task runs)
     wait_timeout_continues: Continue | None = None  # None: a timed-out wait fails
+    heartbeat: float | None = None  # seconds: the longest gap between heartbeats of an attempt
 
     @property
     def is_wait(self) -> bool:
@@ -162,6 +178,7 @@ class StepDef:
             compensation_retry=self.compensation_retry,
             pivot=self.pivot,
             on_exhausted=self.on_exhausted or Compensate(),
+            heartbeat=self.heartbeat,
             wait=self.is_wait,
             group=self.group,
             group_reverse=self.group_reverse,
@@ -242,12 +259,16 @@ class Saga(Startable[P]):
         name: str | None = None,
         pivot: bool = False,
         on_exhausted: Route | None = None,
+        heartbeat: timedelta | float | None = None,
     ) -> Callable[[StepFn], StepFn]:
         """Declare a local step. ``compensation=None`` marks a step that needs none.
 
         ``pivot=True`` marks the point of no return: once it succeeded, the saga only goes
         forward (the steps after it take no compensation). ``on_exhausted`` is the step's
-        failure route (``sagas.routes``: ``Compensate()``, ``RetryAfter(...)``, ``Park(...)``)."""
+        failure route (``sagas.routes``: ``Compensate()``, ``RetryAfter(...)``, ``Park(...)``).
+        ``heartbeat`` (shorter than ``timeout``) times an attempt out when no
+        ``ctx.heartbeat()`` came for that long: a dead worker is found long before the
+        step's whole timeout."""
 
         def decorate(fn: StepFn) -> StepFn:
             step_name = name or fn.__name__
@@ -268,6 +289,7 @@ class Saga(Startable[P]):
                 required=compensation is REQUIRED,
                 pivot=pivot,
                 on_exhausted=on_exhausted,
+                heartbeat=heartbeat,
             )
             return fn
 
@@ -356,6 +378,7 @@ class Saga(Startable[P]):
         arguments: Callable[[StepContext[Any]], dict[str, Any]] | None = None,
         pivot: bool = False,
         on_exhausted: Route | None = None,
+        heartbeat: timedelta | float | None = None,
     ) -> StepDef:
         """Declare a step carried out by an existing Celery task in another codebase.
 
@@ -383,6 +406,7 @@ class Saga(Startable[P]):
             required=compensation is REQUIRED,
             pivot=pivot,
             on_exhausted=on_exhausted,
+            heartbeat=heartbeat,
         )
 
     def _add(
@@ -429,6 +453,14 @@ class Saga(Startable[P]):
         ):
             raise DefinitionError(f"{where}: retry policies must be RetryPolicy instances")
         step_timeout = seconds_of(timeout, f"{where}: timeout")
+        beat = kwargs.pop("heartbeat", None)
+        if beat is not None:
+            beat = seconds_of(beat, f"{where}: heartbeat")
+            if beat >= step_timeout:
+                raise DefinitionError(
+                    f"{where}: heartbeat ({beat:g}s) must be shorter than timeout "
+                    f"({step_timeout:g}s): it is the longest gap between heartbeats"
+                )
         comp_timeout = (
             seconds_of(compensation_timeout, f"{where}: compensation_timeout")
             if compensation_timeout is not None
@@ -443,6 +475,7 @@ class Saga(Startable[P]):
             retry=retry,
             compensation_queue=compensation_queue or queue,
             compensation_timeout=comp_timeout,
+            heartbeat=beat,
             **kwargs,
         )
         self.steps.append(step)

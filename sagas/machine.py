@@ -62,6 +62,9 @@ class StepPlan:
     compensation_retry: RetryPolicy
     pivot: bool = False  # the point of no return (at most one per plan)
     on_exhausted: Route = Compensate()
+    # Seconds: a forward attempt with no heartbeat for this long is timed out (its deadline
+    # moves with each heartbeat, never past ``timeout``). None: only ``timeout`` holds.
+    heartbeat: float | None = None
     # A wait for an external signal named like the step (no task runs): ``timeout`` is how
     # long it waits; past it, ``wait_default`` is the step's result ("continue") unless
     # ``wait_fails``, which compensates the steps done.
@@ -140,6 +143,11 @@ class StepStatus:
     deadline_at: datetime | None = None  # set while an attempt is in flight
     next_attempt_at: datetime | None = None  # set while waiting to retry
     in_doubt: bool = False  # an earlier attempt timed out or was superseded: effect unknown
+    # With a heartbeat interval, ``deadline_at`` is the attempt's heartbeat deadline and
+    # ``timeout_at`` its hard one (the step's timeout from dispatch).
+    timeout_at: datetime | None = None
+    heartbeat_at: datetime | None = None  # the open attempt's last heartbeat
+    progress: Any = None  # the last heartbeat's details, of any attempt (the next one reads it)
 
     @property
     def in_flight(self) -> bool:
@@ -237,6 +245,16 @@ class Retry:
 
 
 @dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Forward attempt ``attempt`` of step ``step`` is alive (``details``: its progress)."""
+
+    step: int
+    attempt: int
+    at: datetime
+    details: Any = None
+
+
+@dataclass(frozen=True, slots=True)
 class Signal:
     """An external signal for the wait step ``step`` (validated data, idempotency id)."""
 
@@ -246,7 +264,7 @@ class Signal:
     signal_id: str
 
 
-Event = Start | StepSucceeded | StepFailed | Wake | Cancel | Retry | Signal
+Event = Start | StepSucceeded | StepFailed | Wake | Cancel | Retry | Signal | Heartbeat
 
 
 # -- commands and history: what to do and what to record ----------------------------------------
@@ -307,10 +325,12 @@ class Decision:
     status: SagaStatus
     commands: tuple[Command, ...] = ()
     history: tuple[HistoryRecord, ...] = ()
+    # The status changed without anything worth a history row (a heartbeat): still written.
+    touched: bool = False
 
     @property
     def changed(self) -> bool:
-        return bool(self.history)
+        return bool(self.history) or self.touched
 
 
 # -- the decision function --------------------------------------------------------------------
@@ -346,7 +366,25 @@ def decide(plan: Plan, saga: SagaStatus, event: Event) -> Decision:
             _operator_retry(b, at, reason)
         case Signal():
             _signal(b, event)
+        case Heartbeat():
+            _heartbeat(b, event)
     return b.build()
+
+
+def _heartbeat(b: _Builder, ev: Heartbeat) -> None:
+    """An open attempt's heartbeat: its progress is kept and, with a heartbeat interval, its
+    deadline moves to ``at`` + that interval (capped by the hard deadline). A heartbeat of
+    an attempt that is not open changes nothing: the caller learns it is fenced."""
+    if b.saga.state is not SagaState.PENDING or _open_attempt(
+        b, ev.step, ev.attempt, Action.FORWARD
+    ):
+        return
+    s, plan = b.saga.steps[ev.step], b.plan.steps[ev.step]
+    deadline = s.deadline_at
+    if plan.heartbeat is not None and s.timeout_at is not None:
+        deadline = min(ev.at + timedelta(seconds=plan.heartbeat), s.timeout_at)
+    b.set_step(ev.step, heartbeat_at=ev.at, progress=ev.details, deadline_at=deadline)
+    b.touched = True
 
 
 def _after_the_end(b: _Builder, event: Event) -> None:
@@ -782,6 +820,20 @@ def _wake(b: _Builder, at: datetime) -> None:
         s = b.saga.steps[i]  # fresh: an earlier branch's timeout may have settled this one
         if s.deadline_at is not None and s.deadline_at <= at:
             timeout = ErrorInfo(TIMEOUT_ERROR, "no reply before the step's deadline", True)
+            beat = b.plan.steps[i].heartbeat
+            lapsed = s.timeout_at is not None and s.deadline_at < s.timeout_at
+            if s.state is StepState.RUNNING and beat is not None and lapsed:
+                # The heartbeat deadline passed before the hard one: the worker is gone.
+                timeout = ErrorInfo(TIMEOUT_ERROR, f"no heartbeat for {beat:g}s", True)
+                b.record(
+                    HistoryKind.STEP_TIMED_OUT,
+                    i,
+                    s.attempt,
+                    {"heartbeat": beat, "last_heartbeat": _iso(s.heartbeat_at)},
+                )
+                b.set_step(i, in_doubt=True)
+                _after_forward_failure(b, i, timeout, at)
+                continue
             if s.state is StepState.RUNNING and b.plan.steps[i].wait:
                 _wait_timed_out(b, i, at)
                 return
@@ -802,6 +854,10 @@ def _wake(b: _Builder, at: datetime) -> None:
             b.dispatch(i, action, at)
 
 
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
 # -- a small mutable builder so each rule reads as a few lines ------------------------------------
 
 
@@ -811,9 +867,10 @@ class _Builder:
         self.saga = saga
         self.commands: list[Command] = []
         self.history: list[HistoryRecord] = []
+        self.touched = False
 
     def build(self) -> Decision:
-        return Decision(self.saga, tuple(self.commands), tuple(self.history))
+        return Decision(self.saga, tuple(self.commands), tuple(self.history), self.touched)
 
     def record(
         self,
@@ -871,12 +928,17 @@ class _Builder:
         if action is Action.FORWARD:
             attempt = old.attempt + 1
             deadline = at + timedelta(seconds=plan.timeout)
+            # With a heartbeat interval the attempt must show life within it; each heartbeat
+            # moves that deadline on, up to the hard one.
+            beat_by = None if plan.heartbeat is None else at + timedelta(seconds=plan.heartbeat)
             self.set_step(
                 index,
                 state=StepState.RUNNING,
                 attempt=attempt,
                 started_at=old.started_at or at,
-                deadline_at=deadline,
+                deadline_at=deadline if beat_by is None else min(beat_by, deadline),
+                timeout_at=None if beat_by is None else deadline,
+                heartbeat_at=None,
                 next_attempt_at=None,
             )
             self.record(HistoryKind.STEP_DISPATCHED, index, attempt)
@@ -888,6 +950,7 @@ class _Builder:
                 state=StepState.COMPENSATING,
                 compensation_attempt=attempt,
                 deadline_at=deadline,
+                timeout_at=None,
                 next_attempt_at=None,
             )
             self.record(HistoryKind.COMPENSATION_DISPATCHED, index, attempt)

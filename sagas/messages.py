@@ -33,6 +33,8 @@ class StepCommand(_Message):
     payload: dict[str, Any]
     results: dict[str, Any] = Field(default_factory=dict)
     result: Any = None  # compensation only: what the step returned
+    progress: Any = None  # forward only: the last heartbeat's details of an earlier attempt
+    heartbeat: float | None = Field(None, gt=0)  # the step's heartbeat interval, seconds
 
     def describe(self) -> str:
         """What Flower shows instead of the payload: which saga, step and attempt."""
@@ -57,6 +59,16 @@ class StepReply(_Message):
         side = "" if self.action is Action.FORWARD else " (compensate)"
         outcome = "ok" if self.ok else f"error={self.error_type}"
         return f"id={self.saga_id} step={self.step}{side} attempt={self.attempt} {outcome}"
+
+
+class HeartbeatMessage(_Message):
+    """A forward attempt is alive (``ctx.heartbeat`` from a worker without the store, or a
+    remote step's task: ``sagas.heartbeat(saga, details)``)."""
+
+    saga_id: str = Field(max_length=128)
+    step: str = Field(max_length=64)
+    attempt: int = Field(ge=1)
+    details: Any = None
 
 
 class EventMessage(_Message):

@@ -18,12 +18,13 @@ from .context import step_context
 from .definition import Saga, StepDef, StepFn
 from .errors import PermanentError, SagaInputError, StoreError, TransientError
 from .machine import Decision, ErrorInfo, is_open_attempt
-from .messages import StepCommand, StepReply
+from .messages import HeartbeatMessage, StepCommand, StepReply
 from .observability import escape, get_logger, saga_context
 from .payload import check_json
 from .runtime import Runtime, get_runtime
 from .state import Action, HistoryKind
 from .store import Snapshot
+from .transport import send_heartbeat
 
 log = get_logger("sagas.participant")
 
@@ -35,20 +36,27 @@ def run_step(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -
     ):
         log.info("running %s", command.describe())
         try:
-            current = partial(still_open, get_runtime(), step, command)
-            ctx = step_context(saga.payload_model, command, current)
+            rt = get_runtime()
+            current = partial(still_open, rt, step, command)
+            beat = Heartbeats(rt, command) if command.action is Action.FORWARD else None
+            ctx = step_context(saga.payload_model, command, current, beat)
             result = fn(ctx)
-            check_json(result, field=f"{step.name} result")
         except PermanentError as exc:
             return _error(command, exc, retryable=False)
         except TransientError as exc:
             return _error(command, exc, retryable=True)
         except SagaInputError as exc:
-            # A result (or stored payload) JSON cannot carry: retrying would not change it.
-            return _error(command, exc, retryable=False, type_name="StepResultNotJSON")
+            # A stored payload the model refuses, or heartbeat details JSON cannot carry:
+            # retrying would not change either.
+            return _error(command, exc, retryable=False)
         except Exception as exc:  # noqa: BLE001 - any other error follows the retry policy
             log.exception("step %s raised %s", step.name, type(exc).__name__)
             return _error(command, exc, retryable=True)
+        try:
+            check_json(result, field=f"{step.name} result")
+        except SagaInputError as exc:
+            # A result JSON cannot carry: retrying would not change it.
+            return _error(command, exc, retryable=False, type_name="StepResultNotJSON")
         return StepReply(
             saga_id=command.saga_id,
             step=command.step,
@@ -162,6 +170,38 @@ def still_open(rt: Runtime, step: StepDef, command: StepCommand) -> bool:
     except StoreError:
         return True
     return status is None or is_open_attempt(status, command.action, command.attempt)
+
+
+class Heartbeats:
+    """``ctx.heartbeat`` of one attempt: applied in the store when this worker reaches it
+    (so it learns whether the attempt is fenced), else sent to the coordinator by message.
+    At most one per third of the step's heartbeat interval (one per second without one) goes
+    out; the calls in between return the last answer."""
+
+    def __init__(self, rt: Runtime, command: StepCommand) -> None:
+        self.rt, self.command = rt, command
+        self.gap = command.heartbeat / 3 if command.heartbeat else 1.0
+        self.sent: float | None = None
+        self.open = True
+
+    def __call__(self, details: Any) -> bool:
+        check_json(details, field="heartbeat details")
+        now = time.monotonic()
+        if self.sent is not None and now - self.sent < self.gap:
+            return self.open
+        self.sent = now
+        c = self.command
+        try:
+            self.open = coordinator.heartbeat(c.saga_id, c.step, c.attempt, details, rt=self.rt)
+        except StoreError as exc:
+            log.warning("heartbeat sent by message (%s)", escape(type(exc).__name__))
+            beat = HeartbeatMessage(
+                saga_id=c.saga_id, step=c.step, attempt=c.attempt, details=details
+            )
+            send_heartbeat(
+                self.rt.celery, beat, c.correlation_id, self.rt.settings.coordinator_queue
+            )
+        return self.open
 
 
 def _error(

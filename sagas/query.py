@@ -32,6 +32,8 @@ class StepInfo:
     started_at: datetime | None
     finished_at: datetime | None
     in_doubt: bool  # an attempt timed out: its effect may exist, so it is compensated
+    heartbeat_at: datetime | None = None  # the open attempt's last heartbeat
+    progress: Any = None  # the last heartbeat's details (``ctx.heartbeat``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +89,8 @@ def get(saga_id: str, *, rt: Runtime | None = None) -> SagaInfo:
             s.started_at,
             s.finished_at,
             s.in_doubt,
+            s.heartbeat_at,
+            s.progress,
         )
         for s in status.steps
     )

@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from .machine import SagaStatus
+from .definition import get_orchestrated
+from .errors import SagaError
+from .machine import Plan, SagaStatus
 from .observability import escape
+from .payload import encode
 from .state import HistoryKind, StepState
 from .store import HistoryEntry, SagaRecord
 
@@ -50,6 +53,8 @@ def timeline(record: SagaRecord, status: SagaStatus, history: Sequence[HistoryEn
     if record.failure:
         head.append(f"failure: {record.failure.type}: {escape(record.failure.message)}")
     head += _waits_and_pivot(status, history)
+    head += _heartbeats(status)
+    plan = _plan_of(record)
     steps = [
         [
             str(i + 1),
@@ -62,7 +67,12 @@ def timeline(record: SagaRecord, status: SagaStatus, history: Sequence[HistoryEn
         ]
         for i, s in enumerate(status.steps)
     ]
-    body = table(["#", "STEP", "STATE", "ATTEMPTS", "UNDO", "TOOK", "LAST ERROR"], steps)
+    headers = ["#", "STEP", "STATE", "ATTEMPTS", "UNDO", "TOOK", "LAST ERROR"]
+    if plan is not None and any(p.group for p in plan.steps):
+        headers.insert(2, "PARALLEL")  # which group each branch is in (when known here)
+        for i, row in enumerate(steps):
+            row.insert(2, _group_of(plan, i))
+    body = table(headers, steps)
     start = history[0].at if history else record.created_at
     events = [
         [
@@ -90,6 +100,35 @@ def _waits_and_pivot(status: SagaStatus, history: Sequence[HistoryEntry]) -> lis
             lines.append(f"waiting for signal {h.step!r} since {ts(h.at)}, until {until}")
         if h.kind == HistoryKind.PIVOT_PASSED:
             lines.append(f"past the pivot {h.step!r} at {ts(h.at)}: forward only")
+    return lines
+
+
+def _plan_of(record: SagaRecord) -> Plan | None:
+    """The saga's plan when this process has its definition (groups are drawn from it)."""
+    try:
+        return get_orchestrated(record.name, record.version).plan
+    except SagaError:
+        return None
+
+
+def _group_of(plan: Plan, index: int) -> str:
+    """The parallel group a step is a branch of ("" outside one)."""
+    if not 0 <= index < len(plan.steps) or plan.steps[index].group is None:
+        return ""
+    return plan.steps[index].group or ""
+
+
+def _heartbeats(status: SagaStatus) -> list[str]:
+    """The open attempts that heartbeat: when they last did, how far they got, until when."""
+    lines = []
+    for s in status.steps:
+        if s.state is StepState.RUNNING and (s.heartbeat_at or s.timeout_at):
+            last = ts(s.heartbeat_at) if s.heartbeat_at else "none yet"
+            progress = escape(encode(s.progress))[:60] if s.progress is not None else "-"
+            lines.append(
+                f"step {s.name!r} attempt {s.attempt}: last heartbeat {last}, progress "
+                f"{progress}, heartbeat due by {ts(s.deadline_at)}, timeout {ts(s.timeout_at)}"
+            )
     return lines
 
 

@@ -36,7 +36,7 @@ from .errors import (
     StoreUnavailable,
     VersionUnavailable,
 )
-from .messages import StepCommand, StepReply
+from .messages import HeartbeatMessage, StepCommand, StepReply
 from .observability import SagaContextFilter, escape, get_logger, metrics, saga_context
 from .participant import (
     Attempt,
@@ -52,6 +52,7 @@ from .state import Action
 from .store import Snapshot
 from .transport import (
     EVENT_TASK,
+    HEARTBEAT_TASK,
     REMOTE_ERROR_TASK,
     REMOTE_OK_TASK,
     REPLY_TASK,
@@ -264,6 +265,22 @@ def remote_failed(
 @shared_task(name=WAKE_TASK, **COORDINATOR)
 def wake(saga_id: str) -> None:
     coordinator.wake(saga_id)
+
+
+# A heartbeat is not worth a redelivery: the next one carries newer news, and a lost one
+# only lets the heartbeat deadline come closer.
+@shared_task(name=HEARTBEAT_TASK, base=_CoordinatorTask, ignore_result=True)
+def heartbeat(beat: dict[str, Any]) -> None:
+    try:
+        parsed = HeartbeatMessage.model_validate(beat)
+    except ValidationError as exc:
+        metrics.inc("sagas_bad_replies_total", reason="schema")
+        log.error("malformed heartbeat dropped: %s", escape(exc.errors()[:3]))
+        return
+    try:
+        coordinator.heartbeat(parsed.saga_id, parsed.step, parsed.attempt, parsed.details)
+    except (SagaInputError, StoreError) as exc:
+        log.warning("heartbeat dropped: %s", escape(exc))
 
 
 @shared_task(name=EVENT_TASK, **{**COORDINATOR, "base": Task})

@@ -22,7 +22,7 @@ from .catalog import choreographies
 from .choreography.definition import Choreography, event_queue_name
 from .context import remote_context, step_context
 from .definition import StepDef
-from .messages import EventMessage, StepCommand, StepReply
+from .messages import EventMessage, HeartbeatMessage, StepCommand, StepReply
 from .state import Action
 
 START_TASK = "sagas.start_saga"
@@ -30,6 +30,7 @@ REPLY_TASK = "sagas.step_reply"
 REMOTE_OK_TASK = "sagas.remote_reply"
 REMOTE_ERROR_TASK = "sagas.remote_failed"
 WAKE_TASK = "sagas.wake"
+HEARTBEAT_TASK = "sagas.heartbeat"
 SWEEP_TASK = "sagas.sweep"
 EVENT_TASK = "choreography.event"
 CORRELATION_HEADER = "saga_correlation_id"
@@ -125,7 +126,7 @@ def send_step(
     options = {"queue": coordinator_queue, "headers": hdrs}
     app.send_task(
         remote,
-        kwargs=remote_arguments(step, command, payload_model),
+        kwargs=remote_arguments(step, command, payload_model, coordinator_queue),
         queue=queue,
         headers=hdrs,
         # The remote task's own Celery retries keep this: none runs past the step's deadline,
@@ -139,13 +140,28 @@ def send_step(
 
 
 def remote_arguments(
-    step: StepDef, command: StepCommand, payload_model: type[BaseModel]
+    step: StepDef, command: StepCommand, payload_model: type[BaseModel], coordinator_queue: str
 ) -> dict[str, Any]:
     """Keyword arguments of a remote step's task: ``arguments(ctx)`` if declared, else
-    ``payload=<dict>, saga=<ids, attempt, idempotency key, ...>``."""
+    ``payload=<dict>, saga=<ids, attempt, idempotency key, ...>`` (with where its heartbeats
+    go: ``sagas.heartbeat(saga, details)``)."""
     if step.arguments is not None:
         return step.arguments(step_context(payload_model, command))
-    return {"payload": command.payload, "saga": remote_context(command)}
+    context = {**remote_context(command), "coordinator_queue": coordinator_queue}
+    return {"payload": command.payload, "saga": context}
+
+
+def send_heartbeat(
+    app: CeleryApp, beat: HeartbeatMessage, correlation_id: str, coordinator_queue: str
+) -> None:
+    app.send_task(
+        HEARTBEAT_TASK,
+        args=[beat.model_dump(mode="json")],
+        queue=coordinator_queue,
+        headers=headers(correlation_id, beat.saga_id),
+        argsrepr=f"id={beat.saga_id} step={beat.step} attempt={beat.attempt}",
+        kwargsrepr="{}",
+    )
 
 
 def send_reply(

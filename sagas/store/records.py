@@ -267,6 +267,9 @@ def status_from_rows(record: SagaRecord, steps: Sequence[Any]) -> SagaStatus:
                 deadline_at=utc(s.deadline_at),
                 next_attempt_at=utc(s.next_attempt_at),
                 in_doubt=bool(s.in_doubt),
+                timeout_at=utc(s.timeout_at),
+                heartbeat_at=utc(s.heartbeat_at),
+                progress=s.progress,
             )
             for s in steps
         ),
@@ -288,6 +291,9 @@ def step_values(saga_id: str, index: int, s: StepStatus) -> dict[str, Any]:
         "deadline_at": s.deadline_at,
         "next_attempt_at": s.next_attempt_at,
         "in_doubt": s.in_doubt,
+        "timeout_at": s.timeout_at,
+        "heartbeat_at": s.heartbeat_at,
+        "progress": s.progress,
     }
 
 

@@ -106,6 +106,11 @@ class SagaStepRow(Base):
     # An earlier attempt timed out (or was superseded by an operator): its effect may exist even
     # if a later attempt failed, so the step is compensated rather than treated as never done.
     in_doubt: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # Heartbeats: the open attempt's hard deadline (``deadline_at`` is then the heartbeat
+    # deadline), its last heartbeat, and the last heartbeat's details (kept across attempts).
+    timeout_at: Mapped[datetime | None]
+    heartbeat_at: Mapped[datetime | None]
+    progress: Mapped[Any | None] = mapped_column(JSONType, nullable=True)
 
 
 class SagaHistoryRow(Base):

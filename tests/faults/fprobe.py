@@ -274,3 +274,43 @@ with fprobe_group.parallel("fan"):
     _declare(fprobe_group, "ga", "payment", timeout=LONG_TIMEOUT)
     _declare(fprobe_group, "gb", "shipping", timeout=LONG_TIMEOUT)
 _declare(fprobe_group, "g3", "inventory", timeout=LONG_TIMEOUT)
+
+
+# ``fprobe_heartbeat``: b1 (inventory), b2 (payment: a long step that heartbeats, 1 s
+# heartbeat interval, a two-minute timeout), b3 (shipping). b2 counts pages and heartbeats
+# after each one; an attempt resumes from ``ctx.progress`` (the last page the one before it
+# reported), so a run after a crash does not start over.
+HEARTBEAT = 1.0
+HEARTBEAT_TIMEOUT = 120.0
+PAGES = 40
+
+
+def _pages(ctx: StepContext[FaultProbe]) -> dict[str, Any]:
+    record_run(ctx)
+    start = int((ctx.progress or {}).get("page", 0))
+    delay = ctx.payload.sleep.get(ctx.step, 0.0) / PAGES
+    sleepy = ctx.payload.sleep_attempts.get(ctx.step)
+    fenced = False
+    for page in range(start, PAGES):
+        if sleepy is None or ctx.attempt in sleepy:
+            time.sleep(delay)
+        if not ctx.heartbeat({"page": page + 1}):
+            fenced = True  # the saga gave this attempt up: stop, take no effect
+            break
+    took = not fenced and record_effect(ctx)
+    return {"attempt": ctx.attempt, "resumed_at": start, "took_effect": took}
+
+
+fprobe_heartbeat = Saga("fprobe_heartbeat", payload=FaultProbe, deadline=DEADLINE)
+_declare(fprobe_heartbeat, "b1", "inventory")
+fprobe_heartbeat.step(
+    name="b2",
+    queue="payment",
+    timeout=HEARTBEAT_TIMEOUT,
+    heartbeat=HEARTBEAT,
+    retry=FAST_RETRY,
+    compensation=_compensate,
+    compensation_timeout=COMPENSATION_TIMEOUT,
+    compensation_retry=COMPENSATION_RETRY,
+)(_pages)
+_declare(fprobe_heartbeat, "b3", "shipping")

@@ -19,7 +19,15 @@ import pytest
 from sagas import SagaState, StepState, report
 from sagas.state import HistoryKind
 from tests.faults.conftest import TERMINAL, FaultCluster, Spec, faketime_env, poll
-from tests.faults.fprobe import FAST_RETRY, POISON_RETRY, POISON_TIMEOUT, STEP_TIMEOUT
+from tests.faults.fprobe import (
+    FAST_RETRY,
+    HEARTBEAT,
+    HEARTBEAT_TIMEOUT,
+    PAGES,
+    POISON_RETRY,
+    POISON_TIMEOUT,
+    STEP_TIMEOUT,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.workers]
 
@@ -107,12 +115,7 @@ def test_whole_worker_killed_and_restarted(fc: FaultCluster) -> None:
     unacked until the visibility timeout (an hour), so f2's step timeout recovers it."""
     sid = fc.start("fprobe", {"sleep": {"f2": 2.0}, "sleep_attempts": {"f2": [1]}})
     fc.wait_run(sid, "f2")
-    proc = fc.procs["payment"]
-    pool = fc.children("payment")
-    proc.popen.send_signal(signal.SIGKILL)
-    proc.popen.wait(10)
-    orphans = [pid for pid in pool if poll(lambda p=pid: _alive(p), 0.3)]
-    fc.stop("payment")  # SIGKILL the rest of its process group (the orphaned pool)
+    orphans = _kill_node(fc, "payment")
     fc.configure()  # a new payment worker
 
     record, status, history = fc.wait_for(sid, TERMINAL, timeout=STEP_TIMEOUT + 30)
@@ -124,6 +127,52 @@ def test_whole_worker_killed_and_restarted(fc: FaultCluster) -> None:
     else:
         assert runs[:2] == [1, 1] or timed_out == [("f2", 1)], (runs, timed_out)
     assert [e[0] for e in fc.fx(sid)] == ["f1", "f2", "f3"]
+
+
+@pytest.mark.invariants(duplicate_runs=True, settle=45)
+def test_a_dead_worker_is_found_by_its_missed_heartbeats(fc: FaultCluster) -> None:
+    """b2 reports each page it did with ``ctx.heartbeat`` (1 s heartbeat interval, 2 min
+    timeout). Its whole worker is SIGKILLed mid-step: on Redis the command stays unacked for
+    the visibility timeout (an hour), so only the missed heartbeats can tell. Attempt 1 is
+    timed out about a second later, not after two minutes, and attempt 2 resumes from the
+    last page attempt 1 reported."""
+    sid = fc.start("fprobe_heartbeat", {"sleep": {"b2": 8.0}, "sleep_attempts": {"b2": [1]}})
+    fc.wait_run(sid, "b2")
+
+    def page() -> int:
+        snap = fc.get(sid)
+        return int(((snap[1].steps[1].progress if snap else None) or {}).get("page", 0))
+
+    assert poll(lambda: page() >= 3, 15), fc.log_tails()
+    _kill_node(fc, "payment")
+    killed = time.monotonic()
+    reported = page()
+    fc.configure()  # a new payment worker
+
+    record, status, history = fc.wait_for(sid, TERMINAL, timeout=60)
+    recovered = time.monotonic() - killed
+    assert record.state is SagaState.COMPLETED
+    assert recovered < HEARTBEAT_TIMEOUT / 4, recovered
+    [timed_out] = kinds(history, HistoryKind.STEP_TIMED_OUT)
+    assert (timed_out.step, timed_out.attempt) == ("b2", 1)
+    assert timed_out.detail["heartbeat"] == HEARTBEAT
+    assert [r.attempt for r in fc.runs(sid, "b2")] == [1, 2]
+    result = status.steps[1].result
+    assert result["attempt"] == 2 and result["took_effect"], result
+    assert reported <= result["resumed_at"] < PAGES, (reported, result)
+    assert fc.fx(sid) == [("b1", "forward", 1), ("b2", "forward", 2), ("b3", "forward", 1)]
+
+
+def _kill_node(fc: FaultCluster, name: str) -> list[int]:
+    """SIGKILL a worker's parent, then its orphaned pool: the whole node is gone. Returns the
+    pool's pids that outlived the parent."""
+    proc = fc.procs[name]
+    pool = fc.children(name)
+    proc.popen.send_signal(signal.SIGKILL)
+    proc.popen.wait(10)
+    orphans = [pid for pid in pool if poll(lambda p=pid: _alive(p), 0.3)]
+    fc.stop(name)  # SIGKILL the rest of its process group (the orphaned pool)
+    return orphans
 
 
 def _alive(pid: int) -> bool:

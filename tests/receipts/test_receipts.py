@@ -291,7 +291,7 @@ def test_a_remote_steps_celery_task_can_use_its_saga_keyword_dict(db: ServiceDb)
             correlation_id="corr",
             payload={"amount": 10},
         )
-        return remote_arguments(step, command, Payload)
+        return remote_arguments(step, command, Payload, "sagas")
 
     def send(payload: dict[str, Any], saga: dict[str, Any]) -> Any:  # the remote task's body
         with db.receipts.once(saga) as r:

@@ -101,9 +101,10 @@ def test_a_schema_drift_would_be_detected(engine: Engine) -> None:
 
 
 def test_upgrade_from_0003_with_a_saga_in_flight(engine: Engine) -> None:
-    """A store at 0003 (before fingerprints and signals) holding a saga in flight, written with
-    the columns that revision had: 0004 and 0005 apply, the saga keeps its state and steps
-    (no fingerprint: it is checked by its step names), it can move on and take signals."""
+    """A store at 0003 (before fingerprints, signals and heartbeats) holding a saga in flight,
+    written with the columns that revision had: 0004 to 0006 apply, the saga keeps its state
+    and steps (no fingerprint: it is checked by its step names; its running step keeps its one
+    deadline, no heartbeat deadline), it can heartbeat, move on and take signals."""
     migrate.upgrade(engine, "0003")
     now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
     with engine.begin() as conn:
@@ -135,6 +136,14 @@ def test_upgrade_from_0003_with_a_saga_in_flight(engine: Engine) -> None:
         ("reserve", "succeeded"),
         ("charge", "running"),
     ]
+    charge = snap.status.steps[1]
+    assert charge.deadline_at == now and charge.timeout_at is None and charge.progress is None
+    beat = replace(charge, heartbeat_at=now, progress={"page": 3})
+    beating = replace(snap.status, steps=(snap.status.steps[0], beat))
+    assert store.write(Transition(snap.record, snap.status, beating, ()), now=now)
+    snap = store.load("old-1")
+    assert snap is not None and snap.status.steps[1].progress == {"page": 3}
+    assert snap.status.steps[1].heartbeat_at == now
     done = replace(snap.status, state=SagaState.COMPLETED)
     assert store.write(Transition(snap.record, snap.status, done, ()), now=now)
     assert store.add_signal("old-1", "approval", "s-1", {"by": "ops"})

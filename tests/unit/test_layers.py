@@ -78,6 +78,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "report",
             "versions",
             "signals",
+            "heartbeats",
             "graph",
         },
     ),

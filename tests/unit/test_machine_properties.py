@@ -6,7 +6,8 @@ from ``new_status`` + ``Start`` through a random script played by a faithful env
 keeps every ``Dispatch`` the core emitted and sometimes answers the open one (ok or error),
 sometimes answers an old one late, re-sends replies already applied, invents stale replies,
 lets time pass (``Wake``) so timeouts, retries and the saga deadline fire, cancels, and plays an
-operator's ``Retry``. After the
+operator's ``Retry``, and sends heartbeats for open and stale attempts (some steps have a
+heartbeat interval, so a silent attempt times out before its timeout). After the
 script a *drain* phase answers every open dispatch with success and wakes at every timer, so most
 runs end in a terminal state; a burst of further events is then thrown at the finished saga.
 
@@ -29,6 +30,7 @@ from sagas.machine import (
     Dispatch,
     ErrorInfo,
     Event,
+    Heartbeat,
     Plan,
     Retry,
     SagaStatus,
@@ -90,6 +92,7 @@ step_plans = st.builds(
     compensation_timeout=st.sampled_from([1.0, 10.0]),
     compensation_retry=compensation_policies,
     on_exhausted=routes,
+    heartbeat=st.sampled_from([None, None, 0.4, 0.9]),  # shorter than every timeout
 )
 
 
@@ -151,6 +154,7 @@ KINDS = (
     "cancel",
     "start",
     "operator_retry",
+    "heartbeat",
 )
 
 
@@ -302,6 +306,11 @@ def script_event(run: Run, move: Move) -> Event:
         return Start(run.now)
     if kind == "operator_retry":
         return Retry(run.now, "operator")
+    if kind == "heartbeat" and run.dispatched:
+        # Some time passes first (a heartbeat may come after its deadline: then it is late).
+        d = run.dispatched[pick % len(run.dispatched)]
+        run.now += timedelta(seconds=move.seconds % 1)
+        return Heartbeat(d.step, d.attempt, run.now, {"n": pick})
     # "wake_next", and any answer with nothing to answer: let time run to the next timer.
     return run.wake_at_next_timer(move.seconds)
 
@@ -558,7 +567,11 @@ def test_attempts_never_exceed_the_policy(run: Run) -> None:
             step = entry.after.steps[d.step]
             current = step.attempt if d.action is Action.FORWARD else step.compensation_attempt
             assert d.attempt == current, f"{describe(entry)}: {d} vs status attempt {current}"
-            assert d.deadline_at == step.deadline_at, f"{describe(entry)}: {d} deadline"
+            # The command carries the attempt's hard deadline; with a heartbeat interval the
+            # status's own deadline is the (earlier) heartbeat one.
+            hard = step.timeout_at or step.deadline_at
+            assert d.deadline_at == hard, f"{describe(entry)}: {d} deadline"
+            assert step.deadline_at is not None and step.deadline_at <= hard
             assert d.deadline_at > entry.event.at, f"{describe(entry)}: deadline in the past"
 
 
@@ -687,3 +700,52 @@ def test_a_parked_step_waits_for_an_operator(run: Run) -> None:
                 assert entry.after.state is SagaState.PENDING, describe(entry)
             if b.state is StepState.PARKED and a.state is StepState.RUNNING:
                 assert isinstance(entry.event, Retry), f"{describe(entry)}: left parked by itself"
+
+
+@PROPERTY_SETTINGS
+@given(any_runs())
+def test_a_heartbeat_only_moves_an_open_attempts_deadline(run: Run) -> None:
+    """A heartbeat changes nothing but the open forward attempt's heartbeat time, progress and
+    deadline (never past the hard one, never earlier than it was); for any other attempt it
+    changes nothing (the sender learns it is fenced)."""
+    for entry in run.trace:
+        ev = entry.event
+        if not isinstance(ev, Heartbeat):
+            continue
+        assert entry.decision.commands == () and entry.decision.history == (), describe(entry)
+        open_ = not entry.before.state.terminal and is_open(
+            entry.before, ev.step, ev.attempt, Action.FORWARD
+        )
+        assert entry.decision.touched is open_, f"{describe(entry)}: open={open_}"
+        if not open_:
+            assert entry.after == entry.before, describe(entry)
+            continue
+        b, a = entry.before.steps[ev.step], entry.after.steps[ev.step]
+        assert replace(a, heartbeat_at=None, progress=None, deadline_at=None) == replace(
+            b, heartbeat_at=None, progress=None, deadline_at=None
+        ), describe(entry)
+        assert a.progress == ev.details and a.heartbeat_at == ev.at
+        assert a.deadline_at is not None and b.deadline_at is not None
+        if run.plan.steps[ev.step].heartbeat is None:
+            assert a.deadline_at == b.deadline_at, describe(entry)
+        else:
+            assert a.timeout_at is not None and a.deadline_at <= a.timeout_at, describe(entry)
+
+
+@PROPERTY_SETTINGS
+@given(any_runs())
+def test_an_attempt_is_given_up_only_at_one_of_its_deadlines(run: Run) -> None:
+    """A forward attempt times out at its hard deadline, or earlier only when a heartbeat
+    interval passed since its dispatch or its last heartbeat."""
+    for entry in run.trace:
+        for h in entry.decision.history:
+            if h.kind is not HistoryKind.STEP_TIMED_OUT or (h.detail or {}).get("action"):
+                continue
+            i = run.plan.index(h.step or "")
+            s, plan = entry.before.steps[i], run.plan.steps[i]
+            at = entry.event.at if isinstance(entry.event, Wake) else None
+            assert at is not None and s.deadline_at is not None and s.deadline_at <= at
+            if (h.detail or {}).get("heartbeat") is not None:
+                assert plan.heartbeat is not None and s.timeout_at is not None
+                since = s.heartbeat_at or (s.timeout_at - timedelta(seconds=plan.timeout))
+                assert at >= since + timedelta(seconds=plan.heartbeat), describe(entry)

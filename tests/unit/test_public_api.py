@@ -47,6 +47,7 @@ EXPECTED = {
     "get",
     "get_runtime",
     "get_saga",
+    "heartbeat",
     "install",
     "registered_sagas",
     "start_saga",

@@ -58,7 +58,10 @@ WITH
       finished_at,
       deadline_at,
       next_attempt_at,
-      in_doubt
+      in_doubt,
+      timeout_at,
+      heartbeat_at,
+      progress
     )
     SELECT
       %(t_saga)s::VARCHAR AS anon_1,
@@ -73,7 +76,10 @@ WITH
       steps.finished_at AS finished_at,
       steps.deadline_at AS deadline_at,
       steps.next_attempt_at AS next_attempt_at,
-      steps.in_doubt AS in_doubt
+      steps.in_doubt AS in_doubt,
+      steps.timeout_at AS timeout_at,
+      steps.heartbeat_at AS heartbeat_at,
+      steps.progress AS progress
     FROM jsonb_to_recordset(%(steps)s::JSONB) AS steps(
       idx INTEGER,
       name VARCHAR(64),
@@ -86,7 +92,10 @@ WITH
       finished_at TIMESTAMP WITH TIME ZONE,
       deadline_at TIMESTAMP WITH TIME ZONE,
       next_attempt_at TIMESTAMP WITH TIME ZONE,
-      in_doubt BOOLEAN
+      in_doubt BOOLEAN,
+      timeout_at TIMESTAMP WITH TIME ZONE,
+      heartbeat_at TIMESTAMP WITH TIME ZONE,
+      progress JSONB
     )
   )
 INSERT INTO saga_event (

@@ -28,7 +28,10 @@ WITH
       finished_at=steps.finished_at,
       deadline_at=steps.deadline_at,
       next_attempt_at=steps.next_attempt_at,
-      in_doubt=steps.in_doubt
+      in_doubt=steps.in_doubt,
+      timeout_at=steps.timeout_at,
+      heartbeat_at=steps.heartbeat_at,
+      progress=steps.progress
     FROM
       s,
       jsonb_to_recordset(%(steps)s::JSONB) AS steps(
@@ -43,7 +46,10 @@ WITH
         finished_at TIMESTAMP WITH TIME ZONE,
         deadline_at TIMESTAMP WITH TIME ZONE,
         next_attempt_at TIMESTAMP WITH TIME ZONE,
-        in_doubt BOOLEAN
+        in_doubt BOOLEAN,
+        timeout_at TIMESTAMP WITH TIME ZONE,
+        heartbeat_at TIMESTAMP WITH TIME ZONE,
+        progress JSONB
       )
     WHERE
       saga_step.saga_id = s.id
