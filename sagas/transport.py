@@ -109,7 +109,9 @@ def send_step(
     if remote is None:
         app.send_task(
             step.task_name(command.action),
-            args=[command.model_dump(mode="json")],
+            # Unset optional fields stay out: a worker of the previous release (its messages
+            # forbid unknown fields) still takes the command during a rolling deploy.
+            args=[command.model_dump(mode="json", exclude_none=True)],
             queue=queue,
             headers=hdrs,
             argsrepr=command.describe(),

@@ -142,3 +142,36 @@ def _permanent():  # type: ignore[no-untyped-def]
     from sagas.machine import ErrorInfo
 
     return ErrorInfo("Boom", "no", False)
+
+
+def test_a_command_without_heartbeat_fields_is_what_the_previous_release_sent() -> None:
+    """Rolling deploys: a step command whose new fields are unset carries none of them, so a
+    worker of the release before heartbeats (which forbids unknown fields) still takes it."""
+    from sagas.definition import StepDef
+    from sagas.messages import StepCommand
+    from sagas.transport import send_step
+
+    sent: list[dict[str, object]] = []
+
+    class App:
+        def send_task(self, name: str, *args: object, **options: object) -> None:
+            sent.append(options)
+
+    command = StepCommand(
+        saga_id="s-1",
+        saga="hb",
+        version=1,
+        step="render",
+        action=Action.FORWARD,
+        attempt=1,
+        correlation_id="c",
+        payload={},
+    )
+    step = StepDef(saga="hb", name="render", index=0, queue="q", timeout=30.0, retry=RETRY)
+    send_step(App(), step, command, "sagas", Job)  # type: ignore[arg-type]
+    (body,) = sent[0]["args"]  # type: ignore[misc]
+    assert set(body) == {
+        "saga_id", "saga", "version", "step", "action", "attempt", "correlation_id", "payload",
+        "results",
+    }  # fmt: skip
+    assert StepCommand.model_validate(body) == command
