@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import coordinator, graph, report, signals, versions
+from . import coordinator, graph, report, retention, signals, versions
 from .definition import get_orchestrated
 from .doctor import run as doctor_checks
 from .errors import SagaError, StoreError
@@ -357,3 +357,57 @@ def demo(workers: bool, choreography: bool, example: str) -> None:
         )
     # The example deployment lives in the checkout, not in the package: found at run time.
     importlib.import_module("workers.demo").run(spawn_workers=workers, choreography=choreography)
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s`` or plain seconds (a click callback: the option's
+    error names it)."""
+    text = value.strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:]) if text else None
+    try:
+        seconds = float(text[:-1] if unit is not None else text) * (unit or 1)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a duration (e.g. 30d, 12h, 90m, 3600)"
+        ) from None
+    if not 0 < seconds < float("inf"):
+        raise click.BadParameter(f"{value!r} must be a positive duration")
+    return seconds
+
+
+@main.command()
+@click.option("--older-than", required=True, callback=_duration, help="Age: 30d, 12h, 3600...")
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1, 100_000))
+@click.option(
+    "--archive",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Append each saga (row, steps, history) to this JSON-lines file before deleting it.",
+)
+@click.option("--dry-run", is_flag=True, help="Only count what would be deleted.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@_one_line_errors
+def prune(older_than: float, batch: int, archive: str | None, dry_run: bool, yes: bool) -> None:
+    """Delete finished (completed or failed) sagas last changed before the age given.
+
+    Batches of --batch sagas, one short transaction each; active sagas are never touched.
+    Exit status 0 also when nothing was due."""
+    store = _store()
+    cutoff, count = retention.due(store, older_than)
+    click.echo(f"{count} finished saga(s) last changed before {report.ts(cutoff)} (UTC)")
+    if dry_run or count == 0:
+        return
+    if not yes:
+        click.confirm(f"delete {count} saga(s) with their steps and history?", abort=True)
+    out = open(archive, "a", encoding="utf-8") if archive else None  # noqa: SIM115 - closed below
+    try:
+        with click.progressbar(length=count, label="pruning", file=sys.stderr) as bar:
+            done = retention.prune(store, older_than, batch=batch, archive=out, progress=bar.update)
+    finally:
+        if out is not None:
+            out.close()
+    where = f", archived to {archive}" if archive else ""
+    click.echo(f"deleted {done.deleted} saga(s) in {done.batches} batch(es){where}")

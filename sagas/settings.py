@@ -60,6 +60,16 @@ class Settings(BaseSettings):
         description="Seconds without progress after which the sweeper escalates an active saga "
         "(its timers did not move it: a parked compensation, an unsent outbox, a stalled saga).",
     )
+    retention: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a finished (completed or failed) saga is kept; past it the sweeper "
+        "deletes it with its steps and history, retention_batch per pass (unset: kept for "
+        "ever; `saga prune --older-than 30d` does the same on demand, with --archive).",
+    )
+    retention_batch: int = Field(
+        500, gt=0, description="Finished sagas the sweeper deletes per pass (one transaction)."
+    )
     escalation_task: str | None = Field(
         None,
         description="Celery task the sweeper sends each escalation to (kwargs saga_id, saga, "

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from . import coordinator, faults
+from . import coordinator, faults, retention
 from .choreography import runner
 from .definition import get_orchestrated
 from .errors import SagaError
@@ -54,6 +54,7 @@ class SweepReport:
     republished: int = 0
     escalated: int = 0
     signals: int = 0
+    pruned: int = 0
     errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -89,6 +90,15 @@ def sweep(rt: Runtime) -> SweepReport:
             log.error("sweeper could not re-publish for saga %s: %s", saga_id, escape(exc))
     report.signals = deliver_kept_signals(rt)
     report.escalated = escalate(rt)
+    if rt.settings.retention is not None:
+        try:
+            pruned = retention.prune(
+                rt.store, rt.settings.retention, batch=rt.settings.retention_batch, max_batches=1
+            )
+            report.pruned = pruned.deleted
+        except SagaError as exc:
+            report.errors += 1
+            log.error("sweeper could not prune finished sagas: %s", escape(exc))
     return report
 
 

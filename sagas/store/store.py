@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, func, insert, select, text, update
+from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 
 from ..clock import SYSTEM, Clock
@@ -488,6 +488,44 @@ class Store:
         row = self._single(lambda c: c.execute(statements.PEEK, {"saga_id": saga_id}).one())
         return (None if row.id is None else record_from_row(row)), utc(row.db_now) or row.db_now
 
+    # -- retention --------------------------------------------------------------------------------
+
+    def finished_before(self, before: datetime, limit: int) -> builtins.list[str]:
+        """Ids of up to ``limit`` finished sagas (completed or failed) whose row last changed
+        before ``before`` (served by the (state, updated_at) index)."""
+        query = (
+            select(saga_table.c.id)
+            .where(saga_table.c.state.in_(FINISHED_STATES), saga_table.c.updated_at < before)
+            .limit(limit)
+        )
+        with self._connect() as conn:
+            return [r.id for r in conn.execute(query)]
+
+    def count_finished_before(self, before: datetime) -> int:
+        query = select(func.count()).where(
+            saga_table.c.state.in_(FINISHED_STATES), saga_table.c.updated_at < before
+        )
+        with self._connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def delete_finished(self, saga_ids: builtins.list[str], before: datetime) -> int:
+        """Delete these sagas with their steps, history, signals and choreography ledger (ON
+        DELETE CASCADE) if they are still finished and unchanged since ``before``. One short
+        transaction; on PostgreSQL a row another transaction holds is skipped, not waited
+        for, and active sagas are never touched. Returns how many were deleted."""
+        if not saga_ids:
+            return 0
+        chosen = select(saga_table.c.id).where(
+            saga_table.c.id.in_(saga_ids),
+            saga_table.c.state.in_(FINISHED_STATES),
+            saga_table.c.updated_at < before,
+        )
+        if self.is_postgres:
+            chosen = chosen.with_for_update(skip_locked=True)
+        stmt = delete(saga_table).where(saga_table.c.id.in_(chosen.scalar_subquery()))
+        with translated(self.url), self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount or 0)
+
     def create(self, new: NewSaga, *, now: datetime) -> SagaRecord | None:
         """Insert a saga ``peek`` found free; None when inserted, or the existing record if the
         id was taken since (by a concurrent start, or by this call's own first attempt).
@@ -510,6 +548,7 @@ class Store:
 
 
 ACTIVE_STATES = tuple(s.value for s in ACTIVE_SAGA_STATES)
+FINISHED_STATES = tuple(s.value for s in SagaState if s.terminal)
 
 
 @dataclass(frozen=True, slots=True)

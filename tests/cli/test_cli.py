@@ -158,3 +158,34 @@ def test_metrics_prints_store_gauges_in_prometheus_format(demo_db: tuple[str, st
         assert gauge in lines
     assert "sagas_oldest_active_seconds 0.0" in lines  # nothing active after the demo
     assert all(ln.startswith(("# HELP ", "# TYPE ", "sagas_")) for ln in lines)
+
+
+def test_prune_counts_asks_archives_and_deletes(tmp_path: Path) -> None:
+    from sagas.state import SagaState
+    from sagas.store import Store, migrate
+    from tests.store.test_retention import age
+    from tests.store.test_store_contract import insert
+
+    db = f"sqlite:///{tmp_path / 'prune.db'}"
+    store = Store(db)
+    migrate.upgrade(store.engine)
+    for i, state in enumerate([SagaState.COMPLETED, SagaState.FAILED, SagaState.COMPLETED]):
+        insert(store, f"old-{i}")
+        age(store, f"old-{i}", state, 40)
+    insert(store, "running")
+    age(store, "running", SagaState.PENDING, 40)
+    store.dispose()
+    dry = run("prune", "--older-than", "30d", "--dry-run", db=db)
+    assert dry.returncode == 0 and dry.stdout.startswith("3 finished saga(s)"), dry.stdout
+    refused = run("prune", "--older-than", "30d", db=db)  # no terminal to say yes: aborted
+    assert refused.returncode == 1 and "Aborted" in refused.stderr
+    archive = tmp_path / "old.jsonl"
+    done = run("prune", "--older-than", "30d", "--yes", "--archive", str(archive), db=db)
+    assert done.returncode == 0, done.stderr
+    assert "deleted 3 saga(s)" in done.stdout
+    assert len(archive.read_text().splitlines()) == 3
+    left = run("list", db=db).stdout
+    assert "running" in left and "old-" not in left
+    for bad in ("soon", "-3d", "0"):
+        out = run("prune", "--older-than", bad, db=db)
+        assert out.returncode == 2 and "--older-than" in out.stderr, (bad, out.stderr)

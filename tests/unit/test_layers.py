@@ -79,6 +79,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "versions",
             "signals",
             "heartbeats",
+            "retention",
             "graph",
         },
     ),
