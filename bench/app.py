@@ -30,6 +30,14 @@ app.conf.task_queues = [
         for n in (*SPREAD_QUEUES, INLINE_QUEUE, CHAIN_QUEUE)
     ),
 ]
+if os.environ.get("BENCH_CELERY_DEFAULTS"):
+    # The floor "under Celery's defaults": what a team running plain Celery has (ack on
+    # receipt, prefetch 4 per process, no task events); JSON stays (no pickle, ever).
+    app.conf.task_acks_late = False
+    app.conf.task_reject_on_worker_lost = False
+    app.conf.worker_prefetch_multiplier = 4
+    app.conf.worker_send_task_events = False
+    app.conf.task_send_sent_event = False
 if os.environ.get("BENCH_NO_EVENTS"):
     # Variant: Celery task events off (celeryconfig turns them on for Flower).
     app.conf.worker_send_task_events = False
