@@ -11,7 +11,7 @@ change.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from celery import Task, shared_task
 from celery.exceptions import Retry
@@ -23,7 +23,7 @@ from celery.signals import (
     worker_init,
     worker_process_init,
 )
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import coordinator, faults, starter, sweeper, versions
 from .catalog import get_saga, registered_sagas
@@ -202,13 +202,23 @@ def _direct_start(app: CeleryApp, rt: Runtime, name: str, version: int | None) -
 
 @shared_task(name=REPLY_TASK, **COORDINATOR)
 def step_reply(reply: dict[str, Any]) -> None:
+    parsed = _parsed(StepReply, reply, "step reply")
+    if parsed is not None:
+        coordinator.handle_remote_reply(parsed)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parsed(model: type[M], data: Any, what: str) -> M | None:
+    """A message's body as ``model``; a malformed one is counted, logged and dropped (a
+    redelivery would not make it valid)."""
     try:
-        parsed = StepReply.model_validate(reply)
+        return model.model_validate(data)
     except ValidationError as exc:
         metrics.inc("sagas_bad_replies_total", reason="schema")
-        log.error("malformed step reply dropped: %s", escape(exc.errors()[:3]))
-        return
-    coordinator.handle_remote_reply(parsed)
+        log.error("malformed %s dropped: %s", what, escape(exc.errors()[:3]))
+        return None
 
 
 @shared_task(name=REMOTE_OK_TASK, **COORDINATOR)
@@ -271,11 +281,8 @@ def wake(saga_id: str) -> None:
 # only lets the heartbeat deadline come closer.
 @shared_task(name=HEARTBEAT_TASK, base=_CoordinatorTask, ignore_result=True)
 def heartbeat(beat: dict[str, Any]) -> None:
-    try:
-        parsed = HeartbeatMessage.model_validate(beat)
-    except ValidationError as exc:
-        metrics.inc("sagas_bad_replies_total", reason="schema")
-        log.error("malformed heartbeat dropped: %s", escape(exc.errors()[:3]))
+    parsed = _parsed(HeartbeatMessage, beat, "heartbeat")
+    if parsed is None:
         return
     try:
         coordinator.heartbeat(parsed.saga_id, parsed.step, parsed.attempt, parsed.details)

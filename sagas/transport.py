@@ -156,25 +156,35 @@ def remote_arguments(
 def send_heartbeat(
     app: CeleryApp, beat: HeartbeatMessage, correlation_id: str, coordinator_queue: str
 ) -> None:
-    app.send_task(
-        HEARTBEAT_TASK,
-        args=[beat.model_dump(mode="json")],
-        queue=coordinator_queue,
-        headers=headers(correlation_id, beat.saga_id),
-        argsrepr=f"id={beat.saga_id} step={beat.step} attempt={beat.attempt}",
-        kwargsrepr="{}",
+    describe = f"id={beat.saga_id} step={beat.step} attempt={beat.attempt}"
+    _to_coordinator(
+        app, HEARTBEAT_TASK, beat, beat.saga_id, correlation_id, coordinator_queue, describe
     )
 
 
 def send_reply(
     app: CeleryApp, reply: StepReply, correlation_id: str, coordinator_queue: str
 ) -> None:
+    _to_coordinator(
+        app, REPLY_TASK, reply, reply.saga_id, correlation_id, coordinator_queue, reply.describe()
+    )
+
+
+def _to_coordinator(
+    app: CeleryApp,
+    task: str,
+    message: BaseModel,
+    saga_id: str,
+    correlation_id: str,
+    coordinator_queue: str,
+    describe: str,
+) -> None:
     app.send_task(
-        REPLY_TASK,
-        args=[reply.model_dump(mode="json")],
+        task,
+        args=[message.model_dump(mode="json")],
         queue=coordinator_queue,
-        headers=headers(correlation_id, reply.saga_id),
-        argsrepr=reply.describe(),
+        headers=headers(correlation_id, saga_id),
+        argsrepr=describe,
         kwargsrepr="{}",
     )
 
