@@ -107,3 +107,28 @@ def test_a_saga_without_progress_is_escalated_as_stuck_forward(rt: Runtime) -> N
     assert rt.store.get(saga_id)[0].state is SagaState.PENDING
     HOLD.set()
     wait_for(rt.store, saga_id, timeout=20)
+
+
+def test_a_due_saga_of_a_version_this_process_lacks_is_left_not_counted_as_an_error(
+    rt: Runtime,
+) -> None:
+    """During a rolling deploy the sweeper meets sagas of a version only other processes have:
+    it leaves them to those (no error each pass); if nobody has it, it is still escalated."""
+    from datetime import timedelta
+
+    from sagas.machine import Start, decide, new_status
+    from sagas.store import NewSaga
+
+    saga_id = f"esc-v7-{uuid.uuid4().hex[:10]}"
+    long_ago = rt.store.now() - timedelta(seconds=120)
+    decision = decide(esc.plan, new_status(saga_id, esc.plan, None), Start(long_ago))
+    with rt.store.transaction() as tx:
+        tx.insert(
+            NewSaga(saga_id, esc.name, 7, {"fail": False}, "c-7", decision.status,
+                    decision.history, [])
+        )  # fmt: skip
+    assert saga_id in rt.store.due(1000)
+    report = sweeper.sweep(rt)
+    assert report.unavailable >= 1 and report.errors == 0, report
+    assert rt.store.get(saga_id)[0].lock_version == 1  # nothing written by this process
+    assert _poll(lambda: _stuck_rows(rt, saga_id) == [{"reason": "stuck forward: no progress"}])
