@@ -13,9 +13,11 @@ Compare with the floor: one lock/update/insert transaction per step (``--floor``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 from celery import Celery
@@ -56,14 +58,48 @@ def _engine_run(url: str, n: int) -> dict[str, Any]:
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     sqlcount.COUNTS.clear()
     sqlcount.enable()
-    for i in range(50):
-        one(i)
+    with _counting(app) as counted:
+        for i in range(50):
+            one(i)
     sqlcount.disable()
     return {
         "cpu_ms_per_saga": round(cpu / n * 1000, 3),
         "wall_ms_per_saga": round(wall / n * 1000, 3),
         "per_saga": {k: v / 50 for k, v in sorted(sqlcount.COUNTS.items())},
+        # What else each saga costs besides statements (a worker logs at INFO).
+        "per_saga_other": {k: v / 50 for k, v in sorted(counted.items())},
     }
+
+
+@contextlib.contextmanager
+def _counting(app: Any) -> Any:
+    """Count log records at INFO and above from sagas and messages published while the block
+    runs (a worker logs at INFO)."""
+    import logging
+
+    counts: Counter[str] = Counter()
+
+    class Count(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            counts["log_records"] += 1
+
+    logger = logging.getLogger("sagas")
+    handler, level = Count(logging.INFO), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    send_task = app.send_task
+
+    def counted_send(*args: Any, **kwargs: Any) -> Any:
+        counts["messages_published"] += 1
+        return send_task(*args, **kwargs)
+
+    app.send_task = counted_send
+    try:
+        yield counts
+    finally:
+        app.send_task = send_task
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _floor_run(url: str, n: int) -> dict[str, Any]:
