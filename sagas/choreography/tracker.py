@@ -50,6 +50,9 @@ class _T:
         return Outcome(self.status, tuple(self.history), tuple(self.publish))
 
 
+NO_FAILURE_EVENT = "failed for good and declares no failure event (fails_with)"
+
+
 def new_choreo_status(choreo: Choreography[Any], saga_id: str) -> SagaStatus:
     return SagaStatus(
         id=saga_id,
@@ -122,6 +125,12 @@ def handler_done(
         t.history.append(HistoryRecord(HistoryKind.STEP_FAILED, h.name, attempt, error.as_json()))
         if h.fails_with:
             t.publish.append(h.fails_with)
+        else:
+            # No failure event, so nothing compensates the handlers before it: an operator
+            # decides, flagged now rather than once the stuck threshold has passed.
+            reason = {"reason": NO_FAILURE_EVENT}
+            t.history.append(HistoryRecord(HistoryKind.STEP_PARKED, h.name, attempt, reason))
+            return replace(t.out(), parked=True)
     return t.out()
 
 

@@ -104,6 +104,30 @@ flag_only = Choreography(
 )
 
 
+def refuses(ctx: Any) -> None:
+    from sagas import PermanentError
+
+    raise PermanentError("no such account")
+
+
+no_failure_event = Choreography(
+    "no_failure_event_choreography",
+    payload=Tick,
+    starts_on="nofail.started",
+    completes_on="nofail.done",
+    handlers=[
+        Handler(
+            "refuses",
+            service="svc_one",
+            on="nofail.started",
+            emits="nofail.done",
+            fn=refuses,
+            compensation=None,
+        ),
+    ],
+)
+
+
 def _sid() -> str:
     return f"c-{uuid.uuid4().hex[:12]}"
 
@@ -175,6 +199,19 @@ def test_missing_event_without_a_failure_event_is_flagged_stuck(rt: Runtime) -> 
     record = wait_for(rt.store, saga_id, timeout=20, parked=True)
     assert record.parked and record.state is SagaState.PENDING
     assert ("saga_stuck", "waits") in _kinds(rt, saga_id)
+
+
+def test_a_handler_failing_for_good_without_a_failure_event_is_parked_at_once(
+    rt: Runtime,
+) -> None:
+    """Nothing compensates and nothing announces the failure: the saga is parked for an
+    operator now (not once the stuck threshold passed) and listed as needing attention."""
+    saga_id = no_failure_event.start({"n": 1}, saga_id=_sid())
+    record = wait_for(rt.store, saga_id, timeout=20, states=(), parked=True)
+    assert record.state is SagaState.PENDING
+    [parked] = [h for h in rt.store.get(saga_id)[2] if h.kind == "step_parked"]
+    assert parked.step == "refuses" and "fails_with" in (parked.detail or {})["reason"]
+    assert saga_id in [r.id for r, _ in rt.store.stuck(older_than=3600)]
 
 
 # -- the runner against a real store, messages delivered by hand --------------------------------

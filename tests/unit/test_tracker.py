@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from sagas.choreography import Choreography, Handler
 from sagas.choreography.definition import COMPENSATED_EVENT, HandlerSpec
 from sagas.choreography.tracker import (
+    NO_FAILURE_EVENT,
     Outcome,
     compensation_done,
     compensation_failed,
@@ -236,12 +237,19 @@ def test_failure_publishes_fails_with() -> None:
     assert o.status.state is SagaState.PENDING  # compensation begins when the event is seen
 
 
-def test_a_failure_without_fails_with_publishes_nothing_and_the_saga_stays_pending() -> None:
+def test_a_failure_without_fails_with_parks_the_saga_for_an_operator_at_once() -> None:
+    """Nothing would compensate the handlers before it, and nothing announces the failure:
+    the saga stays pending, parked (the sweeper escalates a parked saga on its next pass)."""
     s = after_successes(3)
-    o = fold(handler_done(ORDER, s, CONFIRM, at(9), error=DECLINED), at(9))
+    done = handler_done(ORDER, s, CONFIRM, at(9), error=DECLINED)
+    assert done.parked is True
+    assert done.history[-1] == HistoryRecord(
+        HistoryKind.STEP_PARKED, "confirm", 1, {"reason": NO_FAILURE_EVENT}
+    )
+    o = fold(done, at(9))
     assert o.publish == ()
     assert o.status.steps[3].state is StepState.FAILED
-    assert o.status.state is SagaState.PENDING  # nothing announces it (see the report)
+    assert o.status.state is SagaState.PENDING
     assert not timed_out(ORDER, o.status, at(10_000)).changed
 
 
