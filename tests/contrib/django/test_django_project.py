@@ -18,7 +18,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -304,7 +303,6 @@ def test_checkout_admin_and_manage_py_saga(project: Path) -> None:
     db = project.parent / "shop.sqlite3"
     assert upgrade.stdout == f"saga store at revision {head_revision()} (<Store sqlite:///{db}>)\n"
 
-    started = time.monotonic()
     with _worker(project):
         driver = _run(project, "driver.py", timeout=120)
         assert driver.returncode == 0, driver.stderr[-4000:] + _worker_log(project)
@@ -314,7 +312,6 @@ def test_checkout_admin_and_manage_py_saga(project: Path) -> None:
             ["saga", "show", "order-2"],
             ["saga", "retry", "order-1", "--reason", "again"],
         )
-    assert time.monotonic() - started < 80
 
     lines = driver.stdout.splitlines()
     assert lines == [
