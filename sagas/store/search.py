@@ -31,6 +31,7 @@ from sqlalchemy import (
     tuple_,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Select
 
 from ..filters import Cursor, SagaFilter, StuckClass
 from ..state import ACTIVE_SAGA_STATES, HistoryKind, SagaKind, SagaState, StepState
@@ -51,6 +52,8 @@ AT_STEP = tuple(
     )
 )
 _TIME = saga_table.c.created_at.type
+# SET LOCAL jit = off, as a function call (PostgreSQL only; see Store._operator_read).
+JIT_OFF = select(func.set_config("jit", "off", true()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,25 +74,42 @@ class StuckSaga:
 def search(
     conn: Connection, now: datetime | None, flt: SagaFilter, *, limit: int, after: Cursor | None
 ) -> SagaPage:
-    query = select(saga_table).where(*conditions(flt, now))
-    if after is not None:
-        key = tuple_(saga_table.c.created_at, saga_table.c.id)
-        query = query.where(
-            key
-            < tuple_(bindparam("c", after.created_at, type_=_TIME), bindparam("i", after.saga_id))
-        )
-    query = query.order_by(saga_table.c.created_at.desc(), saga_table.c.id.desc()).limit(limit + 1)
-    records = [record_from_row(r) for r in conn.execute(query)]
+    rows = conn.execute(list_query(flt, now, limit=limit, after=after))
+    records = [record_from_row(r) for r in rows]
     more = len(records) > limit
     records = records[:limit]
     last = records[-1] if more else None
     return SagaPage(records, Cursor(last.created_at, last.id) if last else None)
 
 
+def list_query(
+    flt: SagaFilter, now: datetime | None, *, limit: int, after: Cursor | None
+) -> Select[Any]:
+    """A page of ``flt``: one more row than ``limit`` (there is a next page if it comes back)."""
+    query = select(saga_table).where(*conditions(flt, now))
+    if after is not None:
+        key = tuple_(saga_table.c.created_at, saga_table.c.id)
+        position = tuple_(
+            bindparam("after_c", after.created_at, type_=_TIME),
+            bindparam("after_i", after.saga_id),
+        )
+        query = query.where(key < position)
+    return query.order_by(saga_table.c.created_at.desc(), saga_table.c.id.desc()).limit(limit + 1)
+
+
 def counts(conn: Connection, now: datetime | None, flt: SagaFilter) -> dict[str, Any]:
     """Sagas matching ``flt`` per state (every state present, zeros included), and how many
     of them are parked."""
-    rows = conn.execute(
+    by_state = {s.value: 0 for s in SagaState}
+    parked = 0
+    for state, n, p in conn.execute(counts_query(flt, now)).all():
+        by_state[state] = int(n)
+        parked += int(p)
+    return {"total": sum(by_state.values()), "by_state": by_state, "parked": parked}
+
+
+def counts_query(flt: SagaFilter, now: datetime | None) -> Select[Any]:
+    return (
         select(
             saga_table.c.state,
             func.count(),
@@ -97,13 +117,7 @@ def counts(conn: Connection, now: datetime | None, flt: SagaFilter) -> dict[str,
         )
         .where(*conditions(flt, now))
         .group_by(saga_table.c.state)
-    ).all()
-    by_state = {s.value: 0 for s in SagaState}
-    parked = 0
-    for state, n, p in rows:
-        by_state[state] = int(n)
-        parked += int(p)
-    return {"total": sum(by_state.values()), "by_state": by_state, "parked": parked}
+    )
 
 
 def conditions(flt: SagaFilter, now: datetime | None) -> list[ColumnElement[bool]]:
@@ -214,6 +228,18 @@ def stuck(
     fired (waiting past due), or nothing scheduled and no change (no progress). A saga whose
     next timer is still ahead (a step within its timeout, a backoff, a wait before its
     deadline) is not stuck."""
+    rows = conn.execute(stuck_query(now, older_than, classes=classes, limit=limit)).all()
+    out = []
+    for row in rows:
+        record, cls = record_from_row(row), StuckClass(row.stuck_class)
+        at, when = utc(row.db_now) or row.db_now, utc(row.stuck_since) or row.stuck_since
+        out.append(StuckSaga(record, cls, _reason(record, cls), when, (at - when).total_seconds()))
+    return out
+
+
+def stuck_query(
+    now: datetime | None, older_than: float, *, classes: Sequence[StuckClass], limit: int
+) -> Select[Any]:
     s = saga_table.c
     cutoff = _ago(now, timedelta(seconds=older_than))
     unsent = s.outbox_at <= cutoff
@@ -236,7 +262,7 @@ def stuck(
     chosen = [t for t in tests if not classes or t[0] in classes]
     why = case(*((test, literal(c.value)) for c, test, _ in chosen), else_=null())
     since = case(*((test, when) for _, test, when in chosen), else_=null())
-    rows = conn.execute(
+    return (
         select(
             saga_table,
             why.label("stuck_class"),
@@ -246,13 +272,7 @@ def stuck(
         .where(s.state.in_(ACTIVE), or_(false(), *(test for _, test, _ in chosen)))
         .order_by(since, s.id)
         .limit(limit)
-    ).all()
-    out = []
-    for row in rows:
-        record, cls = record_from_row(row), StuckClass(row.stuck_class)
-        at, when = utc(row.db_now) or row.db_now, utc(row.stuck_since) or row.stuck_since
-        out.append(StuckSaga(record, cls, _reason(record, cls), when, (at - when).total_seconds()))
-    return out
+    )
 
 
 def _reason(r: SagaRecord, why: StuckClass) -> str:

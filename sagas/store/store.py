@@ -128,21 +128,32 @@ class Store:
     ) -> search_.SagaPage:
         """Sagas matching ``flt``, newest first, ``limit`` a page; the page's ``next`` cursor
         continues after its last saga (one statement, keyset: ``sagas.store.search``)."""
-        with self._connect() as conn:
+        with self._operator_read() as conn:
             return search_.search(conn, self._clock_now(), flt, limit=limit, after=after)
 
     def counts(self, flt: SagaFilter | None = None) -> dict[str, Any]:
         """Sagas per state (zeros included), their total and how many are parked; store-wide,
         or of the sagas matching ``flt``."""
-        with self._connect() as conn:
+        with self._operator_read() as conn:
             return search_.counts(conn, self._clock_now(), flt or SagaFilter())
 
     def stuck_sagas(
         self, older_than: float, *, classes: Sequence[StuckClass] = (), limit: int = 100
     ) -> builtins.list[search_.StuckSaga]:
         """Active sagas stuck at least ``older_than`` seconds, by class, longest stuck first."""
-        with self._connect() as conn:
+        with self._operator_read() as conn:
             return search_.stuck(conn, self._clock_now(), older_than, classes=classes, limit=limit)
+
+    @contextmanager
+    def _operator_read(self) -> Iterator[Connection]:
+        """A read connection for the operator queries. On PostgreSQL with JIT on, the planner's
+        pessimistic estimate for the wait and step filters crosses ``jit_above_cost`` and
+        compiles for 350-600 ms a query that runs in 4 ms (bench/README.md, "Operator
+        queries"), so JIT is off for this transaction only."""
+        with self._connect() as conn:
+            if self.is_postgres:
+                conn.execute(search_.JIT_OFF)
+            yield conn
 
     def _clock_now(self) -> datetime | None:
         """The store's clock for a read's "now", or None: the database's, read in the SQL."""
