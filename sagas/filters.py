@@ -215,11 +215,13 @@ class Cursor:
         if not isinstance(token, str) or not 0 < len(token) <= cls._MAX_LENGTH:
             raise refuse("not a cursor this API handed out")
         head, dot, tag = token.partition(".")
+        if not dot:
+            raise refuse("not a cursor this API handed out")
         try:
             body, mac = _unb64(head), _unb64(tag)
         except (binascii.Error, ValueError):
             raise refuse("not a cursor this API handed out") from None
-        if not dot or not hmac.compare_digest(mac, _digest(body)):
+        if not hmac.compare_digest(mac, _digest(body)):
             raise refuse("it was altered or truncated")
         try:  # the digest matched, so this is a cursor we wrote (or someone recomputed it)
             data = json.loads(body)
