@@ -29,7 +29,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from .errors import SagaInputError
 from .payload import NAME_RE, SAGA_ID_RE
@@ -44,10 +52,15 @@ class CursorInvalid(SagaInputError):
     """A page cursor that this package did not hand out, or that was altered (``field`` is
     ``"cursor"``)."""
 
+    @classmethod
+    def refused(cls, why: str) -> CursorInvalid:
+        return cls(f"cursor: {why}; start again without it", field="cursor")
+
 
 # An exception's class name as the store keeps it, possibly dotted (a remote task's error).
 ERROR_TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}")
 _AGE_RE = re.compile(r"(\d{1,9})([smhdw])")
+_LEAP_SECOND = re.compile(r"(T\d\d:\d\d):60")
 _AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_AGE = timedelta(days=100 * 366)  # keeps "now - age" inside datetime's range
 _WHEN_HELP = (
@@ -56,21 +69,11 @@ _WHEN_HELP = (
 )
 
 
-def _pattern(regex: re.Pattern[str], what: str) -> Any:
-    def check(value: Any) -> Any:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not regex.fullmatch(value):
-            raise ValueError(f"{what} must match {regex.pattern}, got {str(value)[:80]!r}")
-        return value
-
-    return BeforeValidator(check)
-
-
 def _when(value: Any) -> datetime | timedelta | None:
     """A point in time (aware UTC) or an age before now (resolved by the store's clock)."""
     if value is None or isinstance(value, timedelta):
         return value
+    leap = timedelta(0)
     if isinstance(value, datetime):
         found = value
     elif isinstance(value, str):
@@ -81,6 +84,9 @@ def _when(value: Any) -> datetime | timedelta | None:
             if delta > MAX_AGE:
                 raise ValueError(f"age {text!r} is more than 100 years")
             return delta
+        text = text.upper()  # RFC 3339 allows "t" and "z"
+        if _LEAP_SECOND.search(text):  # RFC 3339's 23:59:60: the instant after :59
+            text, leap = _LEAP_SECOND.sub(r"\1:59", text, count=1), timedelta(seconds=1)
         try:
             found = (
                 datetime.combine(date.fromisoformat(text), time())
@@ -88,32 +94,46 @@ def _when(value: Any) -> datetime | timedelta | None:
                 else datetime.fromisoformat(text)
             )
         except ValueError:
-            raise ValueError(f"expected {_WHEN_HELP}, got {text[:80]!r}") from None
+            raise ValueError(f"expected {_WHEN_HELP}, got {value[:80]!r}") from None
     else:
         raise ValueError(f"expected {_WHEN_HELP}")
+    if found.tzinfo is None:
+        found = found.replace(tzinfo=UTC)
     try:
-        return found.replace(tzinfo=UTC) if found.tzinfo is None else found.astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"{value!s:.80} is outside the representable dates") from None
+        return found.astimezone(UTC) + leap
+    except OverflowError:  # within a day of datetime's ends: before or after every saga
+        return (
+            datetime.min.replace(tzinfo=UTC)
+            if found.year == 1
+            else datetime.max.replace(tzinfo=UTC)
+        )
 
 
 def _choices(value: Any) -> Any:
-    """Several values as a list, a repeated query parameter, or one comma-separated string."""
+    """Several values as a list, a repeated query parameter, or one comma-separated string (an
+    empty part stays, and fails as an unknown value)."""
     if value is None:
         return ()
     items = [value] if isinstance(value, str) else list(value)
     out: list[Any] = []
     for item in items:
-        out.extend(p.strip() for p in item.split(",") if p.strip()) if isinstance(
-            item, str
-        ) else out.append(item)
+        if isinstance(item, str):
+            out.extend(part.strip() for part in item.split(","))
+        else:
+            out.append(item)
     return tuple(out)
 
 
-Name = Annotated[str, _pattern(NAME_RE, "a saga, step or signal name")]
-Id = Annotated[str, _pattern(SAGA_ID_RE, "an id")]
-ErrorType = Annotated[str, _pattern(ERROR_TYPE_RE, "an error type")]
-When = Annotated[datetime | timedelta, BeforeValidator(_when)]
+# Patterns anchored, so the published schema says exactly what is accepted.
+Name = Annotated[str, StringConstraints(pattern=f"^{NAME_RE.pattern}$")]
+Id = Annotated[str, StringConstraints(pattern=f"^{SAGA_ID_RE.pattern}$")]
+ErrorType = Annotated[str, StringConstraints(pattern=f"^{ERROR_TYPE_RE.pattern}$")]
+# Published as a date-time; an age ("2h") is accepted too (the description says so).
+When = Annotated[
+    datetime | timedelta,
+    BeforeValidator(_when),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
 
 
 class SagaFilter(BaseModel):
@@ -136,29 +156,21 @@ class SagaFilter(BaseModel):
         "retry, parked, failed, timed out or compensating (or in `step_state`).",
     )
     step_state: Annotated[tuple[StepState, ...], BeforeValidator(_choices)] = Field(
-        (), description="With `step`: that step is in one of these states instead."
+        (), description="A step (`step`, or any) is in one of these states."
     )
     waiting: bool | None = Field(
         None, description="The saga waits for a signal (a wait step, or a parked step's go-ahead)."
     )
-    signal: Name | None = Field(None, description="The saga waits for this signal.")
+    signal: Name | None = Field(
+        None, description="The saga waits for this signal (with `waiting=false`: does not)."
+    )
     parked: bool | None = Field(None, description="The saga is parked for an operator.")
     since: When | None = Field(None, description=f"Created at or after: {_WHEN_HELP}.")
-    until: When | None = Field(None, description=f"Created before: {_WHEN_HELP}.")
+    until: When | None = Field(
+        None, description=f"Created before: {_WHEN_HELP}. Before `since`: nothing matches."
+    )
     updated_since: When | None = Field(None, description="Last changed at or after (as since).")
     updated_until: When | None = Field(None, description="Last changed before (as until).")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SagaFilter:
-        if self.step_state and self.step is None:
-            raise FilterInvalid("step_state needs step (which step's state)", field="step_state")
-        if self.signal is not None and self.waiting is False:
-            raise FilterInvalid("signal names a wait, but waiting is false", field="signal")
-        for low, high in (("since", "until"), ("updated_since", "updated_until")):
-            a, b = getattr(self, low), getattr(self, high)
-            if isinstance(a, datetime) and isinstance(b, datetime) and b < a:
-                raise FilterInvalid(f"{high} ({b.isoformat()}) is before {low}", field=high)
-        return self
 
     @classmethod
     def parse(cls, data: Mapping[str, Any]) -> SagaFilter:
@@ -209,9 +221,7 @@ class Cursor:
 
     @classmethod
     def decode(cls, token: str) -> Cursor:
-        def refuse(why: str) -> CursorInvalid:
-            return CursorInvalid(f"cursor: {why}; start again without it", field="cursor")
-
+        refuse = CursorInvalid.refused
         if not isinstance(token, str) or not 0 < len(token) <= cls._MAX_LENGTH:
             raise refuse("not a cursor this API handed out")
         head, dot, tag = token.partition(".")

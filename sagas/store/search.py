@@ -145,7 +145,7 @@ def conditions(flt: SagaFilter, now: datetime | None) -> list[ColumnElement[bool
             where.append(column < _point(high, now))
     if flt.error_type is not None:
         where.append(_error_type(flt.error_type))
-    if flt.step is not None:
+    if flt.step is not None or flt.step_state:
         where.append(_at_step(flt.step, flt.step_state))
     if flt.waiting is not None or flt.signal is not None:
         waits = _waiting(flt.signal)
@@ -182,7 +182,7 @@ def _error_type(name: str) -> ColumnElement[bool]:
     return or_(failure == name, step_error)
 
 
-def _at_step(name: str, states: Sequence[StepState]) -> ColumnElement[bool]:
+def _at_step(name: str | None, states: Sequence[StepState]) -> ColumnElement[bool]:
     st = step_table.c
     if states:
         state: ColumnElement[bool] = st.state.in_([v.value for v in states])
@@ -190,7 +190,8 @@ def _at_step(name: str, states: Sequence[StepState]) -> ColumnElement[bool]:
         state = or_(
             st.state.in_(AT_STEP), and_(st.state == StepState.PENDING.value, st.attempt > 0)
         )
-    return exists().where(st.saga_id == saga_table.c.id, st.name == name, state)
+    named = st.name == name if name is not None else true()
+    return exists().where(st.saga_id == saga_table.c.id, named, state)
 
 
 def _waiting(signal: str | None) -> ColumnElement[bool]:

@@ -38,7 +38,11 @@ router = APIRouter(responses=_ERRORS)
 class ListParams(SagaFilter):
     """A page of sagas: the filter, and where the page starts."""
 
-    cursor: str | None = Field(None, max_length=400, description="`next_cursor` of the last page.")
+    cursor: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,300}\.[A-Za-z0-9_-]{22}$",
+        description="`next_cursor` of the page before (opaque; a tampered one is a 400).",
+    )
     limit: int = Field(50, ge=1, le=views.MAX_PAGE, description="Sagas per page.")
 
 
@@ -78,7 +82,7 @@ def list_sagas(params: Annotated[ListParams, Query()], store: StoreDep) -> views
     responses={404: {"model": ErrorBody, "description": "No saga with this id."}},
 )
 def get_saga(
-    saga_id: Annotated[str, Path(max_length=128, pattern=SAGA_ID_RE.pattern)], store: StoreDep
+    saga_id: Annotated[str, Path(pattern=f"^{SAGA_ID_RE.pattern}$")], store: StoreDep
 ) -> views.SagaDetail:
     return views.detail(store, check_saga_id(saga_id, field="saga_id"))
 

@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from ..errors import SagaInputError, SagaNotFound, StoreError, StoreUnavailable
+from ..filters import CursorInvalid
 from ..settings import Settings
 from ..store import Store
 from . import api
@@ -73,6 +74,10 @@ async def _bad_request(_request: Request, exc: Exception) -> JSONResponse:
         return await _input_error(_request, cause)
     loc = [str(p) for p in first.get("loc", ()) if p not in ("query", "path", "body")]
     field = loc[0] if loc else None
+    if field == "cursor":  # its published pattern refused it: the same answer as a bad digest
+        return await _input_error(
+            _request, CursorInvalid.refused("not a cursor this API handed out")
+        )
     text = str(first.get("msg", "invalid")).removeprefix("Value error, ")
     message = f"{field}: {text}" if field else text
     return _error(400, "FilterInvalid" if field else "BadRequest", message, field)
