@@ -97,6 +97,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [
     ("error type, rare (retrying)", {"error_type": "CarrierUnavailable"}),
     ("step (where it is)", {"step": "approval", "state": "pending"}),
     ("step + step_state", {"step": "approval", "step_state": "compensation_failed"}),
+    ("any step in a state", {"step_state": "compensation_failed"}),
     ("waiting for any signal", {"waiting": True}),
     ("waiting for signal approval", {"signal": "approval"}),
     ("parked", {"parked": True}),
