@@ -2,7 +2,6 @@
 between committing a start and publishing its first command (the sweeper has not repaired it
 yet: this operator's clock runs ahead of any sweeper)."""
 
-
 from __future__ import annotations
 
 from collections.abc import Iterator
