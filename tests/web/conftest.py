@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from kombu.transport import memory
 
 import sagas
 from sagas.clock import FakeClock
@@ -94,6 +95,10 @@ def sqlite_shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shop]:
 @pytest.fixture(scope="session")
 def pg_shop() -> Iterator[Shop]:
     with scratch_database("sagas_web") as url:
+        # The in-memory broker's exchanges are process-wide: an earlier test's embedded runtime
+        # may have left 'sagas.events' declared with other arguments, and the worker thread
+        # would then die on redeclaring it (NotEquivalentError) while start_worker waits.
+        memory.Transport.global_state.clear()
         with embedded(shop.app, database_url=url):
             ids, order = _run_on_workers(url)
         store = Store(url)
