@@ -164,14 +164,14 @@ def test_upgrade_from_0003_with_a_saga_in_flight(engine: Engine) -> None:
     assert store.pending_signal("old-1", "approval") == ("s-1", {"by": "ops"})
 
 
-def test_upgrade_from_0005_with_sagas_in_flight_then_query_them(engine: Engine) -> None:
-    """A store at 0005 holding a saga in flight (a step failed, waiting to retry) and a finished
-    one: 0006 adds the operator query indexes; both sagas are found by the new filters and
+def test_upgrade_from_0006_with_sagas_in_flight_then_query_them(engine: Engine) -> None:
+    """A store at 0006 holding a saga in flight (a step failed, waiting to retry) and a finished
+    one: 0007 adds the operator query indexes; both sagas are found by the new filters and
     pages, and the one in flight moves on."""
-    migrate.upgrade(engine, "0005")
+    migrate.upgrade(engine, "0006")
     now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
     error = {"type": "GatewayDown", "message": "503", "retryable": True}
-    # 0006 adds indexes only, so today's table definitions write what 0005 holds (and in the
+    # 0007 adds indexes only, so today's table definitions write what 0006 holds (and in the
     # store's own timestamp format, as the engine writes it).
     with engine.begin() as conn:
         for sid, state, at in (
