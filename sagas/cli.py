@@ -16,17 +16,18 @@ from typing import Any, TypeVar
 
 import click
 
-from . import coordinator, graph, report, retention, signals, versions
+from . import coordinator, graph, report, retention, signals, versions, views
 from .definition import get_orchestrated
 from .doctor import run as doctor_checks
 from .errors import SagaError, StoreError
 from .examples.demo import run_embedded, run_loans, run_trips
+from .filters import CursorInvalid, FilterInvalid, SagaFilter, StuckClass
 from .install import configure
 from .observability import escape
 from .payload import check_saga_id
 from .runtime import Runtime, current_runtime
 from .settings import Settings
-from .state import SagaState, StepState
+from .state import StepState
 from .store import Store
 from .store.migrate import current_revision
 from .store.migrate import upgrade as run_upgrade
@@ -39,6 +40,11 @@ def _one_line_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except (FilterInvalid, CursorInvalid) as exc:  # bad usage: exit 2, like click's own
+            option = f"--{(exc.field or 'filter').replace('_', '-')}"
+            text = str(exc).removeprefix(f"{exc.field}: ")
+            click.echo(f"error: {option}: {text}".splitlines()[0], err=True)
+            sys.exit(2)
         except StoreError as exc:
             text = str(exc).splitlines()[0]
             missing = "no such table" in text or "does not exist" in text
@@ -69,47 +75,136 @@ def main() -> None:
     """sagas: distributed transactions on Celery."""
 
 
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON (the HTTP API's shape).")
+
+
+def _emit(view: Any) -> None:
+    click.echo(view.model_dump_json() if hasattr(view, "model_dump_json") else json.dumps(view))
+
+
+def _many(values: tuple[str, ...]) -> str | None:
+    return ",".join(values) if values else None
+
+
 @main.command("list")
-@click.option("--state", type=click.Choice([s.value for s in SagaState]), default=None)
+@click.option("--state", multiple=True, help="Saga state(s): repeat or comma-separate.")
 @click.option("--name", default=None, help="Only sagas of this name.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--version", "version", type=int, default=None, help="Definition version.")
+@click.option("--correlation-id", default=None)
+@click.option("--error-type", default=None, help="Failed with, or a step's last error is, this.")
+@click.option("--step", default=None, help="At (or stopped at) this step.")
+@click.option("--step-state", multiple=True, help="With --step: that step in these states.")
+@click.option(
+    "--waiting",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[SIGNAL]",
+    help="Waiting for a signal (any, or this one).",
+)
+@click.option("--parked/--not-parked", default=None, help="Parked for an operator (or not).")
+@click.option("--since", default=None, help="Created at or after: a date-time or an age (2h).")
+@click.option("--until", default=None, help="Created before: a date-time or an age (30m).")
+@click.option("--updated-since", default=None, help="Last changed at or after.")
+@click.option("--updated-until", default=None, help="Last changed before.")
+@click.option("--cursor", default=None, help="Continue after the page that printed it.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, views.MAX_PAGE))
+@_JSON
 @_one_line_errors
-def list_(state: str | None, name: str | None, limit: int) -> None:
-    """List sagas, newest first."""
-    records = _store().list(state=SagaState(state) if state else None, name=name, limit=limit)
-    click.echo(report.saga_list(records))
+def list_(
+    state: tuple[str, ...],
+    step_state: tuple[str, ...],
+    waiting: str | None,
+    cursor: str | None,
+    limit: int,
+    as_json: bool,
+    **fields: Any,
+) -> None:
+    """List sagas, newest first, a page at a time (the next page's --cursor is printed)."""
+    flt = SagaFilter.parse(
+        {
+            **fields,
+            "state": _many(state),
+            "step_state": _many(step_state),
+            "waiting": True if waiting == "" else None,
+            "signal": waiting or None,
+        }
+    )
+    found = views.page(_store(), flt, limit=limit, cursor=cursor)
+    if as_json:
+        _emit(found)
+        return
+    click.echo(report.saga_list(found.items))
+    if found.next_cursor:
+        click.echo(f"next page: --cursor {found.next_cursor}")
 
 
 @main.command()
 @click.argument("saga_id")
+@_JSON
 @_one_line_errors
-def show(saga_id: str) -> None:
+def show(saga_id: str, as_json: bool) -> None:
     """Show one saga's steps and its full timeline."""
     check_saga_id(saga_id, field="ID")
+    if as_json:
+        _emit(views.detail(_store(), saga_id))
+        return
     click.echo(report.timeline(*_store().get(saga_id)))
 
 
 @main.command()
-@click.option("--older-than", default=300.0, show_default=True, help="Seconds without progress.")
+@click.option("--older-than", default=300.0, show_default=True, help="Seconds stuck.")
+@click.option(
+    "--class",
+    "classes",
+    multiple=True,
+    type=click.Choice([c.value for c in StuckClass]),
+    help="Only this class (repeat); default: every class.",
+)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, views.MAX_PAGE))
+@_JSON
 @_one_line_errors
-def stuck(older_than: float) -> None:
-    """Sagas needing attention: dead-lettered, no progress, or unsent commands."""
-    found = _store().stuck(older_than)
-    if not found:
+def stuck(older_than: float, classes: tuple[str, ...], limit: int, as_json: bool) -> None:
+    """Active sagas needing attention, longest stuck first: dead-lettered, unsent commands,
+    waiting past due (a timer not fired), no progress (nothing scheduled, no change)."""
+    found = views.stuck(
+        _store(),
+        older_than=older_than,
+        classes=[StuckClass(c) for c in classes],
+        limit=limit,
+    )
+    if as_json:
+        _emit(found)
+        return
+    if not found.items:
         click.echo("no stuck sagas")
         return
-    rows = [[r.id, r.name, r.state.value, report.ts(r.updated_at), why] for r, why in found]
-    click.echo(report.table(["ID", "NAME", "STATE", "LAST PROGRESS", "WHY"], rows))
+    rows = [
+        [
+            s.saga.id,
+            s.saga.name,
+            s.saga.state.value,
+            s.stuck_class.value,
+            report.age(s.stuck_for_seconds),
+            s.reason,
+        ]
+        for s in found.items
+    ]
+    click.echo(report.table(["ID", "NAME", "STATE", "CLASS", "FOR", "WHY"], rows, shrink=(5, 1)))
 
 
 @main.command()
+@_JSON
 @_one_line_errors
-def metrics() -> None:
+def metrics(as_json: bool) -> None:
     """Store-wide gauges in Prometheus text format (for a textfile collector or a scrape job).
 
     Computed from the saga tables, so they cover every worker process; the per-process
     counters (sagas_started_total, ...) are in each process's ``sagas.observability.metrics``."""
     stats = _store().stats(unsent_grace=Settings().outbox_grace)
+    if as_json:
+        _emit(views.MetricsView.of(stats))
+        return
     click.echo(report.prometheus(stats))
 
 
@@ -154,25 +249,27 @@ def dlq() -> None:
 
 
 @dlq.command("list")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@_JSON
 @_one_line_errors
-def dlq_list() -> None:
+def dlq_list(limit: int, as_json: bool) -> None:
     """Parked sagas and the compensation (or parked step) each is waiting on."""
+    found = views.dead_letters(_store(), limit=limit)
+    if as_json:
+        click.echo(json.dumps([d.model_dump(mode="json") for d in found]))
+        return
     rows = [
         [
-            r.id,
-            r.name,
-            step.name if step.state is StepState.COMPENSATION_FAILED else f"{step.name} (parked)",
-            str(
-                step.compensation_attempt
-                if step.state is StepState.COMPENSATION_FAILED
-                else step.attempt
-            ),
-            escape(f"{step.error.type}: {step.error.message}")[:70] if step.error else "",
+            d.saga.id,
+            d.saga.name,
+            d.step if d.step_state is StepState.COMPENSATION_FAILED else f"{d.step} (parked)",
+            str(d.attempts),
+            escape(f"{d.error.type}: {d.error.message}")[:70] if d.error else "",
         ]
-        for r, step in _store().dead_letters()
+        for d in found
     ]
     click.echo(
-        report.table(["ID", "NAME", "STEP", "ATTEMPTS", "LAST ERROR"], rows)
+        report.table(["ID", "NAME", "STEP", "ATTEMPTS", "LAST ERROR"], rows, shrink=(4, 1))
         if rows
         else "dead-letter list is empty"
     )
@@ -234,6 +331,27 @@ def doctor(app_path: str | None) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to bind; loopback by default (the API has no authentication of its own).",
+)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@_one_line_errors
+def dashboard(host: str, port: int) -> None:
+    """Serve the read-only saga API (OpenAPI schema at /api/openapi.json) with uvicorn."""
+    try:  # an optional extra: imported only when asked for, with a clear message if missing
+        web = importlib.import_module("sagas.web.serve")
+    except ModuleNotFoundError as exc:
+        raise SagaError(
+            f"saga dashboard needs the dashboard extra ({exc.name} is not installed): "
+            "pip install 'celery-sagas[dashboard]'"
+        ) from None
+    web.serve(_store(), host=host, port=port)
+
+
 @main.command("signal")
 @click.argument("saga_id")
 @click.argument("name")
@@ -270,8 +388,9 @@ def graph_(name: str, version: int | None, app_path: str | None) -> None:
 
 @main.command("versions")
 @_APP_OPTION
+@_JSON
 @_one_line_errors
-def versions_(app_path: str | None) -> None:
+def versions_(app_path: str | None, as_json: bool) -> None:
     """Saga versions: sagas in flight and finished per version, which versions this deployment
     defines (with --app / SAGAS_CELERY_APP) and which new starts take.
 
@@ -282,6 +401,22 @@ def versions_(app_path: str | None) -> None:
         settings = Settings()
         rt = Runtime(settings=settings, store=_store(), app=None)
     lines = versions.report(rt)
+    problems = [p for line in lines for p in line.problems]
+    if as_json:
+        found = [
+            views.VersionView(
+                name=v.name,
+                version=v.version,
+                in_flight=v.in_flight,
+                finished=v.finished,
+                defined=v.defined,
+                newest=v.newest,
+                problems=v.problems,
+            )
+            for v in lines
+        ]
+        _emit(views.VersionsView(versions=found, ok=not problems))
+        sys.exit(1 if problems else 0)
     if not lines:
         click.echo("no sagas")
         return
@@ -297,8 +432,7 @@ def versions_(app_path: str | None) -> None:
         for line in lines
     ]
     headers = ["NAME", "VERSION", "IN FLIGHT", "FINISHED", "DEFINED", "DEFINITION"]
-    click.echo(report.table(headers, rows))
-    problems = [p for line in lines for p in line.problems]
+    click.echo(report.table(headers, rows, shrink=(0,)))
     for problem in problems:
         click.echo(f"error: {problem}", err=True)
     if problems:

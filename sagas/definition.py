@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict
 from . import registry
 from .errors import DefinitionError, SignalUnknown
 from .machine import Plan, StepPlan
-from .payload import check_json
+from .payload import NAME_RE, check_json
 from .registry import (
     SagaHandle,
     StartOptions,
@@ -45,7 +45,6 @@ from .routes import AwaitOperator, Compensate, Continue, Park, RetryAfter, Route
 from .state import Action, SagaKind
 
 P = TypeVar("P", bound=BaseModel)
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_SECONDS = 10 * 365 * 86400.0  # keeps deadline arithmetic inside datetime's range
 QUEUE_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 # What a wait step (no task: it waits for a signal) has for a queue; nothing is sent to it.

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ValidationError
 from .errors import InvalidSagaId, PayloadInvalid, PayloadNotJSON, PayloadTooLarge
 
 SAGA_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+# Saga, step, group, signal and handler names (checked when a definition is declared).
+NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_INT_BITS = 4096
 # PostgreSQL's jsonb cannot store NUL, nor the escapes of lone UTF-16 surrogates (which are not
 # UTF-8 either).

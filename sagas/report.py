@@ -2,30 +2,81 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from .definition import get_orchestrated
 from .errors import SagaError
 from .machine import Plan, SagaStatus
 from .observability import escape
 from .payload import encode
-from .state import HistoryKind, StepState
+from .state import HistoryKind, SagaState, StepState
 from .store import HistoryEntry, SagaRecord
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    shrink: Sequence[int] = (),
+    optional: Sequence[int] = (),
+    width: int | None = None,
+) -> str:
+    """Columns padded to their widest cell. Wider than the terminal (``width``; 80 when not a
+    terminal, so piped output is stable), the ``optional`` columns are dropped in order, then
+    the ``shrink`` columns are cut (with ``~``) down to 8 characters; ids are never cut. Scripts
+    read ``--json`` instead."""
+    limit = width or shutil.get_terminal_size((80, 24)).columns
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))
-    out = [line.rstrip(), "  ".join("-" * w for w in widths)]
-    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    keep = list(range(len(headers)))
+
+    def over() -> int:
+        return sum(widths[i] for i in keep) + 2 * (len(keep) - 1) - limit
+
+    for i in optional:
+        if over() > 0:
+            keep.remove(i)
+    for i in shrink:
+        cut = min(over(), widths[i] - max(8, len(headers[i])))
+        if cut > 0:
+            widths[i] -= cut
+
+    def cell(text: str, i: int) -> str:
+        w = widths[i]
+        return (text if len(text) <= w else text[: w - 1] + "~").ljust(w)
+
+    out = ["  ".join(cell(headers[i], i) for i in keep).rstrip()]
+    out.append("  ".join("-" * widths[i] for i in keep))
+    out += ["  ".join(cell(r[i], i) for i in keep).rstrip() for r in rows]
     return "\n".join(out)
 
 
-def saga_list(records: Sequence[SagaRecord]) -> str:
+class Listed(Protocol):
+    """What a list row shows: a ``SagaRecord`` or the API's ``SagaSummary``."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def state(self) -> SagaState: ...
+    @property
+    def parked(self) -> bool: ...
+    @property
+    def correlation_id(self) -> str: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def updated_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+
+
+def saga_list(records: Sequence[Listed]) -> str:
     if not records:
         return "no sagas"
     rows = [
@@ -39,7 +90,8 @@ def saga_list(records: Sequence[SagaRecord]) -> str:
         ]
         for r in records
     ]
-    return table(["ID", "NAME", "STATE", "CREATED", "DURATION", "CORRELATION"], rows)
+    headers = ["ID", "NAME", "STATE", "CREATED", "DURATION", "CORRELATION"]
+    return table(headers, rows, optional=(5, 4), shrink=(1,))
 
 
 def timeline(record: SagaRecord, status: SagaStatus, history: Sequence[HistoryEntry]) -> str:
@@ -144,6 +196,18 @@ def _detail(h: HistoryEntry) -> str:
     if h.kind in (HistoryKind.COMPENSATION_STARTED, HistoryKind.SAGA_FAILED) and "type" in d:
         return escape(f"{d.get('type')}: {d.get('message')}")[:80]
     return escape(", ".join(f"{k}={v}" for k, v in d.items()))[:80]
+
+
+def age(seconds: float) -> str:
+    """A duration for a narrow column: 42s, 17m, 5h12m, 3d4h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
 def ts(value: datetime | None) -> str:

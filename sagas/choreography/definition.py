@@ -20,8 +20,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from ..definition import NAME_RE, QUEUE_RE, REQUIRED, P, Startable, StepContext, seconds_of
+from ..definition import QUEUE_RE, REQUIRED, P, Startable, StepContext, seconds_of
 from ..errors import DefinitionError
+from ..payload import NAME_RE
 from ..registry import lookup_as, register
 from ..retry import DEFAULT_COMPENSATION_RETRY, DEFAULT_RETRY, RetryPolicy
 from ..state import SagaKind

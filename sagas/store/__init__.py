@@ -19,6 +19,7 @@ from .records import (
     payload_hash,
     utc,
 )
+from .search import SagaPage, StuckSaga
 from .store import Store, VersionCount
 from .tx import Tx
 
@@ -26,8 +27,10 @@ __all__ = [
     "HistoryEntry",
     "NewSaga",
     "SagaRecord",
+    "SagaPage",
     "Snapshot",
     "Store",
+    "StuckSaga",
     "Transition",
     "Tx",
     "VersionCount",

@@ -83,6 +83,7 @@ class SagaRow(Base):
         Index("ix_saga_name_created", "name", "created_at"),
         Index("ix_saga_name_version_state", "name", "version", "state"),
         Index("ix_saga_correlation_id", "correlation_id"),
+        Index("ix_saga_created_id", "created_at", "id"),  # the operator list: order and keyset
     )
 
 
@@ -178,6 +179,13 @@ class SagaSignalRow(Base):
 
 saga_table = cast(Table, SagaRow.__table__)
 step_table = cast(Table, SagaStepRow.__table__)
+# Steps with an error, for the operators' error-type filter (partial: most steps have none).
+Index(
+    "ix_saga_step_error",
+    step_table.c.saga_id,
+    postgresql_where=step_table.c.error.is_not(None),
+    sqlite_where=step_table.c.error.is_not(None),
+)
 history_table = cast(Table, SagaHistoryRow.__table__)
 handled_table = cast(Table, SagaHandledRow.__table__)
 orphan_table = cast(Table, SagaOrphanEventRow.__table__)

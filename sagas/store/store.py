@@ -12,7 +12,7 @@ in ``engine``.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,9 +23,11 @@ from sqlalchemy.engine import Connection
 
 from ..clock import SYSTEM, Clock
 from ..errors import ConfigurationError, SagaNotFound, StoreConflict, StoreUnavailable
+from ..filters import Cursor, SagaFilter, StuckClass
 from ..machine import HistoryRecord, SagaStatus, StepStatus
 from ..settings import mask_url
 from ..state import ACTIVE_SAGA_STATES, HistoryKind, SagaKind, SagaState, StepState
+from . import search as search_
 from . import statements
 from .engine import READ_ONLY, db_now, dropped_connection, make_engine, translated
 from .records import (
@@ -120,6 +122,42 @@ class Store:
             query = query.where(saga_table.c.name == name)
         with self._connect() as conn:
             return [record_from_row(r) for r in conn.execute(query)]
+
+    def search(
+        self, flt: SagaFilter, *, limit: int = 50, after: Cursor | None = None
+    ) -> search_.SagaPage:
+        """Sagas matching ``flt``, newest first, ``limit`` a page; the page's ``next`` cursor
+        continues after its last saga (one statement, keyset: ``sagas.store.search``)."""
+        with self._operator_read() as conn:
+            return search_.search(conn, self._clock_now(), flt, limit=limit, after=after)
+
+    def counts(self, flt: SagaFilter | None = None) -> dict[str, Any]:
+        """Sagas per state (zeros included), their total and how many are parked; store-wide,
+        or of the sagas matching ``flt``."""
+        with self._operator_read() as conn:
+            return search_.counts(conn, self._clock_now(), flt or SagaFilter())
+
+    def stuck_sagas(
+        self, older_than: float, *, classes: Sequence[StuckClass] = (), limit: int = 100
+    ) -> builtins.list[search_.StuckSaga]:
+        """Active sagas stuck at least ``older_than`` seconds, by class, longest stuck first."""
+        with self._operator_read() as conn:
+            return search_.stuck(conn, self._clock_now(), older_than, classes=classes, limit=limit)
+
+    @contextmanager
+    def _operator_read(self) -> Iterator[Connection]:
+        """A read connection for the operator queries. On PostgreSQL with JIT on, the planner's
+        pessimistic estimate for the wait and step filters crosses ``jit_above_cost`` and
+        compiles for 350-600 ms a query that runs in 4 ms (bench/README.md, "Operator
+        queries"), so JIT is off for this transaction only."""
+        with self._connect() as conn:
+            if self.is_postgres:
+                conn.execute(search_.JIT_OFF)
+            yield conn
+
+    def _clock_now(self) -> datetime | None:
+        """The store's clock for a read's "now", or None: the database's, read in the SQL."""
+        return None if self.is_postgres else self.clock.now()
 
     def due(self, limit: int) -> builtins.list[str]:
         """Ids of sagas with a timer due now (database clock)."""

@@ -6,16 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Engine, insert, inspect, text
 
+from sagas.filters import SagaFilter
 from sagas.state import SagaState
 from sagas.store import Store, Transition, make_engine, migrate
-from sagas.store.schema import Base
+from sagas.store.schema import Base, saga_table, step_table
 from tests.services import scratch_database
 
 TABLES = set(Base.metadata.tables)
@@ -65,12 +67,24 @@ def test_upgrade_matches_the_declared_schema(engine: Engine) -> None:
     assert schema_diff(engine) == []
 
 
+def _indexes(engine: Engine) -> dict[str, list[Any]]:
+    """Every index as reflected, with a partial index's condition as its SQL text (reflection
+    hands it back as a new clause object each time)."""
+    return {
+        t: [
+            {**ix, "dialect_options": {k: str(v) for k, v in ix.get("dialect_options", {}).items()}}
+            for ix in inspect(engine).get_indexes(t)
+        ]
+        for t in TABLES
+    }
+
+
 def test_upgrade_twice_is_a_no_op(engine: Engine) -> None:
     migrate.upgrade(engine)
-    indexes = {t: inspect(engine).get_indexes(t) for t in TABLES}
+    indexes = _indexes(engine)
     migrate.upgrade(engine)
     assert migrate.current_revision(engine) == migrate.head_revision()
-    assert {t: inspect(engine).get_indexes(t) for t in TABLES} == indexes
+    assert _indexes(engine) == indexes
     assert schema_diff(engine) == []
 
 
@@ -148,3 +162,49 @@ def test_upgrade_from_0003_with_a_saga_in_flight(engine: Engine) -> None:
     assert store.write(Transition(snap.record, snap.status, done, ()), now=now)
     assert store.add_signal("old-1", "approval", "s-1", {"by": "ops"})
     assert store.pending_signal("old-1", "approval") == ("s-1", {"by": "ops"})
+
+
+def test_upgrade_from_0006_with_sagas_in_flight_then_query_them(engine: Engine) -> None:
+    """A store at 0006 holding a saga in flight (a step failed, waiting to retry) and a finished
+    one: 0007 adds the operator query indexes; both sagas are found by the new filters and
+    pages, and the one in flight moves on."""
+    migrate.upgrade(engine, "0006")
+    now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    error = {"type": "GatewayDown", "message": "503", "retryable": True}
+    # 0007 adds indexes only, so today's table definitions write what 0006 holds (and in the
+    # store's own timestamp format, as the engine writes it).
+    with engine.begin() as conn:
+        for sid, state, at in (
+            ("old-1", "pending", now),
+            ("old-0", "completed", now - timedelta(1)),
+        ):
+            conn.execute(
+                insert(saga_table).values(
+                    id=sid, name="order", kind="orchestrated", version=1, state=state,
+                    payload={"order_id": "o-1"}, payload_hash="h", correlation_id="c",
+                    created_at=at, updated_at=at, parked=False, lock_version=2,
+                )
+            )  # fmt: skip
+        conn.execute(
+            insert(step_table).values(
+                saga_id="old-1", idx=0, name="charge", state="pending", attempt=1,
+                compensation_attempt=0, error=error, in_doubt=False,
+            )
+        )  # fmt: skip
+    migrate.upgrade(engine)
+    assert schema_diff(engine) == []
+    names = {ix["name"] for t in ("saga", "saga_step") for ix in inspect(engine).get_indexes(t)}
+    assert {"ix_saga_created_id", "ix_saga_step_error"} <= names
+    store = Store(str(engine.url.render_as_string(hide_password=False)), engine=engine)
+    first = store.search(SagaFilter(), limit=1)
+    assert [r.id for r in first.records] == ["old-1"] and first.next is not None
+    assert [r.id for r in store.search(SagaFilter(), limit=1, after=first.next).records] == [
+        "old-0"
+    ]
+    found = store.search(SagaFilter(error_type="GatewayDown", step="charge"))
+    assert [r.id for r in found.records] == ["old-1"]
+    snap = store.load("old-1")
+    assert snap is not None
+    done = replace(snap.status, state=SagaState.COMPLETED)
+    assert store.write(Transition(snap.record, snap.status, done, ()), now=now)
+    assert store.counts()["by_state"]["completed"] == 2

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "observability",
             "faults",
             "clock",
+            "filters",
         },
     ),
     (
@@ -59,6 +60,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "store.migrate",
             "store.receipts",
             "store.joined",
+            "store.search",
             "transport",
             "runtime",
             "admission",
@@ -81,6 +83,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "heartbeats",
             "retention",
             "graph",
+            "views",
         },
     ),
     (
@@ -100,6 +103,11 @@ LAYERS: list[tuple[str, set[str]]] = [
             "testing.explore",
             "testing.plugin",
             "testing",
+            # The HTTP API (optional extra): FastAPI, Starlette and uvicorn stay in here.
+            "web",
+            "web.app",
+            "web.api",
+            "web.serve",
         },
     ),
     # The example shop (user-level code shipped for ``saga demo``) and the CLI that runs it.
@@ -157,6 +165,9 @@ DOORS = {
     "flask": lambda m: m == "contrib.flask",
     "flask_sqlalchemy": lambda m: m == "contrib.flask",
     "django": lambda m: m == "contrib.django" or m.startswith("contrib.django."),
+    "fastapi": lambda m: m.split(".")[0] == "web",
+    "starlette": lambda m: m.split(".")[0] == "web",
+    "uvicorn": lambda m: m == "web.serve",
 }
 
 

@@ -618,8 +618,8 @@ def test_configuration_mistakes_are_named(tmp_path: Path) -> None:
     # each app's own Celery app from app.extensions["celery"].
     assert lines[6:] == [
         "f2 True True",
-        "True ['cancel', 'db', 'dlq', 'doctor', 'graph', 'list', 'metrics', 'prune', 'retry', "
-        "'show', 'signal', 'stuck', 'versions']",
+        "True ['cancel', 'dashboard', 'db', 'dlq', 'doctor', 'graph', 'list', 'metrics', 'prune', "
+        "'retry', 'show', 'signal', 'stuck', 'versions']",
         "current_celery_app needs a Flask app context",
         "ok",
     ]
