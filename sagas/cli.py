@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import click
 
-from . import coordinator, graph, report, retention, signals, versions, views
+from . import coordinator, graph, prometheus, report, retention, signals, versions, views
 from .definition import get_orchestrated
 from .doctor import run as doctor_checks
 from .errors import SagaError, StoreError
@@ -193,19 +193,45 @@ def stuck(older_than: float, classes: tuple[str, ...], limit: int, as_json: bool
     click.echo(report.table(["ID", "NAME", "STATE", "CLASS", "FOR", "WHY"], rows, shrink=(5, 1)))
 
 
-@main.command()
+@main.group(invoke_without_command=True)
 @_JSON
+@click.pass_context
 @_one_line_errors
-def metrics(as_json: bool) -> None:
+def metrics(ctx: click.Context, as_json: bool) -> None:
     """Store-wide gauges in Prometheus text format (for a textfile collector or a scrape job).
 
-    Computed from the saga tables, so they cover every worker process; the per-process
-    counters (sagas_started_total, ...) are in each process's ``sagas.observability.metrics``."""
+    Computed from the saga tables, so they cover every worker process. The engine's counters and
+    histograms (SAGAS_METRICS=1) are served by ``saga metrics serve`` or a worker's
+    SAGAS_METRICS_PORT."""
+    if ctx.invoked_subcommand is not None:
+        return
     stats = _store().stats(unsent_grace=Settings().outbox_grace)
     if as_json:
         _emit(views.MetricsView.of(stats))
         return
     click.echo(report.prometheus(stats))
+
+
+@metrics.command("serve")
+@click.option("--port", type=click.IntRange(1, 65535), required=True, help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@_one_line_errors
+def metrics_serve(port: int, host: str) -> None:
+    """Serve /metrics: every worker process's counters and histograms on this host (from
+    $PROMETHEUS_MULTIPROC_DIR, the directory the workers write to) and the store-wide gauges."""
+    if prometheus.multiprocess_dir() is None:
+        click.echo(
+            f"error: set {prometheus.MULTIPROC_ENV} to the directory the workers write to",
+            err=True,
+        )
+        sys.exit(2)
+    store, grace = _store(), Settings().outbox_grace
+    _server, thread = prometheus.serve(port, host, lambda: store.stats(unsent_grace=grace))
+    click.echo(f"serving metrics on http://{host}:{port}/metrics", err=True)
+    try:
+        thread.join()  # the server's thread serves until the process is stopped
+    except KeyboardInterrupt:
+        pass
 
 
 _APP_OPTION = click.option(

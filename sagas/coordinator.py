@@ -13,12 +13,12 @@ neither published nor put in the outbox, and come back in ``Applied.claimed`` fo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import faults
+from . import faults, tracing
 from .admission import check_duplicate_start
 from .commands import build_command, decode_command, encode_command, still_wanted
 from .definition import Saga, StepDef, get_orchestrated
@@ -95,13 +95,18 @@ def start(
     *,
     claim: Claim | None = None,
     joined: CallerTransaction | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> Applied | None:
     """Create the saga from a validated start and dispatch its first step.
 
     Idempotent on ``sid``: returns None when the saga existed already (the same start again;
     anything else raises ``SagaConflict``). With ``joined``, the row is written in the caller's
-    transaction and the first step is dispatched once it commits (None is returned)."""
-    with saga_context(saga=saga.name, saga_id=sid, correlation_id=cid):
+    transaction and the first step is dispatched once it commits (None is returned). ``trace``:
+    the caller's trace context from the start message (tracing on, no span current here)."""
+    with (
+        saga_context(saga=saga.name, saga_id=sid, correlation_id=cid),
+        tracing.starting(saga.name, sid, trace) as carrier,
+    ):
         if joined is None:
             existing, now = rt.store.peek(sid)  # and the database clock, in one round trip
         else:
@@ -125,6 +130,7 @@ def start(
                 decision.history,
                 _outbox(decision, claimed),
                 definition_hash=saga.fingerprint,
+                trace_context=carrier or None,
             )
             if joined is None:
                 existing = rt.store.create(new, now=now)
@@ -219,6 +225,8 @@ def apply(
     faults.hit("coordinator.after_commit")
     with saga_context(saga=record.name, saga_id=record.id, correlation_id=record.correlation_id):
         _log_history(decision.history)
+        if metrics.exporting:
+            _count_history(saga.name, decision.history)
         return _after_commit(
             rt, saga, decision, claimed, snap, now, after_publish="coordinator.after_publish"
         )
@@ -465,11 +473,27 @@ def _publish(
     commands: tuple[Any, ...],
     now: datetime,
 ) -> None:
+    if record.trace_context and tracing.active():
+        with tracing.publishing(record.trace_context):
+            _send_all(rt, saga, record, status, commands, now)
+    else:
+        _send_all(rt, saga, record, status, commands, now)
+
+
+def _send_all(
+    rt: Runtime,
+    saga: Saga[Any],
+    record: SagaRecord,
+    status: SagaStatus,
+    commands: tuple[Any, ...],
+    now: datetime,
+) -> None:
     app, queue = rt.celery, rt.settings.coordinator_queue
     for cmd in commands:
         if isinstance(cmd, Dispatch):
             message = build_command(saga, record, status, cmd)
-            send_step(app, saga.steps[cmd.step], message, queue, saga.payload_model)
+            step = saga.steps[cmd.step]
+            send_step(app, step, message, queue, saga.payload_model, record.trace_context)
         elif isinstance(cmd, WakeAt):
             countdown = (cmd.at - now).total_seconds()
             if countdown <= rt.settings.max_countdown:
@@ -485,8 +509,52 @@ def _publish(
                 escape(cmd.error.message),
             )
         elif isinstance(cmd, Finished):
-            metrics.inc("sagas_finished_total", saga=saga.name, state=cmd.state.value)
-            log.info("saga %s", cmd.state.value)
+            _finished(saga, record, cmd, now)
+
+
+def _finished(saga: Saga[Any], record: SagaRecord, cmd: Finished, now: datetime) -> None:
+    outcome = cmd.state.value
+    metrics.inc("sagas_finished_total", saga=saga.name, state=outcome)
+    if metrics.exporting:
+        seconds = max((now - record.created_at).total_seconds(), 0.0)
+        metrics.observe("sagas_saga_duration_seconds", seconds, saga=saga.name, outcome=outcome)
+    tracing.finished(
+        record.trace_context,
+        name=saga.name,
+        saga_id=record.id,
+        started=record.created_at,
+        ended=now,
+        outcome=outcome,
+    )
+    log.info("saga %s", outcome)
+
+
+# History kinds counted for the served metrics: (metric, outcome label or None).
+_COUNTED: dict[HistoryKind, tuple[str, str | None]] = {
+    HistoryKind.STEP_SUCCEEDED: ("sagas_step_attempts_total", "succeeded"),
+    HistoryKind.STEP_FAILED: ("sagas_step_attempts_total", "failed"),
+    HistoryKind.STEP_TIMED_OUT: ("sagas_step_attempts_total", "timed_out"),
+    HistoryKind.RETRY_SCHEDULED: ("sagas_step_retries_total", None),
+    HistoryKind.STEP_COMPENSATED: ("sagas_compensations_total", "compensated"),
+    HistoryKind.COMPENSATION_FAILED: ("sagas_compensations_total", "failed"),
+    HistoryKind.COMPENSATION_PARKED: ("sagas_compensations_total", "parked"),
+}
+
+
+def _count_history(name: str, history: tuple[HistoryRecord, ...]) -> None:
+    """Count what a committed transition recorded (each attempt's outcome is committed once,
+    whichever worker or reply settled it; duplicates are ``reply_ignored``)."""
+    for h in history:
+        counted = _COUNTED.get(h.kind)
+        if counted is None or h.step is None:
+            continue
+        metric, outcome = counted
+        if h.kind is HistoryKind.STEP_TIMED_OUT and (h.detail or {}).get("action") == "compensate":
+            metric, outcome = "sagas_compensations_total", "timed_out"
+        if outcome is None:
+            metrics.inc(metric, saga=name, step=h.step)
+        else:
+            metrics.inc(metric, saga=name, step=h.step, outcome=outcome)
 
 
 def _log_history(history: tuple[HistoryRecord, ...]) -> None:

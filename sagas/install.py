@@ -14,7 +14,10 @@ import importlib
 from collections.abc import Iterable
 from typing import Any
 
+from . import prometheus
+from .catalog import registered_sagas
 from .errors import ConfigurationError
+from .observability import metrics
 from .runtime import Runtime, set_runtime
 from .settings import Settings
 from .store import Store
@@ -27,8 +30,11 @@ def configure(
 ) -> Runtime:
     """Configure this process: ``settings`` (default: from the environment), the saga ``store``
     (default: ``settings.database_url``) and the Celery ``app`` messages are sent with; bind
-    the step tasks of every saga declared, now and later."""
+    the step tasks of every saga declared, now and later; with ``SAGAS_METRICS`` (or a
+    metrics port) the engine's counts and timings go to ``prometheus_client`` too."""
     runtime = set_runtime(settings=settings, store=store, app=app)
+    if runtime.settings.exports_metrics:
+        metrics.add_sink(prometheus.enable(lambda name: name in registered_sagas()))
     bind_all_step_tasks()
     if app is not None:
         register_step_tasks(app)

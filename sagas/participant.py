@@ -8,18 +8,18 @@ Celery task in ``sagas.tasks`` sends the reply.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from . import coordinator
+from . import coordinator, tracing
 from .context import step_context
 from .definition import Saga, StepDef, StepFn
 from .errors import PermanentError, SagaInputError, StoreError, TransientError
 from .machine import Decision, ErrorInfo, is_open_attempt
 from .messages import HeartbeatMessage, StepCommand, StepReply
-from .observability import escape, get_logger, saga_context
+from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json
 from .runtime import Runtime, get_runtime
 from .state import Action, HistoryKind
@@ -29,42 +29,91 @@ from .transport import send_heartbeat
 log = get_logger("sagas.participant")
 
 
-def run_step(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -> StepReply:
-    """Execute the user's function once and describe what happened."""
+def run_step(
+    saga: Saga[Any],
+    step: StepDef,
+    fn: StepFn,
+    command: StepCommand,
+    trace: Mapping[str, str] | None = None,
+) -> StepReply:
+    """Execute the user's function once and describe what happened. ``trace``: the saga's
+    trace context (its attempt span is parented to it; None: no span)."""
     with saga_context(
-        saga=command.saga, saga_id=command.saga_id, correlation_id=command.correlation_id
+        saga=command.saga,
+        saga_id=command.saga_id,
+        correlation_id=command.correlation_id,
+        step=command.step,
+        attempt=str(command.attempt),
     ):
-        log.info("running %s", command.describe())
-        try:
-            rt = get_runtime()
-            current = partial(still_open, rt, step, command)
-            beat = Heartbeats(rt, command) if command.action is Action.FORWARD else None
-            ctx = step_context(saga.payload_model, command, current, beat)
-            result = fn(ctx)
-        except PermanentError as exc:
-            return _error(command, exc, retryable=False)
-        except TransientError as exc:
-            return _error(command, exc, retryable=True)
-        except SagaInputError as exc:
-            # A stored payload the model refuses, or heartbeat details JSON cannot carry:
-            # retrying would not change either.
-            return _error(command, exc, retryable=False)
-        except Exception as exc:  # noqa: BLE001 - any other error follows the retry policy
-            log.exception("step %s raised %s", step.name, type(exc).__name__)
-            return _error(command, exc, retryable=True)
-        try:
-            check_json(result, field=f"{step.name} result")
-        except SagaInputError as exc:
-            # A result JSON cannot carry: retrying would not change it.
-            return _error(command, exc, retryable=False, type_name="StepResultNotJSON")
-        return StepReply(
-            saga_id=command.saga_id,
-            step=command.step,
-            action=command.action,
-            attempt=command.attempt,
-            ok=True,
-            result=result,
-        )
+        if not trace and not metrics.exporting:  # telemetry off: nothing to time or trace
+            return _attempt(saga, step, fn, command)
+        return _observed(saga, step, fn, command, trace)
+
+
+def _observed(
+    saga: Saga[Any],
+    step: StepDef,
+    fn: StepFn,
+    command: StepCommand,
+    trace: Mapping[str, str] | None,
+) -> StepReply:
+    """``_attempt`` inside its span, timed for the step duration histogram."""
+    with tracing.attempt(
+        trace,
+        saga=command.saga,
+        saga_id=command.saga_id,
+        step=command.step,
+        attempt=command.attempt,
+        compensation=command.action is Action.COMPENSATE,
+    ) as span:
+        began = time.perf_counter()
+        reply = _attempt(saga, step, fn, command)
+        outcome = "ok" if reply.ok else "error"
+        span.finish(outcome, reply.error_type)
+        if metrics.exporting:
+            metrics.observe(
+                "sagas_step_duration_seconds",
+                time.perf_counter() - began,
+                saga=command.saga,
+                step=command.step,
+                action=command.action.value,
+                outcome=outcome,
+            )
+        return reply
+
+
+def _attempt(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -> StepReply:
+    log.info("running %s", command.describe())
+    try:
+        rt = get_runtime()
+        current = partial(still_open, rt, step, command)
+        beat = Heartbeats(rt, command) if command.action is Action.FORWARD else None
+        ctx = step_context(saga.payload_model, command, current, beat)
+        result = fn(ctx)
+    except PermanentError as exc:
+        return _error(command, exc, retryable=False)
+    except TransientError as exc:
+        return _error(command, exc, retryable=True)
+    except SagaInputError as exc:
+        # A stored payload the model refuses, or heartbeat details JSON cannot carry:
+        # retrying would not change either.
+        return _error(command, exc, retryable=False)
+    except Exception as exc:  # noqa: BLE001 - any other error follows the retry policy
+        log.exception("step %s raised %s", step.name, type(exc).__name__)
+        return _error(command, exc, retryable=True)
+    try:
+        check_json(result, field=f"{step.name} result")
+    except SagaInputError as exc:
+        # A result JSON cannot carry: retrying would not change it.
+        return _error(command, exc, retryable=False, type_name="StepResultNotJSON")
+    return StepReply(
+        saga_id=command.saga_id,
+        step=command.step,
+        action=command.action,
+        attempt=command.attempt,
+        ok=True,
+        result=result,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +176,7 @@ def settle_locally(
             return Settled(None, first, tuple(done))
         command, snapshot = applied.claimed[0], applied.snapshot
         began = time.monotonic()
-        reply = run_claimed(saga, command)
+        reply = run_claimed(saga, command, snapshot.record.trace_context)
         pending = (command, time.monotonic() - began)
 
 
@@ -137,12 +186,14 @@ def _retry_scheduled(decision: Decision, reply: StepReply) -> bool:
     )
 
 
-def run_claimed(saga: Saga[Any], command: StepCommand) -> StepReply:
+def run_claimed(
+    saga: Saga[Any], command: StepCommand, trace: Mapping[str, str] | None = None
+) -> StepReply:
     """Run a local step's action that this worker claimed from a transition."""
     step = saga.step_def(command.step)
     fn = step.fn_for(command.action)
     assert fn is not None, "only local steps are claimed"
-    return run_step(saga, step, fn, command)
+    return run_step(saga, step, fn, command, trace)
 
 
 def open_snapshot(rt: Runtime, step: StepDef, command: StepCommand) -> tuple[bool, Snapshot | None]:

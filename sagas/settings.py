@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -95,6 +95,31 @@ class Settings(BaseSettings):
         description="With local transitions, run the next step in the same task when it lives "
         "on a queue this worker consumes (no broker round trip).",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Worker log lines: text (Celery's format with the saga fields appended) or "
+        "json (one object per line: ts, level, logger, message, saga_id, saga, step, attempt, "
+        "correlation_id).",
+    )
+    metrics: bool = Field(
+        False,
+        description="Export the engine's counters and histograms with prometheus_client (in a "
+        "prefork worker also set PROMETHEUS_MULTIPROC_DIR). Implied by metrics_port.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="A worker serves /metrics (every child's values and the store-wide gauges) "
+        "on this port; unset: no server (use `saga metrics serve` or mount the app).",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Address the worker's metrics server binds to."
+    )
+
+    @property
+    def exports_metrics(self) -> bool:
+        return self.metrics or self.metrics_port is not None
 
     @field_validator("database_url")
     @classmethod

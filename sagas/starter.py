@@ -13,7 +13,7 @@ transaction it cannot join, the start waits for the commit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import coordinator
@@ -77,18 +77,20 @@ def start(
     correlation_id: str | None = None,
     rt: Runtime | None = None,
     join: bool = True,
+    trace: Mapping[str, str] | None = None,
 ) -> str:
     """Start a saga (idempotent on ``saga_id``); returns its id once its row is committed, or
-    written in the caller's transaction when a registered finder found one to join."""
+    written in the caller's transaction when a registered finder found one to join. ``trace``:
+    the caller's trace context from a start message (``sagas.tracing``)."""
     rt = rt or get_runtime()
     found = get_saga(definition) if isinstance(definition, str) else definition
     data, sid, cid = validate(found, payload, saga_id, correlation_id, rt=rt)
     joined = caller_transaction(rt) if join else None
     if isinstance(joined, Deferred):
         log.info("saga %s starts when the caller's transaction commits: %s", sid, joined.reason)
-        joined.after_commit(lambda: _start(rt, found, data, sid, cid, None))
+        joined.after_commit(lambda: _start(rt, found, data, sid, cid, None, trace))
     else:
-        _start(rt, found, data, sid, cid, joined)
+        _start(rt, found, data, sid, cid, joined, trace)
     return sid
 
 
@@ -99,10 +101,11 @@ def _start(
     sid: str,
     cid: str,
     joined: CallerTransaction | None,
+    trace: Mapping[str, str] | None = None,
 ) -> None:
     match found:
         case Saga():
-            coordinator.start(rt, found, data, sid, cid, joined=joined)
+            coordinator.start(rt, found, data, sid, cid, joined=joined, trace=trace)
         case Choreography():
             runner.start(rt, found, data, sid, cid, joined=joined)
 
@@ -115,11 +118,12 @@ def start_claiming(
     correlation_id: str | None,
     claim: Claim,
     rt: Runtime,
+    trace: Mapping[str, str] | None = None,
 ) -> tuple[str, Applied | None]:
     """Start an orchestrated saga, claiming its first dispatch for the caller to run (a worker
     of the first step's queue, ``SAGAS_START_ON_STEP_QUEUE``). None: it existed already."""
     data, sid, cid = validate(saga, payload, saga_id, correlation_id, rt=rt)
-    return sid, coordinator.start(rt, saga, data, sid, cid, claim=claim)
+    return sid, coordinator.start(rt, saga, data, sid, cid, claim=claim, trace=trace)
 
 
 def _through_hook(definition: Any, payload: Any, options: StartOptions) -> str:

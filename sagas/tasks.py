@@ -22,10 +22,11 @@ from celery.signals import (
     import_modules,
     worker_init,
     worker_process_init,
+    worker_process_shutdown,
 )
 from pydantic import BaseModel, ValidationError
 
-from . import coordinator, faults, starter, sweeper, versions
+from . import coordinator, faults, prometheus, starter, sweeper, tracing, versions
 from .catalog import get_saga, registered_sagas
 from .choreography import runner
 from .definition import Saga, StepDef, get_orchestrated, on_step_declared, orchestrated_sagas
@@ -37,7 +38,14 @@ from .errors import (
     VersionUnavailable,
 )
 from .messages import HeartbeatMessage, StepCommand, StepReply
-from .observability import SagaContextFilter, escape, get_logger, metrics, saga_context
+from .observability import (
+    JSONFormatter,
+    SagaContextFilter,
+    escape,
+    get_logger,
+    metrics,
+    saga_context,
+)
 from .participant import (
     Attempt,
     Settled,
@@ -107,6 +115,21 @@ def _after_fork(**_: Any) -> None:
         rt.store.engine.dispose(close=False)
 
 
+@worker_process_shutdown.connect(weak=False)
+def _child_exits(pid: int | None = None, **_: Any) -> None:
+    if pid is not None and metrics.exporting:
+        prometheus.mark_process_dead(pid)
+
+
+def _header(task: Task, name: str) -> Any:
+    """A custom header of the message ``task`` runs (Celery puts them on the request)."""
+    request = task.request
+    found = getattr(request, name, None)
+    if found is None:
+        found = (getattr(request, "headers", None) or {}).get(name)
+    return found
+
+
 class _StartSagaTask(_CoordinatorTask):
     """``start_saga.delay(...)`` validates in the caller when it knows the saga, so a web
     request gets the typed error at once instead of a failed task in the coordinator."""
@@ -125,6 +148,9 @@ class _StartSagaTask(_CoordinatorTask):
             first = _first_local_step(definition) if isinstance(definition, Saga) else None
             if first is not None and get_runtime().settings.start_on_step_queue:
                 options.setdefault("queue", first.queue_for(Action.FORWARD))
+        carrier = tracing.current_carrier()
+        if carrier:  # the caller's span, for the saga's trace (the start task may run anywhere)
+            options["headers"] = {**(options.get("headers") or {}), tracing.TRACE_HEADER: carrier}
         options.setdefault("argsrepr", f"saga={escape(name)} id={escape(kwargs.get('saga_id'))}")
         options.setdefault("kwargsrepr", "{}")
         return super().apply_async(args, kwargs, **options)
@@ -156,6 +182,7 @@ def start_saga(
     worker then records the start and runs step 1 (and any following local steps) itself."""
     try:
         rt = get_runtime()
+        trace = _header(self, tracing.TRACE_HEADER) if tracing.active() else None
         direct = _direct_start(self.app, rt, name, version)
         if direct is None:
             return starter.start(
@@ -164,6 +191,7 @@ def start_saga(
                 saga_id=saga_id,
                 correlation_id=correlation_id,
                 join=False,
+                trace=trace,
             )
         sid, applied = starter.start_claiming(
             direct,
@@ -172,6 +200,7 @@ def start_saga(
             correlation_id=correlation_id,
             claim=lambda step, action: step.index == 0 and action is Action.FORWARD,
             rt=rt,
+            trace=trace,
         )
         if applied is not None and applied.claimed:
             _run_inline(self.app, rt, direct, applied.claimed[0], applied.snapshot)
@@ -306,7 +335,7 @@ def _run_inline(
     app: CeleryApp, rt: Runtime, saga: Saga[Any], command: StepCommand, snapshot: Snapshot
 ) -> None:
     """Run a step this task claimed, settle it here, reply by message if that fails."""
-    reply = run_claimed(saga, command)
+    reply = run_claimed(saga, command, snapshot.record.trace_context)
     faults.hit("participant.after_effect")
     settled = settle_locally(rt, saga, reply, _local_queues(app, rt), snapshot)
     if settled.unsent is not None:
@@ -399,7 +428,11 @@ def _register_step_task(saga_name: str, step_name: str, action: Action, task_nam
             ):
                 log.warning("stale command skipped: %s is no longer open", parsed.describe())
             return
-        reply = run_step(saga, step, fn, parsed)
+        trace = None
+        if tracing.active():  # the saga's trace: from the store when read, else the header
+            trace = snapshot.record.trace_context if snapshot is not None else None
+            trace = trace or _header(self, tracing.TRACE_HEADER)
+        reply = run_step(saga, step, fn, parsed, trace)
         faults.hit("participant.after_effect")
         settled = Settled(reply, None)
         if rt.settings.local_transitions:
@@ -554,6 +587,35 @@ def _refuse_changed_definitions() -> None:
 def _saga_log_fields(logger: Any = None, **_: Any) -> None:
     if not _watched or logger is None:
         return
+    rt = current_runtime()
+    as_json = rt is not None and rt.settings.log_format == "json"
     for handler in logger.handlers:
         if not any(isinstance(f, SagaContextFilter) for f in handler.filters):
             handler.addFilter(SagaContextFilter())
+        if as_json:
+            handler.setFormatter(JSONFormatter())
+
+
+@worker_init.connect(weak=False)
+def _serve_metrics(sender: Any = None, **_: Any) -> None:
+    """The worker's main process serves every child's metrics (``SAGAS_METRICS_PORT``)."""
+    rt = current_runtime()
+    if rt is None or sender is None or id(sender.app) not in _watched:
+        return
+    port = rt.settings.metrics_port
+    if not rt.settings.exports_metrics:
+        return
+    concurrency = getattr(sender, "concurrency", 1) or 1
+    if prometheus.multiprocess_dir() is None and concurrency > 1:
+        log.error(
+            "metrics are on but %s is not set: each prefork child counts in its own memory and "
+            "a scrape of this worker sees none of it",
+            prometheus.MULTIPROC_ENV,
+        )
+    if port is not None:
+        prometheus.serve(port, rt.settings.metrics_host, _gauges(rt))
+        log.info("serving metrics on %s:%d/metrics", rt.settings.metrics_host, port)
+
+
+def _gauges(rt: Runtime) -> Callable[[], dict[str, Any]]:
+    return lambda: rt.store.stats(unsent_grace=rt.settings.outbox_grace)

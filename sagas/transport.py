@@ -9,7 +9,7 @@ queues this worker consumes. ``sagas.tasks`` is the inbound door: every task rec
 from __future__ import annotations
 
 import uuid as _uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ from .context import remote_context, step_context
 from .definition import StepDef
 from .messages import EventMessage, HeartbeatMessage, StepCommand, StepReply
 from .state import Action
+from .tracing import TRACE_HEADER
 
 START_TASK = "sagas.start_saga"
 REPLY_TASK = "sagas.step_reply"
@@ -82,8 +83,14 @@ def queues_consumed(app: CeleryApp, timeout: float = 2.0) -> dict[str, set[str]]
     return {worker: {q["name"] for q in queues} for worker, queues in replies.items()}
 
 
-def headers(correlation_id: str, saga_id: str) -> dict[str, str]:
-    return {CORRELATION_HEADER: correlation_id, "saga_id": saga_id}
+def headers(
+    correlation_id: str, saga_id: str, trace: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The headers of every saga message; ``trace``: the saga's trace context (tracing on)."""
+    found: dict[str, Any] = {CORRELATION_HEADER: correlation_id, "saga_id": saga_id}
+    if trace:
+        found[TRACE_HEADER] = dict(trace)
+    return found
 
 
 def consumed_queues(app: CeleryApp) -> set[str] | None:
@@ -102,8 +109,9 @@ def send_step(
     command: StepCommand,
     coordinator_queue: str,
     payload_model: type[BaseModel],
+    trace: Mapping[str, str] | None = None,
 ) -> None:
-    hdrs = headers(command.correlation_id, command.saga_id)
+    hdrs = headers(command.correlation_id, command.saga_id, trace)
     queue = step.queue_for(command.action)
     remote = step.compensation_task if command.action is Action.COMPENSATE else step.task
     if remote is None:

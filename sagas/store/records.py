@@ -38,6 +38,7 @@ class SagaRecord:
     failure: ErrorInfo | None
     kind: SagaKind = SagaKind.ORCHESTRATED
     definition_hash: str | None = None
+    trace_context: dict[str, str] | None = None  # W3C carrier of the saga's trace (tracing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class NewSaga:
     outbox: Sequence[dict[str, Any]]
     kind: SagaKind = SagaKind.ORCHESTRATED
     definition_hash: str | None = None  # Saga.fingerprint
+    trace_context: dict[str, str] | None = None  # the saga.start span's context (tracing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +124,7 @@ def inserted_record(new: NewSaga, now: datetime) -> SagaRecord:
         failure=None,
         kind=new.kind,
         definition_hash=new.definition_hash,
+        trace_context=new.trace_context,
     )
 
 
@@ -170,6 +173,7 @@ def saga_values(r: SagaRecord) -> dict[str, Any]:
         "parked": r.parked,
         "lock_version": r.lock_version,
         "definition_hash": r.definition_hash,
+        "trace_context": r.trace_context,
     }
 
 
@@ -245,6 +249,7 @@ def record_from_row(row: Any) -> SagaRecord:
         failure=ErrorInfo.from_json(row.failure),
         kind=SagaKind(row.kind),
         definition_hash=getattr(row, "definition_hash", None),
+        trace_context=getattr(row, "trace_context", None),
     )
 
 

@@ -75,6 +75,9 @@ class SagaRow(Base):
     # Saga.fingerprint of the definition it started on: a process whose definition of this
     # version differs refuses to move it. NULL for sagas started before the column existed.
     definition_hash: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # The saga's trace (W3C traceparent/tracestate of its saga.start span) when tracing is on:
+    # every step's span, in whichever worker, is parented to it. NULL with tracing off.
+    trace_context: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
     __table_args__ = (
         Index("ix_saga_wake_at", "wake_at"),

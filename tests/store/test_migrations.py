@@ -16,7 +16,7 @@ from sqlalchemy import Engine, insert, inspect, text
 
 from sagas.filters import SagaFilter
 from sagas.state import SagaState
-from sagas.store import Store, Transition, make_engine, migrate
+from sagas.store import NewSaga, Store, Transition, make_engine, migrate
 from sagas.store.schema import Base, saga_table, step_table
 from tests.services import scratch_database
 
@@ -208,3 +208,47 @@ def test_upgrade_from_0006_with_sagas_in_flight_then_query_them(engine: Engine) 
     done = replace(snap.status, state=SagaState.COMPLETED)
     assert store.write(Transition(snap.record, snap.status, done, ()), now=now)
     assert store.counts()["by_state"]["completed"] == 2
+
+
+def test_upgrade_from_0007_with_a_saga_in_flight(engine: Engine) -> None:
+    """A store at 0007 (before trace contexts) holding a saga in flight: 0008 applies, the saga
+    reads with no trace context, moves on, and a new saga stores and reads back its own."""
+    migrate.upgrade(engine, "0007")
+    now = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO saga (id, name, kind, version, state, payload, payload_hash, "
+                "correlation_id, created_at, updated_at, parked, lock_version, definition_hash) "
+                "VALUES ('old-2', 'order', 'orchestrated', 1, 'pending', :payload, 'h', 'c', "
+                ":now, :now, false, 2, 'f')"
+            ),
+            {"payload": '{"order_id": "o-2"}', "now": now},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO saga_step (saga_id, idx, name, state, attempt, "
+                "compensation_attempt, deadline_at, in_doubt) VALUES "
+                "('old-2', 0, 'reserve', 'running', 1, 0, :now, false)"
+            ),
+            {"now": now},
+        )
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == "0008" == migrate.head_revision()
+    assert schema_diff(engine) == []
+    store = Store(str(engine.url.render_as_string(hide_password=False)), engine=engine)
+    snap = store.load("old-2")
+    assert snap is not None
+    assert snap.record.trace_context is None and snap.record.lock_version == 2
+    assert [(s.name, s.state.value) for s in snap.status.steps] == [("reserve", "running")]
+    done = replace(snap.status, state=SagaState.COMPLETED)
+    assert store.write(Transition(snap.record, snap.status, done, ()), now=now)
+    after = store.load("old-2")
+    assert after is not None and after.record.state is SagaState.COMPLETED
+    carrier = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    new = NewSaga(
+        "new-1", "order", 1, {"order_id": "o-3"}, "c", done, (), (), trace_context=carrier
+    )
+    store.create(new, now=now)
+    created = store.load("new-1")
+    assert created is not None and created.record.trace_context == carrier

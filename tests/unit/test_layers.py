@@ -31,6 +31,8 @@ LAYERS: list[tuple[str, set[str]]] = [
             "faults",
             "clock",
             "filters",
+            "tracing",
+            "prometheus",
         },
     ),
     (
@@ -168,6 +170,9 @@ DOORS = {
     "fastapi": lambda m: m.split(".")[0] == "web",
     "starlette": lambda m: m.split(".")[0] == "web",
     "uvicorn": lambda m: m == "web.serve",
+    # The OpenTelemetry API (never the SDK: that is the user's setup) and prometheus_client.
+    "opentelemetry": lambda m: m == "tracing",
+    "prometheus_client": lambda m: m == "prometheus",
 }
 
 

@@ -20,7 +20,8 @@ WITH
       outbox_at,
       parked,
       lock_version,
-      definition_hash
+      definition_hash,
+      trace_context
     )
     VALUES (
       %(s_id)s::VARCHAR,
@@ -41,7 +42,8 @@ WITH
       %(s_outbox_at)s::TIMESTAMP WITH TIME ZONE,
       %(s_parked)s,
       %(s_lock_version)s::INTEGER,
-      %(s_definition_hash)s::VARCHAR
+      %(s_definition_hash)s::VARCHAR,
+      %(s_trace_context)s::JSONB
     )
   ),
   t AS (

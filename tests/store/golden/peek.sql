@@ -19,7 +19,8 @@ SELECT
   saga.outbox_at,
   saga.parked,
   saga.lock_version,
-  saga.definition_hash
+  saga.definition_hash,
+  saga.trace_context
 FROM (
   SELECT %(param_1)s::INTEGER AS one
 ) AS one

@@ -18,6 +18,7 @@ SELECT
   saga.outbox_at,
   saga.parked,
   saga.lock_version,
-  saga.definition_hash
+  saga.definition_hash,
+  saga.trace_context
 FROM saga
 WHERE saga.id = %(saga_id)s::VARCHAR
