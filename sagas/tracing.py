@@ -12,8 +12,9 @@ is emitted. Instead:
   Its context is stored with the saga (``saga.trace_context``) and is the anchor of the rest.
 - ``saga.step <saga>.<step>`` / ``saga.compensate <saga>.<step>``: one span per attempt, live in
   the worker while the user's function runs (so the function's own spans nest under it), child of
-  the anchor — or of the Celery task's span when ``opentelemetry-instrumentation-celery`` made
-  one in the same trace, so the two nest instead of duplicating.
+  the anchor, with a link to the span current when it began: the Celery task's span when
+  ``opentelemetry-instrumentation-celery`` made one (that span is the task, ours the attempt: an
+  inline step has no task of its own, so the two never duplicate each other).
 - ``saga <name>``: emitted when the saga finishes, with the start time recorded in the store and
   the outcome, child of the anchor.
 
@@ -119,10 +120,11 @@ def attempt(
     if parent is None:
         yield _OFF
         return
+    # Always the anchor's child, so a saga's attempts sit side by side under its start whichever
+    # process ran them; the span current here (the Celery instrumentation's task span, or a
+    # caller's when a test runs the engine in-process) is linked instead of being the parent.
     here = trace.get_current_span().get_span_context()
-    anchored = trace.get_current_span(parent).get_span_context()
-    if here.is_valid and here.trace_id == anchored.trace_id:
-        parent = None  # the Celery instrumentation's task span, already in the saga's trace
+    links = [trace.Link(here)] if here.is_valid else []
     kind = "compensate" if compensation else "step"
     attributes: dict[str, str | int] = {
         "saga.id": saga_id,
@@ -135,6 +137,7 @@ def attempt(
         context=parent,
         kind=SpanKind.CONSUMER,
         attributes=attributes,
+        links=links,
         record_exception=False,  # a step's exception text may carry payload data
         set_status_on_exception=False,
     ) as span:

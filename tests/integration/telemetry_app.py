@@ -96,6 +96,7 @@ def span_as_dict(span: Any) -> dict[str, Any]:
         "span_id": format(span.context.span_id, "016x"),
         "parent_id": format(parent.span_id, "016x") if parent is not None else None,
         "attributes": dict(span.attributes or {}),
+        "links": [format(link.context.span_id, "016x") for link in span.links],
         "start": span.start_time,
         "end": span.end_time,
         "status": span.status.status_code.name,
