@@ -8,6 +8,11 @@ per step the participant's stale-command check, its transition (lock, decide, sa
 of the next command and the outbox clear. Publishing goes to Celery's in-memory transport, so the
 figures are the engine's database and Python cost alone, the part the Celery baselines do not pay.
 Compare with the floor: one lock/update/insert transaction per step (``--floor``).
+
+``--tracing``: an OpenTelemetry SDK tracer provider is configured (spans go to an exporter that
+drops them), so the start, history and saga spans are paid; ``--metrics``: the Prometheus sink
+in multiprocess mode (a temporary ``PROMETHEUS_MULTIPROC_DIR``). Without either, telemetry is
+off, as in production by default.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -26,7 +33,21 @@ from sqlalchemy import create_engine, text
 from bench import common, sqlcount
 
 
-def _engine_run(url: str, n: int) -> dict[str, Any]:
+def _tracing_on() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    class Drop(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(Drop()))
+    trace.set_tracer_provider(provider)
+
+
+def _engine_run(url: str, n: int, metrics: bool = False) -> dict[str, Any]:
     from bench import saga_defs
     from sagas import coordinator, starter
     from sagas.install import configure
@@ -36,7 +57,8 @@ def _engine_run(url: str, n: int) -> dict[str, Any]:
 
     app = Celery("micro", broker="memory://", set_as_current=False)
     app.conf.task_serializer = "json"
-    rt = configure(settings=Settings(database_url=common.sa_url(url)), app=app)
+    settings = Settings(database_url=common.sa_url(url), **({"metrics": True} if metrics else {}))
+    rt = configure(settings=settings, app=app)
     saga = saga_defs.bench_spread
 
     def one(i: int) -> None:
@@ -133,17 +155,25 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--label", default="")
+    ap.add_argument("--tracing", action="store_true", help="an SDK tracer provider is configured")
+    ap.add_argument("--metrics", action="store_true", help="the Prometheus sink, multiprocess")
     args = ap.parse_args()
+    if args.metrics:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="micro-prom-")
+    if args.tracing:
+        _tracing_on()
     with common.fresh_database("bench_micro") as db:
         common.migrate(db)
         url = db
         result = {
             "bench": "micro" + args.label,
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "command": f"micro.py --n {args.n}",
+            "command": f"micro.py --n {args.n}"
+            + (" --tracing" if args.tracing else "")
+            + (" --metrics" if args.metrics else ""),
             "n": args.n,
             "load": common.uptime(),
-            "engine": _engine_run(url, args.n),
+            "engine": _engine_run(url, args.n, metrics=args.metrics),
             "floor": _floor_run(url, args.n),
         }
     print(json.dumps(result))
