@@ -3,9 +3,11 @@ and bounded labels, the JSON log formatter, and the settings that switch them on
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
+from wsgiref.util import setup_testing_defaults
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from sagas import tracing
 from sagas.errors import ConfigurationError
 from sagas.observability import JSONFormatter, Metrics, SagaContextFilter, saga_context
-from sagas.prometheus import UNKNOWN, PrometheusSink, enable
+from sagas.prometheus import UNKNOWN, PrometheusSink, asgi_app, enable, wsgi_app
 from sagas.settings import Settings
 
 
@@ -123,3 +125,58 @@ def test_settings_switch_telemetry_on_and_name_a_bad_value(monkeypatch: pytest.M
     with pytest.raises(ConfigurationError) as err:
         Settings.from_config()
     assert err.value.setting == "metrics_port"
+
+
+def _stats() -> dict[str, object]:
+    return {
+        "by_state": {("order", "completed"): 3},
+        "parked": 0,
+        "timers_due": 1,
+        "outbox_unsent": 0,
+        "oldest_active_seconds": 2.5,
+    }
+
+
+def test_the_wsgi_and_asgi_apps_serve_the_page_with_the_gauges() -> None:
+    # This process's registry (no PROMETHEUS_MULTIPROC_DIR here): the global sink's metrics.
+    sink = enable(lambda name: name == "order")
+    sink.count("sagas_started_total", 1, {"saga": "order"})
+    environ: dict[str, object] = {}
+    setup_testing_defaults(environ)
+    status: list[str] = []
+    body = b"".join(wsgi_app(_stats)(environ, lambda s, _headers: status.append(s)))
+    assert status == ["200 OK"]
+    page = body.decode()
+    assert 'sagas_started_total{saga="order"}' in page
+    assert 'sagas_in_store{saga="order",state="completed"} 3.0' in page
+    assert "sagas_timers_due 1.0" in page
+
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/metrics",
+        "query_string": b"",
+        "headers": [],
+    }
+    asyncio.run(asgi_app(_stats)(scope, receive, send))
+    assert sent[0]["status"] == 200
+    text = b"".join(m.get("body", b"") for m in sent[1:]).decode()  # type: ignore[misc]
+    assert 'sagas_in_store{saga="order",state="completed"} 3.0' in text
+
+
+def test_a_store_outage_leaves_the_process_metrics_on_the_page() -> None:
+    def down() -> dict[str, object]:
+        raise ConnectionError("store down")
+
+    environ: dict[str, object] = {}
+    setup_testing_defaults(environ)
+    page = b"".join(wsgi_app(down)(environ, lambda *_: None)).decode()
+    assert "sagas_started_total" in page and "sagas_in_store" not in page
