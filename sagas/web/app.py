@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from .. import prometheus
 from ..errors import SagaInputError, SagaNotFound, StoreError, StoreUnavailable
 from ..filters import CursorInvalid
 from ..settings import Settings
@@ -28,10 +29,13 @@ API_PREFIX = "/api"
 def create_app(store: Store | None = None, *, settings: Settings | None = None) -> FastAPI:
     """A FastAPI app over ``store`` (default: ``SAGAS_DATABASE_URL`` from ``settings`` or the
     environment). Read-only: every route is a GET. Mount it anywhere (``app.mount("/sagas",
-    create_app())``); its OpenAPI schema is at ``<mount>/api/openapi.json``."""
+    create_app())``); its OpenAPI schema is at ``<mount>/api/openapi.json``, the Prometheus
+    page at ``<mount>/metrics``."""
     owned = store is None
+    settings = settings or Settings()
     if store is None:
-        store = Store((settings or Settings()).database_url_sqlalchemy)
+        store = Store(settings.database_url_sqlalchemy)
+    grace = settings.outbox_grace
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +55,9 @@ def create_app(store: Store | None = None, *, settings: Settings | None = None) 
     )
     app.state.store = store
     app.include_router(api.router, prefix=API_PREFIX)
+    # What a scrape job reads: the engine's counters and histograms (every worker's, from
+    # PROMETHEUS_MULTIPROC_DIR on this host) and the store-wide gauges, at <mount>/metrics.
+    app.mount("/metrics", prometheus.asgi_app(lambda: store.stats(unsent_grace=grace)))
     app.add_exception_handler(RequestValidationError, _bad_request)
     app.add_exception_handler(SagaInputError, _input_error)
     app.add_exception_handler(SagaNotFound, _not_found)
