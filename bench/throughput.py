@@ -519,7 +519,9 @@ def _ratios(results: dict[str, Any]) -> None:
         spread = "spread" in name
         floors = {
             "chain_pg_same_settings": "chain_pg_spread" if spread else "chain_pg",
-            "chain_pg_celery_defaults": "chain_pg_spread_defaults" if spread else "chain_pg_defaults",
+            "chain_pg_celery_defaults": "chain_pg_spread_defaults"
+            if spread
+            else "chain_pg_defaults",
             "chain_same_settings": "chain_spread" if spread else "chain",
         }
         ratios: dict[str, Any] = {}
