@@ -75,8 +75,13 @@ class SagaRow(Base):
     # Saga.fingerprint of the definition it started on: a process whose definition of this
     # version differs refuses to move it. NULL for sagas started before the column existed.
     definition_hash: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    # An operator paused it then (NULL: not paused); ``wake_at`` is NULL while it is.
+    paused_at: Mapped[datetime | None]
+    # The saga this one was forked from (``sagas.fork``); its forks are found by this index.
+    forked_from: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (
+        Index("ix_saga_forked_from", "forked_from"),
         Index("ix_saga_wake_at", "wake_at"),
         Index("ix_saga_outbox_at", "outbox_at"),
         Index("ix_saga_state_updated", "state", "updated_at"),

@@ -44,6 +44,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "catalog",
             "messages",
             "context",
+            "recovery",
         },
     ),
     (
@@ -84,6 +85,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "retention",
             "graph",
             "views",
+            "operations",
         },
     ),
     (
@@ -168,6 +170,7 @@ DOORS = {
     "fastapi": lambda m: m.split(".")[0] == "web",
     "starlette": lambda m: m.split(".")[0] == "web",
     "uvicorn": lambda m: m == "web.serve",
+    "rich": lambda m: m == "cli",  # the CLI's progress bar on bulk actions
 }
 
 
