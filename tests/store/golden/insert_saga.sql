@@ -20,7 +20,9 @@ WITH
       outbox_at,
       parked,
       lock_version,
-      definition_hash
+      definition_hash,
+      paused_at,
+      forked_from
     )
     VALUES (
       %(s_id)s::VARCHAR,
@@ -41,7 +43,9 @@ WITH
       %(s_outbox_at)s::TIMESTAMP WITH TIME ZONE,
       %(s_parked)s,
       %(s_lock_version)s::INTEGER,
-      %(s_definition_hash)s::VARCHAR
+      %(s_definition_hash)s::VARCHAR,
+      %(s_paused_at)s::TIMESTAMP WITH TIME ZONE,
+      %(s_forked_from)s::VARCHAR
     )
   ),
   t AS (

@@ -19,6 +19,8 @@ SELECT
   saga.parked,
   saga.lock_version,
   saga.definition_hash,
+  saga.paused_at,
+  saga.forked_from,
   now() AS db_now,
   (
     SELECT json_agg(saga_step ORDER BY saga_step.idx) AS json_agg_1

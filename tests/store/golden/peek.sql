@@ -19,7 +19,9 @@ SELECT
   saga.outbox_at,
   saga.parked,
   saga.lock_version,
-  saga.definition_hash
+  saga.definition_hash,
+  saga.paused_at,
+  saga.forked_from
 FROM (
   SELECT %(param_1)s::INTEGER AS one
 ) AS one

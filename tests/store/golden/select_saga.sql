@@ -18,6 +18,8 @@ SELECT
   saga.outbox_at,
   saga.parked,
   saga.lock_version,
-  saga.definition_hash
+  saga.definition_hash,
+  saga.paused_at,
+  saga.forked_from
 FROM saga
 WHERE saga.id = %(saga_id)s::VARCHAR
