@@ -236,13 +236,13 @@ _REVISION = click.option(
 )
 _YES = click.option("--yes", "-y", is_flag=True, help="Do not ask before acting.")
 _DRY_RUN = click.option("--dry-run", is_flag=True, help="Only show the plan; change nothing.")
-DONE = {
-    OperatorAction.RETRY: "retry dispatched",
-    OperatorAction.CANCEL: "cancelled",
-    OperatorAction.PAUSE: "paused",
-    OperatorAction.RESUME: "resumed",
-    OperatorAction.RERUN: "rerun dispatched",
-    OperatorAction.FORK: "forked",
+DONE = {  # the last line each action prints: "saga ID: ..."
+    OperatorAction.RETRY: "retry dispatched ({state})",
+    OperatorAction.CANCEL: "cancelled, now {state}",
+    OperatorAction.PAUSE: "paused ({state})",
+    OperatorAction.RESUME: "resumed, now {state}",
+    OperatorAction.RERUN: "rerun dispatched, now {state}",
+    OperatorAction.FORK: "forked as {fork}",
 }
 
 
@@ -265,7 +265,7 @@ def _operator_action(
         **(fork or {}),
     )
     if plan.refused is not None:
-        raise ActionRefused(f"nothing to {action.value}: saga {saga_id!r}: {plan.refused}")
+        raise ActionRefused(plan.text())
     click.echo(plan.text())
     if options["dry_run"]:
         click.echo("dry run: nothing done")
@@ -273,11 +273,9 @@ def _operator_action(
     if plan.needs_confirmation and not options["yes"]:
         _confirm()
     operations.carry_out(plan, rt=rt)
-    what = DONE[action]
-    if plan.fork is not None:
-        what = f"forked as {plan.fork.saga_id}"
     state = rt.store.get(saga_id)[0].state.value
-    click.echo(f"saga {saga_id}: {what} (revision {plan.revision} was acted on; now {state})")
+    new = plan.fork.saga_id if plan.fork is not None else ""
+    click.echo(f"saga {saga_id}: " + DONE[action].format(state=state, fork=new))
 
 
 def _confirm() -> None:

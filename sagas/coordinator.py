@@ -58,7 +58,7 @@ from .machine import (
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json
-from .recovery import fork_status, why_no_fork, why_refused
+from .recovery import fork_status, refusal, why_no_fork, why_refused
 from .runtime import Runtime, get_runtime
 from .state import Action, HistoryKind, OperatorAction, SagaKind
 from .store import NewSaga, SagaRecord, Snapshot, Transition, inserted_record
@@ -401,7 +401,7 @@ def operator_transition(
         record = applied.snapshot.record
         saga = get_orchestrated(record.name, record.version)
         why = why_refused(what, saga.plan, decision.status, decision)
-        raise ActionRefused(f"nothing to {what.value}: saga {saga_id!r}: {why}")
+        raise ActionRefused(refusal(what, saga_id, why or "nothing changed"))
     metrics.inc("sagas_operator_actions_total", action=what.value)
     return decision
 

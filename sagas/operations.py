@@ -99,9 +99,7 @@ def carry_out(plan: ActionPlan, *, rt: Runtime | None = None) -> ActionPlan:
     was refused, ``SagaChanged`` if the saga moved since; nothing is changed then."""
     rt = rt or get_runtime()
     if plan.refused is not None:
-        raise ActionRefused(
-            f"nothing to {plan.action.value}: saga {plan.saga_id!r}: {plan.refused}"
-        )
+        raise ActionRefused(plan.text())
     if plan.fork is not None:
         _fork(rt, plan)
         return plan

@@ -82,7 +82,7 @@ class ActionPlan:
 
     def text(self) -> str:
         if self.refused is not None:
-            return f"{self.action.value} {self.saga_id}: refused: {self.refused}"
+            return refusal(self.action, self.saga_id, self.refused)
         return "\n".join(self.lines)
 
 
@@ -127,8 +127,15 @@ def why_refused(
     else:
         why = PAUSED_REFUSAL if saga.paused else None
     if why is None and not decision.changed:
-        why = f"saga is {saga.state.value} with nothing to {action.value}"
+        why = f"saga is {saga.state.value}"
     return why
+
+
+def refusal(action: OperatorAction, saga_id: str, why: str) -> str:
+    """The one-line message of a refused action: "nothing to retry: saga 'o-1' is completed"."""
+    if why.startswith("saga "):
+        return f"nothing to {action.value}: saga {saga_id!r} {why.removeprefix('saga ')}"
+    return f"nothing to {action.value}: saga {saga_id!r}: {why}"
 
 
 def plan_action(

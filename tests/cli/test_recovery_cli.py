@@ -100,7 +100,10 @@ def test_pause_resume_cancel_and_bulk_on_a_saga_in_flight(db: str) -> None:
         "reason": "looking into it",
     }
     code, _, err = saga("cancel", "inflight-1", "--reason", "x", "--dry-run", db=db)
-    assert code == 1 and err.strip().endswith("saga is paused: resume it first")
+    assert (
+        code == 1
+        and err == "error: nothing to cancel: saga 'inflight-1' is paused: resume it first\n"
+    )
 
     code, out, err = saga(
         "bulk", "resume", "--state", "pending", "--reason", "go", "--dry-run", db=db
