@@ -18,6 +18,7 @@ carried out against that same revision, so what an operator confirmed is what ha
 from __future__ import annotations
 
 import getpass
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -344,7 +345,7 @@ def _fork_plan(
     if new_id is None:
         new_id = f"{record.id}.fork{len(rt.store.forks_of(record.id)) + 1}"
         if len(new_id) > 128:
-            new_id = f"fork-{record.lock_version}-{abs(hash(record.id)):x}"[:128]
+            new_id = f"fork-{uuid.uuid4().hex}"  # a long id has no room for a suffix
     check_saga_id(new_id, field="new_id")
     diff = payload_diff(record.payload, data)
     reused = tuple(s.name for s in snap.status.steps[:index])
