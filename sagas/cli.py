@@ -272,8 +272,8 @@ def _operator_action(
         return
     if plan.needs_confirmation and not options["yes"]:
         _confirm()
-    operations.carry_out(plan, rt=rt)
-    state = rt.store.get(saga_id)[0].state.value
+    done = operations.carry_out(plan, rt=rt)
+    state = done.after.value if done.after is not None else "?"
     new = plan.fork.saga_id if plan.fork is not None else ""
     click.echo(f"saga {saga_id}: " + DONE[action].format(state=state, fork=new))
 

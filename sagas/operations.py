@@ -103,7 +103,7 @@ def carry_out(plan: ActionPlan, *, rt: Runtime | None = None) -> ActionPlan:
         raise ActionRefused(plan.text())
     if plan.fork is not None:
         _fork(rt, plan)
-        return plan
+        return replace(plan, after=rt.store.get(plan.saga_id)[0].state)  # the original's
     event = plan.event
     assert event is not None
 
@@ -113,8 +113,8 @@ def carry_out(plan: ActionPlan, *, rt: Runtime | None = None) -> ActionPlan:
             return replace(event, at=now, deadline_at=now + (event.deadline_at - event.at))
         return replace(event, at=now)
 
-    coordinator.operator_transition(plan.saga_id, at_now, plan.action, rt, plan.revision)
-    return plan
+    decision = coordinator.operator_transition(plan.saga_id, at_now, plan.action, rt, plan.revision)
+    return replace(plan, after=decision.status.state)
 
 
 def retry(saga_id: str, *, reason: str, by: str | None = None, revision: int | None = None,

@@ -74,6 +74,8 @@ class ActionPlan:
     reruns: tuple[str, ...] = ()
     fork: ForkDetail | None = None
     event: Event | None = field(default=None, compare=False, repr=False)
+    # Set on the plan ``carry_out`` returns: the saga's state just after the action.
+    after: SagaState | None = None
 
     @property
     def needs_confirmation(self) -> bool:

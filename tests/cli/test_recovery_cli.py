@@ -162,8 +162,8 @@ def test_show_prints_the_revision_an_action_can_pin(db: str) -> None:
         "--reason", "replay", "--yes", db=db,
     )  # fmt: skip
     assert code == 0, err
-    head = run("show", "inflight-2", db=db).stdout.splitlines()[0]
-    revision = head.split("revision=")[1].split()[0]
+    shown = run("show", "inflight-2", db=db).stdout.splitlines()
+    revision = next(line for line in shown if line.startswith("revision=")).split("=")[1]
     code, out, err = saga("pause", "inflight-2", "--reason", "x", "--revision", revision, db=db)
     assert code == 0 and "paused" in out, err
     code, _, err = saga("resume", "inflight-2", "--reason", "x", "--revision", revision, db=db)
