@@ -210,12 +210,12 @@ def test_upgrade_from_0006_with_sagas_in_flight_then_query_them(engine: Engine) 
     assert store.counts()["by_state"]["completed"] == 2
 
 
-def test_upgrade_from_0005_with_sagas_in_flight_then_pause_and_fork(engine: Engine) -> None:
-    """A store at 0005 holding a saga in flight (a running step, a timer due) upgrades through
-    0006: it reads as neither paused nor forked, keeps its state, steps and revision, can be
+def test_upgrade_from_0007_with_sagas_in_flight_then_pause_and_fork(engine: Engine) -> None:
+    """A store at 0007 holding a saga in flight (a running step, a timer due) upgrades through
+    0008: it reads as neither paused nor forked, keeps its state, steps and revision, can be
     paused (its timer leaves the sweeper's range) and resumed, and a saga forked from it is
     found from it by the new index."""
-    migrate.upgrade(engine, "0005")
+    migrate.upgrade(engine, "0007")
     now = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
     wake = now + timedelta(seconds=30)
     with engine.begin() as conn:
@@ -238,7 +238,7 @@ def test_upgrade_from_0005_with_sagas_in_flight_then_pause_and_fork(engine: Engi
                 {"idx": idx, "name": name, "state": state, "deadline": wake},
             )
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == "0006"
+    assert migrate.current_revision(engine) == "0008"
     assert schema_diff(engine) == []
     store = Store(str(engine.url.render_as_string(hide_password=False)), engine=engine)
     snap = store.load("live-1")
