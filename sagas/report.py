@@ -107,12 +107,12 @@ def timeline(
         + (f"  PAUSED since {ts(record.paused_at)}" if record.paused_at else ""),
         f"correlation={record.correlation_id}  started={ts(record.created_at)}"
         + (f"  finished={ts(record.finished_at)}" if record.finished_at else "")
-        + f"  took={_duration(record.created_at, record.finished_at or record.updated_at)}",
+        + f"  took={_duration(record.created_at, record.finished_at or record.updated_at)}"
+        # The stamp an operator action can pin (--revision): a saga that moved is refused.
+        + f"  revision={record.lock_version}",
     ]
     if record.failure:
         head.append(f"failure: {record.failure.type}: {escape(record.failure.message)}")
-    # The stamp an operator action can pin (--revision): a saga that moves is refused.
-    head.append(f"revision={record.lock_version}")
     if record.forked_from:
         head.append(f"forked from {record.forked_from}")
     if forks:

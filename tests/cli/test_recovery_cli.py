@@ -162,8 +162,8 @@ def test_show_prints_the_revision_an_action_can_pin(db: str) -> None:
         "--reason", "replay", "--yes", db=db,
     )  # fmt: skip
     assert code == 0, err
-    shown = run("show", "inflight-2", db=db).stdout.splitlines()
-    revision = next(line for line in shown if line.startswith("revision=")).split("=")[1]
+    shown = run("show", "inflight-2", db=db).stdout.splitlines()[1]  # correlation=... revision=N
+    revision = shown.split("revision=")[1].split()[0]
     code, out, err = saga("pause", "inflight-2", "--reason", "x", "--revision", revision, db=db)
     assert code == 0 and "paused" in out, err
     code, _, err = saga("resume", "inflight-2", "--reason", "x", "--revision", revision, db=db)
