@@ -1,4 +1,4 @@
-"""The ``saga`` command: demo, list, show, db upgrade.
+"""The ``saga`` command: demo, list, show, db upgrade, and the operator actions.
 
 Configuration is read here, once, from the environment (``SAGAS_DATABASE_URL``,
 ``CELERY_BROKER_URL``); errors end in one line on stderr and a non-zero exit.
@@ -10,16 +10,28 @@ import importlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from typing import Any, TypeVar
 
 import click
+from rich.console import Console
+from rich.progress import Progress
 
-from . import coordinator, graph, prometheus, report, retention, signals, versions, views
+from . import (
+    graph,
+    operations,
+    prometheus,
+    report,
+    retention,
+    signals,
+    versions,
+    views,
+)
 from .definition import get_orchestrated
 from .doctor import run as doctor_checks
-from .errors import SagaError, StoreError
+from .errors import ActionRefused, PayloadInvalid, SagaError, SagaInputError, StoreError
 from .examples.demo import run_embedded, run_loans, run_trips
 from .filters import CursorInvalid, FilterInvalid, SagaFilter, StuckClass
 from .install import configure
@@ -27,7 +39,7 @@ from .observability import escape
 from .payload import check_saga_id
 from .runtime import Runtime, current_runtime
 from .settings import Settings
-from .state import StepState
+from .state import OperatorAction, SagaState, StepState
 from .store import Store
 from .store.migrate import current_revision
 from .store.migrate import upgrade as run_upgrade
@@ -149,7 +161,8 @@ def show(saga_id: str, as_json: bool) -> None:
     if as_json:
         _emit(views.detail(_store(), saga_id))
         return
-    click.echo(report.timeline(*_store().get(saga_id)))
+    store = _store()
+    click.echo(report.timeline(*store.get(saga_id), forks=store.forks_of(saga_id)))
 
 
 @main.command()
@@ -245,28 +258,251 @@ _APP_OPTION = click.option(
 _REASON = click.option("--reason", required=True, help="Recorded in the saga's history.")
 
 
-@main.command()
+_BY = click.option(
+    "--by",
+    default=None,
+    help="Who acts, recorded in the history (default: your OS user name).",
+)
+_REVISION = click.option(
+    "--revision",
+    type=click.IntRange(0),
+    default=None,
+    help="The saga's revision as you saw it (saga show): refused if it changed since.",
+)
+_YES = click.option("--yes", "-y", is_flag=True, help="Do not ask before acting.")
+_DRY_RUN = click.option("--dry-run", is_flag=True, help="Only show the plan; change nothing.")
+DONE = {  # the last line each action prints: "saga ID: ..."
+    OperatorAction.RETRY: "retry dispatched ({state})",
+    OperatorAction.CANCEL: "cancelled, now {state}",
+    OperatorAction.PAUSE: "paused ({state})",
+    OperatorAction.RESUME: "resumed, now {state}",
+    OperatorAction.RERUN: "rerun dispatched, now {state}",
+    OperatorAction.FORK: "forked as {fork}",
+}
+
+
+def _operator_action(
+    action: OperatorAction,
+    saga_id: str,
+    options: dict[str, Any],
+    fork: dict[str, Any] | None = None,
+) -> None:
+    """Plan, show, confirm (when it runs compensations or effects), then carry out."""
+    check_saga_id(saga_id, field="ID")
+    rt = _operator_runtime(options["app_path"])
+    plan = operations.preview(
+        saga_id,
+        action,
+        reason=options["reason"],
+        by=options["by"],
+        revision=options["revision"],
+        rt=rt,
+        **(fork or {}),
+    )
+    if plan.refused is not None:
+        raise ActionRefused(plan.text())
+    click.echo(plan.text())
+    if options["dry_run"]:
+        click.echo("dry run: nothing done")
+        return
+    if plan.needs_confirmation and not options["yes"]:
+        _confirm()
+    done = operations.carry_out(plan, rt=rt)
+    state = done.after.value if done.after is not None else "?"
+    new = plan.fork.saga_id if plan.fork is not None else ""
+    click.echo(f"saga {saga_id}: " + DONE[action].format(state=state, fork=new))
+
+
+def _confirm() -> None:
+    try:
+        ok = click.confirm("go ahead?", default=False)
+    except click.Abort:
+        ok = False
+    if not ok:
+        click.echo("error: not confirmed, nothing done (--yes skips the question)", err=True)
+        sys.exit(1)
+
+
+def _action_command(action: OperatorAction, doc: str) -> None:
+    @main.command(action.value, help=doc)
+    @click.argument("saga_id")
+    @_REASON
+    @_BY
+    @_REVISION
+    @_YES
+    @_DRY_RUN
+    @_APP_OPTION
+    @_one_line_errors
+    def command(saga_id: str, **options: Any) -> None:
+        _operator_action(action, saga_id, options)
+
+
+_action_command(
+    OperatorAction.RETRY,
+    "Re-drive a saga from its open step or its dead-lettered compensation (shows the plan and "
+    "asks first).",
+)
+_action_command(
+    OperatorAction.CANCEL,
+    "Stop a running saga and compensate what it did, newest first (shows the plan and asks).",
+)
+_action_command(
+    OperatorAction.PAUSE,
+    "Pause a saga: nothing new is dispatched (a running step's reply is recorded), timers "
+    "wait, the sweeper leaves it alone.",
+)
+_action_command(
+    OperatorAction.RESUME,
+    "Resume a paused saga from where it stands; whatever fell due while paused (a retry, a "
+    "step timeout, the saga's deadline) fires now, as the plan shows.",
+)
+_action_command(
+    OperatorAction.RERUN,
+    "Run a failed saga again from its failed step, or a parked step, in the same saga (its "
+    "history and idempotency keys kept).",
+)
+
+
+@main.command("fork")
 @click.argument("saga_id")
+@click.option("--from", "from_step", required=True, help="The step the new saga starts at.")
+@click.option("--payload", "payload_json", default=None, help="A whole new payload (JSON).")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="PATH=JSON",
+    help="Change one payload field, e.g. --set address.city='\"Lyon\"' (repeatable).",
+)
+@click.option("--id", "new_id", default=None, help="The new saga's id (default: ID.forkN).")
 @_REASON
+@_BY
+@_REVISION
+@_YES
+@_DRY_RUN
 @_APP_OPTION
 @_one_line_errors
-def retry(saga_id: str, reason: str, app_path: str | None) -> None:
-    """Re-drive a saga from its open step or its dead-lettered compensation."""
+def fork_(
+    saga_id: str,
+    from_step: str,
+    payload_json: str | None,
+    sets: tuple[str, ...],
+    new_id: str | None,
+    **options: Any,
+) -> None:
+    """Start a new saga from step --from of a finished saga: the steps before it are taken as
+    done with their recorded results, the payload is edited and validated, and both sagas
+    record the link, the diff, who and why."""
+    payload = _json_option("--payload", payload_json) if payload_json is not None else None
+    if payload is not None and not isinstance(payload, dict):
+        raise PayloadInvalid("--payload must be a JSON object", field="payload")
+    changes: dict[str, Any] = {}
+    for item in sets:
+        path, eq, raw = item.partition("=")
+        if not eq or not path:
+            raise SagaInputError(f"--set {item!r}: expected PATH=JSON", field="set")
+        changes[path] = _json_option(f"--set {path}", raw)
+    fork = {"from_step": from_step, "payload": payload, "changes": changes, "new_id": new_id}
+    _operator_action(OperatorAction.FORK, saga_id, options, fork)
 
-    decision = coordinator.retry(saga_id, reason, rt=_operator_runtime(app_path))
-    click.echo(f"saga {saga_id}: retry dispatched ({decision.status.state.value})")
+
+def _json_option(name: str, raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SagaInputError(f"{name} is not JSON: {exc}", field=name.lstrip("-")) from None
 
 
-@main.command()
-@click.argument("saga_id")
+@main.command("bulk")
+@click.argument("action", type=click.Choice(sorted(a.value for a in operations.BULK_ACTIONS)))
+@click.argument("saga_ids", nargs=-1)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice([s.value for s in SagaState]),
+    help="Select sagas in this state (repeatable).",
+)
+@click.option("--name", default=None, help="Select sagas of this name.")
+@click.option(
+    "--older-than",
+    default=None,
+    help="Select sagas unchanged for this long: seconds, or 30m, 2h, 7d.",
+)
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100000))
 @_REASON
+@_BY
+@_YES
+@_DRY_RUN
 @_APP_OPTION
 @_one_line_errors
-def cancel(saga_id: str, reason: str, app_path: str | None) -> None:
-    """Stop a running saga and compensate what it did, newest first."""
+def bulk_(
+    action: str,
+    saga_ids: tuple[str, ...],
+    states: tuple[str, ...],
+    name: str | None,
+    older_than: str | None,
+    limit: int,
+    **options: Any,
+) -> None:
+    """retry, cancel or resume many sagas: the ids given, or those the filters select. Shows
+    the count and each saga's plan first (a dry run), asks, then acts with a progress bar."""
+    what = OperatorAction(action)
+    for sid in saga_ids:
+        check_saga_id(sid, field="SAGA_IDS")
+    rt = _operator_runtime(options["app_path"])
+    if saga_ids and (states or name or older_than):
+        raise SagaInputError("give saga ids or filters, not both", field="SAGA_IDS")
+    if not saga_ids and not (states or name or older_than):
+        raise SagaInputError("select sagas: ids, or --state/--name/--older-than", field="SAGA_IDS")
+    ids = list(saga_ids) or rt.store.select_ids(
+        states=[SagaState(s) for s in states],
+        name=name,
+        older_than=_seconds(older_than) if older_than else None,
+        limit=limit,
+    )
+    who = {"reason": options["reason"], "by": options["by"], "rt": rt}
+    planned = operations.bulk(what, ids, dry_run=True, **who)
+    click.echo(report.bulk_plan(planned))
+    if options["dry_run"] or not planned.planned:
+        return
+    if not options["yes"]:
+        _confirm()
+    chosen = [i.saga_id for i in planned.items if i.error is None]
+    with _progress(len(chosen), f"{what.value}") as advance:
+        result = operations.bulk(what, chosen, progress=lambda _item: advance(), **who)
+    click.echo(f"{what.value}: {result.done} done, {result.refused} refused")
+    for item in result.items:
+        if item.error is not None:
+            click.echo(f"error: {item.saga_id}: {item.error}", err=True)
+    if result.refused:
+        sys.exit(1)
 
-    decision = coordinator.cancel(saga_id, reason, rt=_operator_runtime(app_path))
-    click.echo(f"saga {saga_id}: cancelled, now {decision.status.state.value}")
+
+@contextmanager
+def _progress(total: int, label: str) -> Iterator[Callable[[], None]]:
+    """A rich progress bar on stderr (stdout stays the report)."""
+    with Progress(console=Console(stderr=True), transient=False) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _seconds(text: str) -> float:
+    unit = _UNITS.get(text[-1:].lower())
+    number = text[:-1] if unit else text
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise SagaInputError(
+            f"--older-than {text!r}: expected seconds or a number with s, m, h or d",
+            field="older_than",
+        )
+    return value
 
 
 @main.group()
@@ -304,15 +540,16 @@ def dlq_list(limit: int, as_json: bool) -> None:
 @dlq.command("retry")
 @click.argument("saga_id")
 @_REASON
+@_BY
 @_APP_OPTION
 @_one_line_errors
-def dlq_retry(saga_id: str, reason: str, app_path: str | None) -> None:
+def dlq_retry(saga_id: str, reason: str, by: str | None, app_path: str | None) -> None:
     """Try a dead-lettered compensation again."""
 
     store = _store()
     if not any(r.id == saga_id for r, _ in store.dead_letters(limit=100000)):
         raise SagaError(f"saga {saga_id!r} is not on the dead-letter list")
-    coordinator.retry(saga_id, reason, rt=_operator_runtime(app_path))
+    operations.retry(saga_id, reason=reason, by=by, rt=_operator_runtime(app_path))
     click.echo(f"saga {saga_id}: compensation re-dispatched")
 
 

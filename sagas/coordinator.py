@@ -23,8 +23,10 @@ from .admission import check_duplicate_start
 from .commands import build_command, decode_command, encode_command, still_wanted
 from .definition import Saga, StepDef, get_orchestrated
 from .errors import (
+    ActionRefused,
     DefinitionError,
-    SagaError,
+    SagaChanged,
+    SagaConflict,
     SagaInputError,
     SagaNotFound,
     StoreUnavailable,
@@ -52,13 +54,13 @@ from .machine import (
     decide,
     is_parked,
     new_status,
-    why_no_cancel,
 )
 from .messages import StepCommand, StepReply
 from .observability import escape, get_logger, metrics, saga_context
 from .payload import check_json
+from .recovery import fork_status, refusal, why_no_fork, why_refused
 from .runtime import Runtime, get_runtime
-from .state import Action, HistoryKind, SagaKind
+from .state import Action, HistoryKind, OperatorAction, SagaKind
 from .store import NewSaga, SagaRecord, Snapshot, Transition, inserted_record
 from .store.joined import CallerTransaction
 from .transport import send_step, send_wake
@@ -176,12 +178,15 @@ def apply(
     skip_locked: bool = False,
     claim: Claim | None = None,
     snapshot: Snapshot | None = None,
+    expected_revision: int | None = None,
 ) -> Applied | None:
     """Run one transition on ``saga_id``. Returns None if it does not exist (or is busy and
     ``skip_locked``, or ``make_event`` returned None).
 
     Optimistic: read (or start from ``snapshot``), decide, then write with compare-and-set; if
-    another transition committed in between, read again and decide again."""
+    another transition committed in between, read again and decide again. With
+    ``expected_revision`` (an operator's action on the saga as they saw it), a saga at another
+    revision raises ``SagaChanged`` instead, with nothing written."""
     rt = rt or get_runtime()
     snap = snapshot
     for _ in range(MAX_CONFLICTS):
@@ -190,6 +195,7 @@ def apply(
             if snap is None:
                 return None
         record, status, now = snap.record, snap.status, snap.now()
+        check_revision(record, expected_revision)
         saga = _definition(record, status)
         with saga_context(
             saga=record.name, saga_id=record.id, correlation_id=record.correlation_id
@@ -360,29 +366,119 @@ def wake(saga_id: str, *, rt: Runtime | None = None, skip_locked: bool = False) 
     return apply(saga_id, lambda now, _saga: Wake(now), rt=rt, skip_locked=skip_locked)
 
 
-def cancel(saga_id: str, reason: str, *, rt: Runtime | None = None) -> Decision:
+def cancel(
+    saga_id: str,
+    reason: str,
+    *,
+    rt: Runtime | None = None,
+    by: str = "",
+    revision: int | None = None,
+) -> Decision:
     """Operator: stop forward progress and compensate now (refused past the pivot)."""
-    return _operator(saga_id, lambda now, _saga: Cancel(now, reason), "cancel", rt)
+    event = lambda now, _saga: Cancel(now, reason, by)  # noqa: E731
+    return operator_transition(saga_id, event, OperatorAction.CANCEL, rt, revision)
 
 
-def retry(saga_id: str, reason: str, *, rt: Runtime | None = None) -> Decision:
+def retry(
+    saga_id: str,
+    reason: str,
+    *,
+    rt: Runtime | None = None,
+    by: str = "",
+    revision: int | None = None,
+) -> Decision:
     """Operator: re-drive the open step, or the parked (dead-lettered) compensation, now."""
-    return _operator(saga_id, lambda now, _saga: Retry(now, reason), "retry", rt)
+    event = lambda now, _saga: Retry(now, reason, by)  # noqa: E731
+    return operator_transition(saga_id, event, OperatorAction.RETRY, rt, revision)
 
 
-def _operator(saga_id: str, make: EventFactory, what: str, rt: Runtime | None) -> Decision:
-    applied = apply(saga_id, make, rt=rt)
+def operator_transition(
+    saga_id: str,
+    make: EventFactory,
+    what: OperatorAction,
+    rt: Runtime | None,
+    revision: int | None = None,
+) -> Decision:
+    """An operator's transition: ``SagaNotFound``, ``SagaChanged`` (not at ``revision``) or
+    ``ActionRefused`` (nothing to do in its state) with nothing written, or the decision."""
+    applied = apply(saga_id, make, rt=rt, expected_revision=revision)
     if applied is None:
         raise SagaNotFound(f"no saga with id {saga_id!r}")
     decision = applied.decision
     if not decision.changed:
-        why = f"saga {saga_id!r} is {decision.status.state.value}"
-        if what == "cancel":
-            saga = get_orchestrated(applied.snapshot.record.name, applied.snapshot.record.version)
-            why = f"saga {saga_id!r}: " + (why_no_cancel(saga.plan, decision.status) or why)
-        raise SagaError(f"nothing to {what}: {why}")
-    metrics.inc("sagas_operator_actions_total", action=what)
+        record = applied.snapshot.record
+        saga = get_orchestrated(record.name, record.version)
+        why = why_refused(what, saga.plan, decision.status, decision)
+        raise ActionRefused(refusal(what, saga_id, why or "nothing changed"))
+    metrics.inc("sagas_operator_actions_total", action=what.value)
     return decision
+
+
+def check_revision(record: SagaRecord, expected: int | None) -> None:
+    """``SagaChanged`` if the saga is no longer at the revision an operator acted on."""
+    if expected is not None and record.lock_version != expected:
+        raise SagaChanged(
+            f"saga {record.id!r} changed since revision {expected} (now {record.lock_version}, "
+            f"{record.state.value}): nothing done; look at it again",
+            expected=expected,
+            actual=record.lock_version,
+        )
+
+
+def fork(
+    rt: Runtime,
+    saga: Saga[Any],
+    original_id: str,
+    revision: int,
+    new_id: str,
+    data: dict[str, Any],
+    from_step: int,
+    history_from: HistoryRecord,
+    history_to: HistoryRecord,
+) -> Applied:
+    """Start ``new_id`` as a fork of ``original_id`` (still at ``revision``) from step
+    ``from_step``: in one transaction the new saga is inserted, linked to the original
+    (``forked_from``) with ``history_from`` first in its history, and ``history_to`` is added
+    to the original's; then its first step is dispatched. ``SagaChanged``, ``ActionRefused``
+    (the original cannot be forked now) or ``SagaConflict`` (``new_id`` is taken) write nothing."""
+    with rt.store.transaction() as tx:
+        loaded = tx.lock(original_id)
+        if loaded is None:
+            raise SagaNotFound(f"no saga with id {original_id!r}")
+        record, status = loaded
+        check_revision(record, revision)
+        refused = why_no_fork(saga.plan, status, from_step)
+        if refused is not None:
+            raise ActionRefused(f"cannot fork saga {original_id!r}: {refused}")
+        now = tx.now()
+        taken = rt.store.clock.monotonic()
+        deadline = now + timedelta(seconds=saga.deadline) if saga.deadline is not None else None
+        first = fork_status(saga.plan, status, from_step, new_id, deadline)
+        decision = decide(saga.plan, first, Start(now))
+        decision = replace(decision, history=(history_from, *decision.history))
+        new = NewSaga(
+            new_id,
+            saga.name,
+            record.version,
+            data,
+            record.correlation_id,  # the same business request: one trace, one correlation
+            decision.status,
+            decision.history,
+            _outbox(decision),
+            definition_hash=saga.fingerprint,
+            forked_from=original_id,
+        )
+        if tx.insert(new) is not None:
+            raise SagaConflict(f"saga id {new_id!r} is taken", field="saga_id", saga=saga.name)
+        tx.record_only(original_id, [history_to])
+    snap = Snapshot(inserted_record(new, now), decision.status, now, taken, rt.store.clock)
+    metrics.inc("sagas_operator_actions_total", action=OperatorAction.FORK.value)
+    return _started(rt, saga, decision, snap, now, new_id, record.correlation_id)
+
+
+def definition_of(record: SagaRecord, status: SagaStatus) -> Saga[Any]:
+    """The definition a saga runs on (``VersionUnavailable`` when this process lacks it)."""
+    return _definition(record, status)
 
 
 def republish(saga_id: str, grace: float, *, rt: Runtime | None = None) -> int:

@@ -5,6 +5,8 @@
 - ``DefinitionError``: a saga is declared wrongly; raised when its module loads.
 - ``SagaInputError`` (and subclasses): a caller sent bad input; nothing was written.
 - ``SagaNotFound``: an id that names no saga.
+- ``ActionRefused`` (``SagaChanged``): an operator action the saga's state (or a change since the
+  operator looked) does not allow; nothing was changed.
 - ``ConfigurationError``: a setting or a configured saga module is wrong; names which.
 - ``StoreError`` (``StoreUnavailable``, ``StoreConflict``): the saga store failed or refused.
 """
@@ -84,6 +86,10 @@ class SagaConflict(SagaInputError):
     """A saga with this id already exists with a different name or payload."""
 
 
+class StepUnknown(SagaInputError):
+    """The saga has no step of that name (``field`` names the option that gave it)."""
+
+
 class ConfigurationError(SagaError, ValueError):
     """A setting has a wrong value, or a saga module named in the configuration fails to
     import; ``setting`` names it."""
@@ -95,6 +101,21 @@ class ConfigurationError(SagaError, ValueError):
 
 class SagaNotFound(SagaError, LookupError):
     """No saga with this id exists in the store."""
+
+
+class ActionRefused(SagaError):
+    """An operator action that cannot happen in the saga's state (the message says why);
+    nothing was changed."""
+
+
+class SagaChanged(ActionRefused):
+    """The saga changed since the revision the operator acted on (``expected``; ``actual`` is
+    its revision now): nothing was changed, look at it again."""
+
+    def __init__(self, message: str, *, expected: int, actual: int) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.actual = actual
 
 
 class StoreError(SagaError):

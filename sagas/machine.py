@@ -22,7 +22,14 @@ Rules, in one place:
 - The pivot: once the step marked ``pivot`` succeeded, the saga only goes forward. Later steps
   are retried per their policy, then parked; a deadline is recorded and passes; a cancel is
   refused; nothing is ever compensated.
-- ``completed`` and ``failed`` are absorbing.
+- ``completed`` and ``failed`` are absorbing, except that an operator's ``Rerun`` takes a failed
+  saga back to its failed step when no effect before it was undone (``why_no_rerun``).
+- Paused (``Pause``, an operator): replies to attempts already out are recorded and decided as
+  usual, but every dispatch they lead to is held (``dispatch_held``: the step is due at once,
+  as a timer); timers do not fire; signals are kept; cancel, retry and rerun are refused.
+  ``Resume`` fires everything due at that moment, held dispatches first in step order: a step
+  timeout or the saga deadline that passed while paused takes effect then (a deadline is not
+  extended by a pause).
 """
 
 from __future__ import annotations
@@ -161,6 +168,11 @@ class SagaStatus:
     steps: tuple[StepStatus, ...]
     deadline_at: datetime | None = None
     failure: ErrorInfo | None = None  # why compensation began
+    paused_at: datetime | None = None  # an operator paused it then (None: not paused)
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_at is not None
 
     def step(self, index: int) -> StepStatus:
         return self.steps[index]
@@ -190,9 +202,71 @@ def why_no_cancel(plan: Plan, saga: SagaStatus) -> str | None:
     """Why a cancel would change nothing (None: it would compensate)."""
     if saga.state not in (SagaState.STARTED, SagaState.PENDING):
         return f"saga is {saga.state.value}"
+    if saga.paused:
+        return PAUSED_REFUSAL
     if past_pivot(plan, saga):
         pivot = plan.steps[plan.pivot or 0].name
         return f"saga passed its pivot step {pivot!r} and only goes forward"
+    return None
+
+
+PAUSED_REFUSAL = "saga is paused: resume it first"
+
+
+def why_no_pause(saga: SagaStatus) -> str | None:
+    """Why a pause would change nothing (None: it pauses)."""
+    if saga.state.terminal:
+        return f"saga is {saga.state.value}"
+    return "saga is paused already" if saga.paused else None
+
+
+def why_no_resume(saga: SagaStatus) -> str | None:
+    return None if saga.paused else f"saga is {saga.state.value} and not paused"
+
+
+def rerun_from(plan: Plan, saga: SagaStatus) -> int | None:
+    """The step a rerun starts from: a parked step, or a failed saga's failed step (the first
+    of its parallel group). None: there is none."""
+    for i, s in enumerate(saga.steps):
+        if s.state is StepState.PARKED:
+            return i
+    if saga.state is SagaState.FAILED:
+        failed = next((i for i, s in enumerate(saga.steps) if s.state is StepState.FAILED), None)
+        return None if failed is None else plan.members(failed)[0]
+    return None
+
+
+def why_no_rerun(plan: Plan, saga: SagaStatus) -> str | None:
+    """Why a rerun cannot happen (None: it can).
+
+    A rerun keeps the saga's id, so its steps keep their idempotency keys and receipts. It may
+    therefore only run again steps whose effect was never undone: a step that failed (known to
+    have taken no effect) or was parked, after steps whose effects stand. A step before it that
+    was compensated would have to run again under the same key, which a receipt refuses and a
+    payment gateway answers with the old, refunded charge: that is a fork's job (a new id)."""
+    if saga.paused:
+        return PAUSED_REFUSAL
+    if saga.state is SagaState.COMPENSATING:
+        return "saga is compensating: retry its compensation instead"
+    if saga.state is SagaState.COMPLETED:
+        return "saga is completed: nothing failed (fork it to run steps again)"
+    start = rerun_from(plan, saga)
+    if start is None:
+        if saga.state is SagaState.FAILED:
+            return "no step of it is known to have failed without effect (fork it instead)"
+        return f"saga is {saga.state.value} with no parked step"
+    if saga.state is SagaState.PENDING:
+        return None
+    for i, s in enumerate(saga.steps):
+        undone = s.state in (StepState.COMPENSATED, StepState.TIMED_OUT) or (
+            s.state is StepState.COMPENSATION_FAILED
+        )
+        if undone or (i >= start and s.state is StepState.SUCCEEDED):
+            name = s.name
+            return (
+                f"step {name!r} was {s.state.value}: running it again under the same "
+                f"idempotency key is unsafe; fork the saga from {name!r} instead"
+            )
     return None
 
 
@@ -233,6 +307,7 @@ class Wake:
 class Cancel:
     at: datetime
     reason: str = ""
+    by: str = ""  # who asked (an operator; empty for code that did not say)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +317,35 @@ class Retry:
 
     at: datetime
     reason: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """An operator stops new dispatches; what is out may still answer."""
+
+    at: datetime
+    reason: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    at: datetime
+    reason: str = ""
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Rerun:
+    """An operator re-runs a failed saga from its failed step, or a parked step, in the same
+    saga (``why_no_rerun``). ``deadline_at``: the saga's new deadline (a failed saga's old one
+    has passed; None keeps it)."""
+
+    at: datetime
+    reason: str = ""
+    by: str = ""
+    deadline_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +368,19 @@ class Signal:
     signal_id: str
 
 
-Event = Start | StepSucceeded | StepFailed | Wake | Cancel | Retry | Signal | Heartbeat
+Event = (
+    Start
+    | StepSucceeded
+    | StepFailed
+    | Wake
+    | Cancel
+    | Retry
+    | Signal
+    | Heartbeat
+    | Pause
+    | Resume
+    | Rerun
+)
 
 
 # -- commands and history: what to do and what to record ----------------------------------------
@@ -339,15 +455,18 @@ class Decision:
 def decide(plan: Plan, saga: SagaStatus, event: Event) -> Decision:
     """Apply ``event`` to ``saga`` and return the new status, commands and history."""
     b = _Builder(plan, saga)
+    if isinstance(event, Rerun):
+        if why_no_rerun(plan, saga) is None:
+            _rerun(b, event)
+        return b.build()
     if saga.state.terminal:
         _after_the_end(b, event)
         return b.build()
+    if saga.paused and isinstance(event, Wake | Retry | Signal | Pause):
+        return b.build()  # timers wait, signals are kept, a retry waits for the resume
     match event:
         case Start(at=at):
-            if saga.state is SagaState.STARTED and saga.steps[0].state is StepState.PENDING:
-                b.record(HistoryKind.SAGA_STARTED)
-                b.set_saga(SagaState.PENDING)
-                _dispatch_forward(b, 0, at)
+            _start(b, at)
         case StepSucceeded() if event.action is Action.FORWARD:
             _forward_succeeded(b, event)
         case StepFailed() if event.action is Action.FORWARD:
@@ -358,17 +477,23 @@ def decide(plan: Plan, saga: SagaStatus, event: Event) -> Decision:
             _compensation_failed(b, event)
         case Wake(at=at):
             _wake(b, at)
-        case Cancel(at=at, reason=reason):
-            if why_no_cancel(plan, b.saga) is None:
-                b.record(HistoryKind.CANCEL_REQUESTED, detail={"reason": reason})
-                _begin_compensation(b, ErrorInfo(CANCELLED_ERROR, reason, False), at)
-        case Retry(at=at, reason=reason):
-            _operator_retry(b, at, reason)
         case Signal():
             _signal(b, event)
         case Heartbeat():
             _heartbeat(b, event)
+        case Cancel() | Retry() | Pause() | Resume():
+            _operator(b, event)
     return b.build()
+
+
+def _start(b: _Builder, at: datetime) -> None:
+    # A fork starts with the steps it reuses succeeded: it begins at the first other.
+    saga = b.saga
+    first = next((i for i, s in enumerate(saga.steps) if s.state is StepState.PENDING), 0)
+    if saga.state is SagaState.STARTED and saga.steps[first].state is StepState.PENDING:
+        b.record(HistoryKind.SAGA_STARTED)
+        b.set_saga(SagaState.PENDING)
+        _dispatch_forward(b, first, at)
 
 
 def _heartbeat(b: _Builder, ev: Heartbeat) -> None:
@@ -387,6 +512,68 @@ def _heartbeat(b: _Builder, ev: Heartbeat) -> None:
     b.touched = True
 
 
+def _operator(b: _Builder, event: Cancel | Retry | Pause | Resume) -> None:
+    """An operator's action on an active saga (the saga is not paused, unless it resumes)."""
+    match event:
+        case Cancel(at=at, reason=reason, by=by):
+            if why_no_cancel(b.plan, b.saga) is None:
+                b.record(HistoryKind.CANCEL_REQUESTED, detail=_who(by, reason))
+                _begin_compensation(b, ErrorInfo(CANCELLED_ERROR, reason, False), at)
+        case Retry(at=at, reason=reason, by=by):
+            _operator_retry(b, at, reason, by)
+        case Pause(at=at, reason=reason, by=by):
+            b.saga = replace(b.saga, paused_at=at)
+            b.record(HistoryKind.SAGA_PAUSED, detail=_who(by, reason))
+        case Resume() if b.saga.paused:
+            _resume(b, event)
+
+
+def _who(by: str, reason: str) -> dict[str, Any]:
+    """Who and why, as every operator action records them."""
+    return {"by": by, "reason": reason} if by else {"reason": reason}
+
+
+def _resume(b: _Builder, ev: Resume) -> None:
+    paused_at = b.saga.paused_at
+    assert paused_at is not None
+    b.saga = replace(b.saga, paused_at=None)
+    detail = {**_who(ev.by, ev.reason), "paused_at": paused_at.isoformat()}
+    b.record(HistoryKind.SAGA_RESUMED, detail=detail)
+    _wake(b, ev.at)  # everything due now: held dispatches, and timers that passed meanwhile
+    for i, (plan, s) in enumerate(zip(b.plan.steps, b.saga.steps, strict=True)):
+        waiting = (plan.wait and s.state is StepState.RUNNING) or (
+            s.state is StepState.PARKED and s.in_flight
+        )
+        if waiting and not any(isinstance(c, AwaitSignal) and c.step == i for c in b.commands):
+            b.commands.append(AwaitSignal(i))  # take a signal kept while paused
+    later = next_wakeup(b.saga)
+    if later is not None and later > ev.at:
+        b.commands.append(WakeAt(later))
+
+
+def _rerun(b: _Builder, ev: Rerun) -> None:
+    start = rerun_from(b.plan, b.saga)
+    assert start is not None
+    was = b.saga.steps[start].state
+    b.record(
+        HistoryKind.OPERATOR_RERUN,
+        start,
+        detail={**_who(ev.by, ev.reason), "was": was.value, "saga_was": b.saga.state.value},
+    )
+    if b.saga.state is SagaState.FAILED:
+        for i in range(start, len(b.saga.steps)):
+            if b.saga.steps[i].state in (StepState.FAILED, StepState.SKIPPED):
+                b.set_step(
+                    i, state=StepState.PENDING, error=None, finished_at=None, next_attempt_at=None
+                )
+        deadline = ev.deadline_at or b.saga.deadline_at
+        b.saga = replace(b.saga, failure=None, deadline_at=deadline)
+        b.set_saga(SagaState.PENDING)
+        _dispatch_forward(b, start, ev.at)
+        return
+    b.dispatch(start, Action.FORWARD, ev.at)  # a parked step: its next attempt, same key
+
+
 def _after_the_end(b: _Builder, event: Event) -> None:
     """A finished saga changes no more: late replies and signals are recorded as ignored."""
     if isinstance(event, StepSucceeded | StepFailed):
@@ -397,8 +584,8 @@ def _after_the_end(b: _Builder, event: Event) -> None:
 
 def next_wakeup(saga: SagaStatus) -> datetime | None:
     """The earliest time at which a ``Wake`` could change this saga (None: nothing pending)."""
-    if saga.state.terminal:
-        return None
+    if saga.state.terminal or saga.paused:
+        return None  # a paused saga has no timer the sweeper should fire
     times = [t for s in saga.steps for t in (s.deadline_at, s.next_attempt_at) if t is not None]
     if saga.deadline_at is not None and saga.state in (SagaState.STARTED, SagaState.PENDING):
         times.append(saga.deadline_at)
@@ -610,7 +797,7 @@ def _begin_compensation(b: _Builder, reason: ErrorInfo, at: datetime) -> None:
             final = StepState.TIMED_OUT if in_doubt else StepState.FAILED
             b.set_step(i, state=final, next_attempt_at=None, finished_at=at)
         elif s.state is StepState.PENDING:
-            b.set_step(i, state=StepState.SKIPPED)
+            b.set_step(i, state=StepState.SKIPPED, next_attempt_at=None)  # held while paused
         elif s.state is StepState.PARKED:  # an operator cancelled it (before any pivot)
             final = StepState.TIMED_OUT if s.in_doubt else StepState.FAILED
             b.set_step(i, state=final, finished_at=at, deadline_at=None)
@@ -687,7 +874,7 @@ def _after_compensation_failure(b: _Builder, index: int, error: ErrorInfo, at: d
     b.commands.append(Parked(index, error))
 
 
-def _operator_retry(b: _Builder, at: datetime, reason: str) -> None:
+def _operator_retry(b: _Builder, at: datetime, reason: str, by: str = "") -> None:
     for i, s in enumerate(b.saga.steps):
         if b.saga.state is SagaState.COMPENSATING and s.state in (
             StepState.COMPENSATION_FAILED,
@@ -704,7 +891,7 @@ def _operator_retry(b: _Builder, at: datetime, reason: str) -> None:
             action = Action.FORWARD
         else:
             continue
-        b.record(HistoryKind.OPERATOR_RETRY, i, detail={"reason": reason, "was": s.state.value})
+        b.record(HistoryKind.OPERATOR_RETRY, i, detail={**_who(by, reason), "was": s.state.value})
         if s.state is StepState.RUNNING:
             # The old attempt is stale, but it may still run: its outcome is now unknown.
             b.set_step(i, state=StepState.PENDING, deadline_at=None, in_doubt=True)
@@ -893,7 +1080,9 @@ class _Builder:
     def set_saga(self, state: SagaState) -> None:
         if state is not self.saga.state:
             check_saga_transition(self.saga.state, state)
-            self.saga = replace(self.saga, state=state)
+            # A saga that finishes while paused (its last reply came in) holds nothing more.
+            paused_at = None if state.terminal else self.saga.paused_at
+            self.saga = replace(self.saga, state=state, paused_at=paused_at)
 
     def set_step(self, index: int, **changes: Any) -> None:
         old = self.saga.steps[index]
@@ -906,6 +1095,9 @@ class _Builder:
 
     def dispatch(self, index: int, action: Action, at: datetime) -> None:
         old, plan = self.saga.steps[index], self.plan.steps[index]
+        if self.saga.paused:
+            self._hold(index, action, at)
+            return
         if plan.wait and action is Action.FORWARD:
             # A wait runs no task: it holds a durable timer until its signal or its timeout.
             until = at + timedelta(seconds=plan.timeout)
@@ -955,3 +1147,12 @@ class _Builder:
             )
             self.record(HistoryKind.COMPENSATION_DISPATCHED, index, attempt)
         self.commands.append(Dispatch(index, attempt, action, deadline))
+
+    def _hold(self, index: int, action: Action, at: datetime) -> None:
+        """Paused: the dispatch becomes a timer due now, which only a resume fires."""
+        if action is Action.FORWARD:
+            state = StepState.PENDING
+        else:
+            state = StepState.COMPENSATING
+        self.set_step(index, state=state, deadline_at=None, next_attempt_at=at)
+        self.record(HistoryKind.DISPATCH_HELD, index, None, {"action": action.value})

@@ -55,6 +55,12 @@ class SagaInfo:
     parked: bool  # waiting for an operator
     steps: tuple[StepInfo, ...]
     history: tuple[HistoryEntry, ...]
+    # Changes with every write: pass it to an operator action (``revision=``) so that a saga
+    # that moved since it was read is refused rather than acted on.
+    revision: int = 0
+    paused_at: datetime | None = None  # paused by an operator (``sagas.pause``)
+    forked_from: str | None = None  # the saga this one was forked from
+    forks: tuple[str, ...] = ()  # sagas forked from this one
 
     @property
     def done(self) -> bool:
@@ -77,7 +83,8 @@ class SagaWaitTimeout(SagaError, TimeoutError):
 
 def get(saga_id: str, *, rt: Runtime | None = None) -> SagaInfo:
     """The saga ``saga_id`` with its steps and history (``SagaNotFound`` if there is none)."""
-    record, status, history = (rt or get_runtime()).store.get(saga_id)
+    store = (rt or get_runtime()).store
+    record, status, history = store.get(saga_id)
     steps = tuple(
         StepInfo(
             s.name,
@@ -110,6 +117,10 @@ def get(saga_id: str, *, rt: Runtime | None = None) -> SagaInfo:
         parked=record.parked,
         steps=steps,
         history=tuple(history),
+        revision=record.lock_version,
+        paused_at=record.paused_at,
+        forked_from=record.forked_from,
+        forks=tuple(store.forks_of(record.id)),
     )
 
 

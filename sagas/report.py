@@ -11,6 +11,7 @@ from .definition import get_orchestrated
 from .errors import SagaError
 from .machine import Plan, SagaStatus
 from .observability import escape
+from .operations import BulkResult
 from .payload import encode
 from .state import HistoryKind, SagaState, StepState
 from .store import HistoryEntry, SagaRecord
@@ -94,16 +95,28 @@ def saga_list(records: Sequence[Listed]) -> str:
     return table(headers, rows, optional=(5, 4), shrink=(1,))
 
 
-def timeline(record: SagaRecord, status: SagaStatus, history: Sequence[HistoryEntry]) -> str:
+def timeline(
+    record: SagaRecord,
+    status: SagaStatus,
+    history: Sequence[HistoryEntry],
+    forks: Sequence[str] = (),
+) -> str:
     head = [
         f"saga {record.id}  {record.name} v{record.version}  state={record.state.value}"
-        + ("  PARKED (needs an operator)" if record.parked else ""),
+        + ("  PARKED (needs an operator)" if record.parked else "")
+        + (f"  PAUSED since {ts(record.paused_at)}" if record.paused_at else ""),
         f"correlation={record.correlation_id}  started={ts(record.created_at)}"
         + (f"  finished={ts(record.finished_at)}" if record.finished_at else "")
-        + f"  took={_duration(record.created_at, record.finished_at or record.updated_at)}",
+        + f"  took={_duration(record.created_at, record.finished_at or record.updated_at)}"
+        # The stamp an operator action can pin (--revision): a saga that moved is refused.
+        + f"  revision={record.lock_version}",
     ]
     if record.failure:
         head.append(f"failure: {record.failure.type}: {escape(record.failure.message)}")
+    if record.forked_from:
+        head.append(f"forked from {record.forked_from}")
+    if forks:
+        head.append("forks: " + ", ".join(forks))
     head += _waits_and_pivot(status, history)
     head += _heartbeats(status)
     plan = _plan_of(record)
@@ -244,3 +257,19 @@ def prometheus(stats: dict[str, Any]) -> str:
     ):  # fmt: skip
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} gauge", f"{metric} {stats[key]}"]
     return "\n".join(lines)
+
+
+def bulk_plan(result: BulkResult) -> str:
+    """A bulk action's dry run: the count, then one line per saga (its plan, or why not)."""
+    total = len(result.items)
+    head = (
+        f"{result.action.value}: {result.planned} of {total} selected saga(s) would be acted on"
+        + (f", {result.refused} refused" if result.refused else "")
+    )
+    rows = []
+    for item in result.items:
+        if item.error is not None:
+            rows.append([item.saga_id, "refused: " + escape(item.error)[:100]])
+        elif item.plan is not None:
+            rows.append([item.saga_id, "; ".join(item.plan.lines[1:]) or item.plan.lines[0]])
+    return "\n".join([head, table(["ID", "PLAN"], rows)] if rows else [head])

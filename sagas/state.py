@@ -36,7 +36,9 @@ SAGA_TRANSITIONS: dict[SagaState, frozenset[SagaState]] = {
     SagaState.PENDING: frozenset({SagaState.COMPLETED, SagaState.COMPENSATING, SagaState.FAILED}),
     SagaState.COMPENSATING: frozenset({SagaState.FAILED}),
     SagaState.COMPLETED: frozenset(),
-    SagaState.FAILED: frozenset(),
+    # Absorbing for every event but an operator's rerun, which takes a failed saga back to its
+    # failed step (``machine.why_no_rerun`` says when that is safe).
+    SagaState.FAILED: frozenset({SagaState.PENDING}),
 }
 
 
@@ -76,11 +78,11 @@ STEP_TRANSITIONS: dict[StepState, frozenset[StepState]] = {
     ),
     StepState.SUCCEEDED: frozenset({StepState.COMPENSATING}),
     StepState.TIMED_OUT: frozenset({StepState.COMPENSATING}),
-    StepState.FAILED: frozenset(),
+    StepState.FAILED: frozenset({StepState.PENDING}),  # an operator's rerun
     StepState.COMPENSATING: frozenset({StepState.COMPENSATED, StepState.COMPENSATION_FAILED}),
     StepState.COMPENSATED: frozenset(),
     StepState.COMPENSATION_FAILED: frozenset({StepState.COMPENSATING}),
-    StepState.SKIPPED: frozenset(),
+    StepState.SKIPPED: frozenset({StepState.PENDING}),  # an operator's rerun
     # An operator runs it again, or (before a pivot) cancels: settled as compensation begins.
     StepState.PARKED: frozenset({StepState.RUNNING, StepState.FAILED, StepState.TIMED_OUT}),
 }
@@ -105,6 +107,17 @@ class Action(StrEnum):
     COMPENSATE = "compensate"
 
 
+class OperatorAction(StrEnum):
+    """What an operator can do to a saga (each recorded with who and why)."""
+
+    RETRY = "retry"
+    CANCEL = "cancel"
+    PAUSE = "pause"
+    RESUME = "resume"
+    RERUN = "rerun"
+    FORK = "fork"
+
+
 class HistoryKind(StrEnum):
     """What a row of the append-only history records."""
 
@@ -117,6 +130,12 @@ class HistoryKind(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCEL_REQUESTED = "cancel_requested"
     OPERATOR_RETRY = "operator_retry"
+    SAGA_PAUSED = "saga_paused"  # an operator paused it: nothing new is dispatched
+    SAGA_RESUMED = "saga_resumed"  # ... and resumed it (detail: paused_at)
+    DISPATCH_HELD = "dispatch_held"  # a dispatch decided while paused, sent on resume
+    OPERATOR_RERUN = "operator_rerun"  # a failed or parked saga re-run from its failed step
+    FORKED_FROM = "forked_from"  # first row of a fork: the original, step, diff, who, why
+    FORKED_TO = "forked_to"  # in the original: the fork's id, step, diff, who, why
     COMPENSATION_STARTED = "compensation_started"
     COMPENSATION_DISPATCHED = "compensation_dispatched"
     STEP_COMPENSATED = "step_compensated"

@@ -39,6 +39,8 @@ class SagaRecord:
     kind: SagaKind = SagaKind.ORCHESTRATED
     definition_hash: str | None = None
     trace_context: dict[str, str] | None = None  # W3C carrier of the saga's trace (tracing)
+    paused_at: datetime | None = None
+    forked_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ class NewSaga:
     kind: SagaKind = SagaKind.ORCHESTRATED
     definition_hash: str | None = None  # Saga.fingerprint
     trace_context: dict[str, str] | None = None  # the saga.start span's context (tracing)
+    forked_from: str | None = None  # the original of a fork
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,7 @@ def inserted_record(new: NewSaga, now: datetime) -> SagaRecord:
         kind=new.kind,
         definition_hash=new.definition_hash,
         trace_context=new.trace_context,
+        forked_from=new.forked_from,
     )
 
 
@@ -137,12 +141,19 @@ def written_record(t: Transition, now: datetime) -> SagaRecord:
         outbox, outbox_at = [*(r.outbox or []), *t.outbox], now
     else:
         outbox, outbox_at = r.outbox, r.outbox_at
+    finished_at = r.finished_at
+    if t.new.state.terminal and not t.old.state.terminal:
+        finished_at = now
+    elif t.old.state.terminal and not t.new.state.terminal:
+        finished_at = None  # an operator's rerun: running again
     return replace(
         r,
         state=t.new.state,
         failure=t.new.failure,
         updated_at=now,
-        finished_at=now if t.new.state.terminal and not t.old.state.terminal else r.finished_at,
+        finished_at=finished_at,
+        deadline_at=t.new.deadline_at,
+        paused_at=t.new.paused_at,
         wake_at=next_wakeup(t.new),
         outbox=outbox,
         outbox_at=outbox_at,
@@ -174,6 +185,8 @@ def saga_values(r: SagaRecord) -> dict[str, Any]:
         "lock_version": r.lock_version,
         "definition_hash": r.definition_hash,
         "trace_context": r.trace_context,
+        "paused_at": r.paused_at,
+        "forked_from": r.forked_from,
     }
 
 
@@ -182,8 +195,13 @@ def changed_columns(t: Transition) -> tuple[str, ...]:
     columns = ["state", "failure", "updated_at", "wake_at", "lock_version"]
     if t.clear_outbox or t.outbox:
         columns += ["outbox", "outbox_at"]
-    if t.new.state.terminal and not t.old.state.terminal:
+    if t.new.state.terminal != t.old.state.terminal:
         columns.append("finished_at")
+    # Written only when they change, so the hot path's statement shapes stay as they were.
+    if t.new.paused_at != t.old.paused_at:
+        columns.append("paused_at")
+    if t.new.deadline_at != t.old.deadline_at:
+        columns.append("deadline_at")
     if t.parked is not None:
         columns.append("parked")
     return tuple(columns)
@@ -250,6 +268,8 @@ def record_from_row(row: Any) -> SagaRecord:
         kind=SagaKind(row.kind),
         definition_hash=getattr(row, "definition_hash", None),
         trace_context=getattr(row, "trace_context", None),
+        paused_at=utc(getattr(row, "paused_at", None)),
+        forked_from=getattr(row, "forked_from", None),
     )
 
 
@@ -259,6 +279,7 @@ def status_from_rows(record: SagaRecord, steps: Sequence[Any]) -> SagaStatus:
         state=record.state,
         deadline_at=record.deadline_at,
         failure=record.failure,
+        paused_at=record.paused_at,
         steps=tuple(
             StepStatus(
                 name=s.name,

@@ -78,8 +78,13 @@ class SagaRow(Base):
     # The saga's trace (W3C traceparent/tracestate of its saga.start span) when tracing is on:
     # every step's span, in whichever worker, is parented to it. NULL with tracing off.
     trace_context: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    # An operator paused it then (NULL: not paused); ``wake_at`` is NULL while it is.
+    paused_at: Mapped[datetime | None]
+    # The saga this one was forked from (``sagas.fork``); its forks are found by this index.
+    forked_from: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
     __table_args__ = (
+        Index("ix_saga_forked_from", "forked_from"),
         Index("ix_saga_wake_at", "wake_at"),
         Index("ix_saga_outbox_at", "outbox_at"),
         Index("ix_saga_state_updated", "state", "updated_at"),

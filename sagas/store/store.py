@@ -123,6 +123,37 @@ class Store:
         with self._connect() as conn:
             return [record_from_row(r) for r in conn.execute(query)]
 
+    def select_ids(
+        self,
+        *,
+        states: Sequence[SagaState] = (),
+        name: str | None = None,
+        older_than: float | None = None,
+        limit: int = 10000,
+    ) -> builtins.list[str]:
+        """Ids of sagas in any of ``states``, of ``name``, last changed more than ``older_than``
+        seconds ago (database clock), oldest change first: a bulk action's selection."""
+        query = select(saga_table.c.id).order_by(saga_table.c.updated_at).limit(limit)
+        if states:
+            query = query.where(saga_table.c.state.in_([s.value for s in states]))
+        if name is not None:
+            query = query.where(saga_table.c.name == name)
+        with self._connect() as conn:
+            if older_than is not None:
+                cutoff = db_now(conn, self.is_postgres, self.clock) - timedelta(seconds=older_than)
+                query = query.where(saga_table.c.updated_at <= cutoff)
+            return [row.id for row in conn.execute(query)]
+
+    def forks_of(self, saga_id: str) -> builtins.list[str]:
+        """Ids of the sagas forked from ``saga_id``, oldest first (the link's other way)."""
+        query = (
+            select(saga_table.c.id)
+            .where(saga_table.c.forked_from == saga_id)
+            .order_by(saga_table.c.created_at, saga_table.c.id)
+        )
+        with self._connect() as conn:
+            return [row.id for row in conn.execute(query)]
+
     def search(
         self, flt: SagaFilter, *, limit: int = 50, after: Cursor | None = None
     ) -> search_.SagaPage:
@@ -226,6 +257,7 @@ class Store:
                 select(saga_table)
                 .where(
                     saga_table.c.state.in_(ACTIVE_STATES),
+                    saga_table.c.paused_at.is_(None),  # an operator's pause is not stuck
                     (saga_table.c.parked.is_(True))
                     | (saga_table.c.updated_at <= cutoff)
                     | (saga_table.c.outbox_at <= cutoff),

@@ -177,3 +177,51 @@ with probe_group.parallel("fan"):
 probe_group.step(queue="inventory", timeout=STEP_TIMEOUT, compensation=None, name="gz")(
     _after_group
 )
+
+# ``probe_ops`` (operator recovery): o1 (inventory), o2 (payment), o3 (shipping), each tried
+# once. With ``gate``, o2 runs until the test opens the gate (a row in ``probe_gate``), so an
+# operator can act while it runs; ``fail`` names a step that fails for good.
+
+
+class OpsProbe(BaseModel):
+    gate: bool = False
+    fail: str | None = None
+
+
+GATE_WAIT = 25.0  # o2's longest wait for its gate (its timeout is longer)
+
+
+def _gate_open(saga_id: str) -> bool:
+    with _effects_engine().connect() as conn:
+        found = conn.execute(text("SELECT 1 FROM probe_gate WHERE saga_id = :s"), {"s": saga_id})
+        return found.first() is not None
+
+
+def _ops_forward(ctx: StepContext[OpsProbe]) -> dict[str, Any]:
+    record_effect(ctx)
+    if ctx.payload.gate and ctx.step == "o2":
+        until = time.monotonic() + GATE_WAIT
+        while not _gate_open(ctx.saga_id):  # a long effect, finishing when the test says
+            if time.monotonic() > until:
+                raise PermanentError("probe o2: the gate never opened")
+            time.sleep(0.05)
+    if ctx.payload.fail == ctx.step:
+        raise PermanentError(f"probe {ctx.step}: permanent failure")
+    return {"step": ctx.step, "attempt": ctx.attempt}
+
+
+def _ops_compensate(ctx: StepContext[OpsProbe]) -> None:
+    record_effect(ctx)
+
+
+probe_ops = Saga("probe_ops", payload=OpsProbe, deadline=timedelta(minutes=5))
+for _name, _queue in (("o1", "inventory"), ("o2", "payment"), ("o3", "shipping")):
+    probe_ops.step(
+        name=_name,
+        queue=_queue,
+        timeout=GATE_WAIT + 10 if _name == "o2" else STEP_TIMEOUT,
+        retry=RetryPolicy(max_attempts=1),
+        compensation=_ops_compensate,
+        compensation_timeout=COMPENSATION_TIMEOUT,
+        compensation_retry=FAST_RETRY,
+    )(_ops_forward)

@@ -234,7 +234,7 @@ def test_upgrade_from_0007_with_a_saga_in_flight(engine: Engine) -> None:
             {"now": now},
         )
     migrate.upgrade(engine)
-    assert migrate.current_revision(engine) == "0008" == migrate.head_revision()
+    assert migrate.current_revision(engine) == migrate.head_revision()
     assert schema_diff(engine) == []
     store = Store(str(engine.url.render_as_string(hide_password=False)), engine=engine)
     snap = store.load("old-2")
@@ -252,3 +252,67 @@ def test_upgrade_from_0007_with_a_saga_in_flight(engine: Engine) -> None:
     store.create(new, now=now)
     created = store.load("new-1")
     assert created is not None and created.record.trace_context == carrier
+
+
+def test_upgrade_from_0008_with_sagas_in_flight_then_pause_and_fork(engine: Engine) -> None:
+    """A store at 0008 holding a saga in flight (a running step, a timer due) upgrades through
+    0009: it reads as neither paused nor forked, keeps its state, steps and revision, can be
+    paused (its timer leaves the sweeper's range) and resumed, and a saga forked from it is
+    found from it by the new index."""
+    migrate.upgrade(engine, "0008")
+    now = datetime(2026, 12, 2, 6, 0, tzinfo=UTC)
+    wake = now + timedelta(seconds=30)
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO saga (id, name, kind, version, state, payload, payload_hash, "
+                "correlation_id, created_at, updated_at, wake_at, parked, lock_version, "
+                "definition_hash) VALUES ('live-1', 'order', 'orchestrated', 1, 'pending', "
+                ":payload, 'h', 'c', :now, :now, :wake, false, 4, 'abc')"
+            ),
+            {"payload": '{"order_id": "o-1"}', "now": now, "wake": wake},
+        )
+        for idx, (name, state) in enumerate((("reserve", "succeeded"), ("charge", "running"))):
+            conn.execute(
+                text(
+                    "INSERT INTO saga_step (saga_id, idx, name, state, attempt, "
+                    "compensation_attempt, deadline_at, in_doubt) VALUES "
+                    "('live-1', :idx, :name, :state, 1, 0, :deadline, false)"
+                ),
+                {"idx": idx, "name": name, "state": state, "deadline": wake},
+            )
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == "0009"
+    assert schema_diff(engine) == []
+    store = Store(str(engine.url.render_as_string(hide_password=False)), engine=engine)
+    snap = store.load("live-1")
+    assert snap is not None
+    record = snap.record
+    assert (record.paused_at, record.forked_from, record.lock_version) == (None, None, 4)
+    assert record.definition_hash == "abc" and not snap.status.paused
+    assert [(s.name, s.state.value) for s in snap.status.steps] == [
+        ("reserve", "succeeded"),
+        ("charge", "running"),
+    ]
+    paused = replace(snap.status, paused_at=now)
+    assert store.write(Transition(record, snap.status, paused, ()), now=now)
+    again = store.load("live-1")
+    assert again is not None and again.status.paused_at == now
+    assert again.record.wake_at is None  # the sweeper's scan no longer reaches it
+    assert "live-1" not in store.due(100)
+    resumed = replace(again.status, paused_at=None)
+    assert store.write(Transition(again.record, again.status, resumed, ()), now=now)
+    last = store.load("live-1")
+    assert last is not None and last.record.paused_at is None and last.record.wake_at == wake
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO saga (id, name, kind, version, state, payload, payload_hash, "
+                "correlation_id, created_at, updated_at, parked, lock_version, forked_from) "
+                "VALUES ('live-1.fork1', 'order', 'orchestrated', 1, 'started', :payload, 'h', "
+                "'c', :now, :now, false, 1, 'live-1')"
+            ),
+            {"payload": '{"order_id": "o-1"}', "now": now},
+        )
+    assert store.forks_of("live-1") == ["live-1.fork1"]
+    assert store.load("live-1.fork1").record.forked_from == "live-1"  # type: ignore[union-attr]

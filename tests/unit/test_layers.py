@@ -46,6 +46,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "catalog",
             "messages",
             "context",
+            "recovery",
         },
     ),
     (
@@ -86,6 +87,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "retention",
             "graph",
             "views",
+            "operations",
         },
     ),
     (
@@ -173,6 +175,7 @@ DOORS = {
     # The OpenTelemetry API (never the SDK: that is the user's setup) and prometheus_client.
     "opentelemetry": lambda m: m == "tracing",
     "prometheus_client": lambda m: m == "prometheus",
+    "rich": lambda m: m == "cli",  # the CLI's progress bar on bulk actions
 }
 
 

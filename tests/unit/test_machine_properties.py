@@ -31,9 +31,13 @@ from sagas.machine import (
     ErrorInfo,
     Event,
     Heartbeat,
+    Pause,
     Plan,
+    Rerun,
+    Resume,
     Retry,
     SagaStatus,
+    Signal,
     Start,
     StepFailed,
     StepPlan,
@@ -44,7 +48,9 @@ from sagas.machine import (
     new_status,
     next_wakeup,
     past_pivot,
+    why_no_rerun,
 )
+from sagas.recovery import fork_status, why_no_fork
 from sagas.retry import RetryPolicy
 from sagas.routes import AwaitOperator, Compensate, Park, RetryAfter
 from sagas.state import (
@@ -749,3 +755,165 @@ def test_an_attempt_is_given_up_only_at_one_of_its_deadlines(run: Run) -> None:
                 assert plan.heartbeat is not None and s.timeout_at is not None
                 since = s.heartbeat_at or (s.timeout_at - timedelta(seconds=plan.timeout))
                 assert at >= since + timedelta(seconds=plan.heartbeat), describe(entry)
+
+
+# -- operator recovery: pause/resume, rerun, fork --------------------------------------------------
+#
+# The same environment, with an operator who also pauses, resumes and reruns the saga at random;
+# the drain phase resumes a paused saga first. Then, where the finished saga can be forked, a
+# fork from a random step is driven by another random script.
+
+OPERATOR_KINDS = (*KINDS, "pause", "pause", "pause", "pause", "resume", "rerun", "rerun")
+operator_moves = st.builds(
+    Move,
+    kind=st.sampled_from(OPERATOR_KINDS),
+    pick=st.integers(0, 1000),
+    seconds=st.sampled_from([0.0, 1.0, 7.0, 31.0, 400.0]),
+    retryable=st.booleans(),
+    error_type=st.sampled_from(["Boom", "OutOfStock"]),
+)
+operator_scenarios = st.builds(
+    Scenario,
+    plan=plans,
+    deadline=st.one_of(st.none(), st.sampled_from([3.0, 90.0, 600.0])),
+    script=st.lists(operator_moves, max_size=45).map(tuple),
+)
+
+
+def operator_event(run: Run, move: Move) -> Event:
+    if move.kind == "pause":
+        return Pause(run.now, "look first", "ana")
+    if move.kind == "resume":
+        return Resume(run.now, "looked", "ana")
+    if move.kind == "rerun":
+        deadline = run.now + timedelta(seconds=600) if move.retryable else None
+        return Rerun(run.now, "fixed it", "ana", deadline)
+    return script_event(run, move)
+
+
+def drain(run: Run) -> None:
+    for _ in range(300):
+        if run.status.state.terminal:
+            return
+        open_now = run.open_dispatches()
+        if run.status.paused and not open_now:
+            run.send("drain", "resume", Resume(run.now, "drain", "ana"))
+            continue
+        if open_now:
+            run.send("drain", "ok", run.answer(open_now[0], ok=True))
+        elif next_wakeup(run.status) is not None:
+            run.send("drain", "wake_next", run.wake_at_next_timer(0))
+        else:
+            return  # parked: only an operator can move it
+
+
+def simulate_operator(sc: Scenario) -> Run:
+    deadline = BASE + timedelta(seconds=sc.deadline) if sc.deadline is not None else None
+    run = Run(sc.plan, new_status("saga-1", sc.plan, deadline))
+    run.send("script", "start", Start(BASE))
+    for move in sc.script:
+        run.send("script", move.kind, operator_event(run, move))
+    drain(run)
+    if why_no_rerun(run.plan, run.status) is None:  # an operator fixed it: run it again
+        run.send("drain", "rerun", Rerun(run.now, "fixed", "ana", run.now + timedelta(hours=1)))
+        drain(run)
+    return run
+
+
+def operator_runs() -> st.SearchStrategy[Run]:
+    return operator_scenarios.map(simulate_operator)
+
+
+@PROPERTY_SETTINGS
+@given(operator_runs())
+def test_nothing_goes_forward_while_paused(run: Run) -> None:
+    """A paused saga dispatches nothing (forward or compensation) and fires no timer; what
+    an attempt already out reports is still recorded; a resume carries on from there."""
+    for entry in run.trace:
+        if not entry.before.paused or isinstance(entry.event, Resume):
+            continue
+        assert not entry.dispatches(), f"{describe(entry)}: dispatched while paused"
+        if isinstance(entry.event, Wake | Retry | Rerun | Cancel | Pause | Signal):
+            assert entry.after == entry.before, f"{describe(entry)}: changed while paused"
+        if isinstance(entry.event, Reply) and is_open(
+            entry.before, entry.event.step, entry.event.attempt, entry.event.action
+        ):
+            assert not entry.ignored, f"{describe(entry)}: the running attempt's reply was lost"
+    for entry in run.trace:
+        if entry.after.paused:
+            assert next_wakeup(entry.after) is None, f"{describe(entry)}: a timer while paused"
+
+
+@PROPERTY_SETTINGS
+@given(operator_runs())
+def test_a_resume_dispatches_what_was_held(run: Run) -> None:
+    for entry in run.trace:
+        if not (isinstance(entry.event, Resume) and entry.before.paused):
+            continue
+        held = [
+            i
+            for i, s in enumerate(entry.before.steps)
+            if s.next_attempt_at is not None and s.next_attempt_at <= entry.event.at
+        ]
+        compensating = entry.after.state in (SagaState.COMPENSATING, SagaState.FAILED)
+        if held and not compensating and entry.before.state is entry.after.state:
+            sent = {d.step for d in entry.dispatches()}
+            assert set(held) <= sent, f"{describe(entry)}: held {held}, sent {sent}"
+        assert not entry.after.paused
+
+
+@PROPERTY_SETTINGS
+@given(operator_runs())
+def test_no_compensation_runs_twice_and_every_change_is_allowed(run: Run) -> None:
+    compensated: Counter[int] = Counter()
+    step_closure = {s: reachable(STEP_TRANSITIONS, s) for s in StepState}  # type: ignore[arg-type]
+    for entry in run.trace:
+        for h in entry.decision.history:
+            if h.kind is HistoryKind.STEP_COMPENSATED:
+                compensated[int(str(h.step)[1:])] += 1
+        for i, (b, a) in enumerate(zip(entry.before.steps, entry.after.steps, strict=True)):
+            assert a.state in step_closure[b.state], f"{describe(entry)}: s{i} {b.state}->{a.state}"
+            assert a.attempt >= b.attempt, describe(entry)
+            if b.state is StepState.COMPENSATED:
+                assert a.state is StepState.COMPENSATED, f"{describe(entry)}: s{i} undone twice?"
+        if entry.after != entry.before:
+            assert entry.decision.changed, f"{describe(entry)}: status changed without history"
+        if isinstance(entry.event, Rerun) and entry.decision.changed:
+            assert entry.before.state in (SagaState.FAILED, SagaState.PENDING), describe(entry)
+            assert not any(s.state is StepState.COMPENSATED for s in entry.before.steps), (
+                f"{describe(entry)}: rerun over an undone effect"
+            )
+    assert all(n == 1 for n in compensated.values()), compensated
+
+
+@PROPERTY_SETTINGS
+@given(operator_runs())
+def test_an_operator_paused_saga_is_never_stuck_without_a_way_forward(run: Run) -> None:
+    for entry in run.trace:
+        after = entry.after
+        if after.state.terminal or is_parked(after) or after.paused:
+            continue
+        assert next_wakeup(after) is not None, f"{describe(entry)}: stuck with no timer"
+    assert not run.status.paused
+
+
+@PROPERTY_SETTINGS
+@given(operator_runs(), st.integers(0, 4), st.lists(operator_moves, max_size=30))
+def test_a_fork_never_reruns_a_reused_step(run: Run, pick: int, script: list[Move]) -> None:
+    original = run.status
+    start = pick % len(run.plan.steps)
+    if why_no_fork(run.plan, original, start) is not None:
+        assert not original.state.terminal or start > 0 or run.plan.members(0)[0] != 0
+        return
+    first = fork_status(run.plan, original, start, "fork-1", BASE + timedelta(days=1))
+    fork = Run(run.plan, first, now=run.now)
+    fork.send("script", "start", Start(fork.now))
+    for move in script:
+        fork.send("script", move.kind, operator_event(fork, move))
+    drain(fork)
+    for entry in fork.trace:
+        for d in entry.dispatches(Action.FORWARD):
+            assert d.step >= start, f"{describe(entry)}: reused step s{d.step} dispatched"
+    for i in range(start):
+        reused = fork.trace[0].before.steps[i]
+        assert reused.result == original.steps[i].result and reused.attempt == 0

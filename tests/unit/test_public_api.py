@@ -52,6 +52,22 @@ EXPECTED = {
     "registered_sagas",
     "start_saga",
     "wait",
+    # operator recovery (sagas.operations; retry and cancel are sagas.operations.retry/cancel,
+    # since sagas.retry is the retry-policy module)
+    "ActionPlan",
+    "ActionRefused",
+    "BulkResult",
+    "OperatorAction",
+    "SagaChanged",
+    "StepUnknown",
+    "bulk",
+    "carry_out",
+    "fork",
+    "operations",
+    "pause",
+    "preview",
+    "rerun",
+    "resume",
 }
 
 
@@ -74,6 +90,7 @@ def test_every_public_name_is_importable() -> None:
 
 def test_errors_share_one_root() -> None:
     errors = [n for n in sagas.__all__ if n.endswith(("Error", "Invalid", "JSON", "Large"))]
+    errors += ["ActionRefused", "SagaChanged", "StepUnknown"]
     errors += ["SagaConflict", "SagaNotFound", "StoreUnavailable", "UnknownSaga", "InvalidSagaId"]
     for name in errors:
         assert issubclass(getattr(sagas, name), sagas.SagaError), name

@@ -635,8 +635,12 @@ def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
             assert views.returncode == 0, views.stderr[-4000:] + _worker_log(project)
             crash = run("driver.py", "crash", SAGAS_FAULTS="coordinator.start_after_commit=exit")
             recovered = run("driver.py", "recovered")
-            retry = run("manage.py", "saga", "retry", "order-5", "--reason", "approver back")
-            cancel = run("manage.py", "saga", "cancel", "order-5", "--reason", "out of stock")
+            retry = run(
+                "manage.py", "saga", "retry", "order-5", "--reason", "approver back", "--yes"
+            )
+            cancel = run(
+                "manage.py", "saga", "cancel", "order-5", "--reason", "out of stock", "--yes"
+            )
             operated = run("driver.py", "operated")
     redis.flushdb()
 

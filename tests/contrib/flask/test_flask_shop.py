@@ -295,12 +295,13 @@ def test_operator_retry_and_cancel_through_flask_saga(shop: tuple[Path, str], wo
     (root / "instance" / "go-o5").write_text(
         ""
     )  # the processor is back for o5: the operator re-drives it
-    retry = _flask(root, "retry", "order-o5", "--reason", "processor back, ticket 42")
+    retry = _flask(root, "retry", "order-o5", "--reason", "processor back, ticket 42", "--yes")
     assert retry.returncode == 0, retry.stderr
-    assert retry.stdout.strip() == "saga order-o5: retry dispatched (pending)"
-    cancel = _flask(root, "cancel", "order-o6", "--reason", "customer called")
+    assert "will re-run charge" in retry.stdout  # the plan, printed before acting
+    assert retry.stdout.splitlines()[-1] == "saga order-o5: retry dispatched (pending)"
+    cancel = _flask(root, "cancel", "order-o6", "--reason", "customer called", "--yes")
     assert cancel.returncode == 0, cancel.stderr
-    assert cancel.stdout.strip() == "saga order-o6: cancelled, now compensating"
+    assert cancel.stdout.splitlines()[-1] == "saga order-o6: cancelled, now compensating"
 
     finished = _python(
         root,
@@ -618,8 +619,9 @@ def test_configuration_mistakes_are_named(tmp_path: Path) -> None:
     # each app's own Celery app from app.extensions["celery"].
     assert lines[6:] == [
         "f2 True True",
-        "True ['cancel', 'dashboard', 'db', 'dlq', 'doctor', 'graph', 'list', 'metrics', 'prune', "
-        "'retry', 'show', 'signal', 'stuck', 'versions']",
+        "True ['bulk', 'cancel', 'dashboard', 'db', 'dlq', 'doctor', 'fork', 'graph', 'list', "
+        "'metrics', 'pause', 'prune', 'rerun', 'resume', 'retry', 'show', 'signal', 'stuck', "
+        "'versions']",
         "current_celery_app needs a Flask app context",
         "ok",
     ]
@@ -806,7 +808,7 @@ def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
             )
             (root / "instance").mkdir(exist_ok=True)
             (root / "instance" / "go-w4").write_text("")  # the processor is back for w4
-            retry = run([*flask, "retry", "order-w4", "--reason", "processor back"])
+            retry = run([*flask, "retry", "order-w4", "--reason", "processor back", "--yes"])
             finished = run([python, "-c", WHEEL_DRIVER, "finished"])
             listed = run([*flask, "list"])
         finally:
@@ -818,7 +820,7 @@ def test_the_example_runs_from_the_wheel_on_postgresql_and_redis(
     assert Path(lines[8]).is_relative_to(bin_dir.parent)  # the installed wheel, not this checkout
     assert (crash.returncode, crash.stdout) == (1, "written in the transaction\n"), crash.stderr
     assert retry.returncode == 0, retry.stderr
-    assert retry.stdout.strip() == "saga order-w4: retry dispatched (pending)"
+    assert retry.stdout.splitlines()[-1] == "saga order-w4: retry dispatched (pending)"
     assert finished.returncode == 0, finished.stderr[-3000:] + logged[-3000:]
     assert finished.stdout.splitlines() == [
         "order-w4 completed [('reserve', 'succeeded', 1), ('charge', 'succeeded', 2)] True False",

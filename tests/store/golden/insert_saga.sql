@@ -21,7 +21,9 @@ WITH
       parked,
       lock_version,
       definition_hash,
-      trace_context
+      trace_context,
+      paused_at,
+      forked_from
     )
     VALUES (
       %(s_id)s::VARCHAR,
@@ -43,7 +45,9 @@ WITH
       %(s_parked)s,
       %(s_lock_version)s::INTEGER,
       %(s_definition_hash)s::VARCHAR,
-      %(s_trace_context)s::JSONB
+      %(s_trace_context)s::JSONB,
+      %(s_paused_at)s::TIMESTAMP WITH TIME ZONE,
+      %(s_forked_from)s::VARCHAR
     )
   ),
   t AS (

@@ -20,6 +20,8 @@ SELECT
   saga.lock_version,
   saga.definition_hash,
   saga.trace_context,
+  saga.paused_at,
+  saga.forked_from,
   now() AS db_now,
   (
     SELECT json_agg(saga_step ORDER BY saga_step.idx) AS json_agg_1

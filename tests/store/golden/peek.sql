@@ -20,7 +20,9 @@ SELECT
   saga.parked,
   saga.lock_version,
   saga.definition_hash,
-  saga.trace_context
+  saga.trace_context,
+  saga.paused_at,
+  saga.forked_from
 FROM (
   SELECT %(param_1)s::INTEGER AS one
 ) AS one

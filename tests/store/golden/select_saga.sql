@@ -19,6 +19,8 @@ SELECT
   saga.parked,
   saga.lock_version,
   saga.definition_hash,
-  saga.trace_context
+  saga.trace_context,
+  saga.paused_at,
+  saga.forked_from
 FROM saga
 WHERE saga.id = %(saga_id)s::VARCHAR
