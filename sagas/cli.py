@@ -599,20 +599,42 @@ def doctor(app_path: str | None) -> None:
     "--host",
     default="127.0.0.1",
     show_default=True,
-    help="Interface to bind; loopback by default (the API has no authentication of its own).",
+    help="Interface to bind; loopback by default (plain HTTP: put a TLS proxy in front).",
 )
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--app",
+    "app_path",
+    envvar="SAGAS_CELERY_APP",
+    default=None,
+    help="module:attribute of your Celery app: the definitions (diagrams, plans) and what "
+    "actions publish with; without it the dashboard is read-only.",
+)
+@click.option(
+    "--hash-password",
+    is_flag=True,
+    help="Ask for a password and print its hash for SAGAS_DASHBOARD_PASSWORD_HASH; serve nothing.",
+)
 @_one_line_errors
-def dashboard(host: str, port: int) -> None:
-    """Serve the read-only saga API (OpenAPI schema at /api/openapi.json) with uvicorn."""
+def dashboard(host: str, port: int, app_path: str | None, hash_password: bool) -> None:
+    """Serve the dashboard (pages at /, JSON API at /api, schema at /api/openapi.json).
+
+    Log in with SAGAS_DASHBOARD_USER and the password whose hash is
+    SAGAS_DASHBOARD_PASSWORD_HASH; without them it is read-only."""
     try:  # an optional extra: imported only when asked for, with a clear message if missing
         web = importlib.import_module("sagas.web.serve")
+        config = importlib.import_module("sagas.web.config")
     except ModuleNotFoundError as exc:
         raise SagaError(
             f"saga dashboard needs the dashboard extra ({exc.name} is not installed): "
             "pip install 'celery-sagas[dashboard]'"
         ) from None
-    web.serve(_store(), host=host, port=port)
+    if hash_password:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+        click.echo(config.hash_password(password))
+        return
+    rt = _operator_runtime(app_path) if app_path else None
+    web.serve(rt.store if rt else _store(), host=host, port=port, runtime=rt)
 
 
 @main.command("signal")

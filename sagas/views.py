@@ -107,6 +107,10 @@ class HistoryView(_View):
 
 
 class SagaDetail(SagaSummary):
+    revision: int = Field(
+        description="Changes with every transition: an action given the revision an operator "
+        "saw is refused if the saga moved since."
+    )
     payload: dict[str, Any]
     steps: list[StepView]
     history: list[HistoryView]
@@ -151,6 +155,7 @@ def detail(store: Store, saga_id: str) -> SagaDetail:
     record, status, history = store.get(saga_id)
     return SagaDetail(
         **SagaSummary.of(record).model_dump(),
+        revision=record.lock_version,
         payload=record.payload,
         steps=_steps(status, history),
         history=[

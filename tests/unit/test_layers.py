@@ -112,6 +112,12 @@ LAYERS: list[tuple[str, set[str]]] = [
             "web.app",
             "web.api",
             "web.serve",
+            "web.config",
+            "web.security",
+            "web.actions",
+            "web.timeline",
+            "web.pages",
+            "web.wsgi",
         },
     ),
     # The example shop (user-level code shipped for ``saga demo``) and the CLI that runs it.
@@ -176,6 +182,7 @@ DOORS = {
     "opentelemetry": lambda m: m == "tracing",
     "prometheus_client": lambda m: m == "prometheus",
     "rich": lambda m: m == "cli",  # the CLI's progress bar on bulk actions
+    "a2wsgi": lambda m: m == "web.wsgi",
 }
 
 

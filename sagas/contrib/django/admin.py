@@ -32,7 +32,7 @@ from ... import coordinator
 from ...errors import SagaError
 from ...machine import Decision
 from ...runtime import Runtime
-from .conf import runtime
+from .conf import dashboard_url, runtime
 from .models import Saga, SagaHistory, SagaStep
 
 Operation = Callable[..., Decision]
@@ -155,6 +155,7 @@ class SagaAdmin(admin.ModelAdmin):  # type: ignore[misc]
                     "correlation_id",
                     ("created_at", "updated_at", "finished_at", "deadline_at"),
                     "failure_text",
+                    "dashboard_link",
                 )
             },
         ),
@@ -169,7 +170,18 @@ class SagaAdmin(admin.ModelAdmin):  # type: ignore[misc]
             },
         ),
     ]
-    readonly_fields = ("failure_text", "steps_table", "history_table", "payload_text")
+    readonly_fields = (
+        "failure_text",
+        "steps_table",
+        "history_table",
+        "payload_text",
+        "dashboard_link",
+    )
+
+    def changelist_view(self, request: Any, extra_context: dict[str, Any] | None = None) -> Any:
+        # The changelist template (templates/admin/sagas/saga/) links to the dashboard.
+        context = {**(extra_context or {}), "sagas_dashboard_url": dashboard_url()}
+        return super().changelist_view(request, extra_context=context)
 
     def get_search_results(self, request: Any, queryset: Any, search_term: str) -> Any:
         # Exact matches only (the primary key and ix_saga_correlation_id), not "=" (iexact).
@@ -202,6 +214,16 @@ class SagaAdmin(admin.ModelAdmin):  # type: ignore[misc]
     def failure_text(self, obj: Saga) -> str:
         return _error(obj.failure) if obj.failure else "-"
 
+    def dashboard_link(self, obj: Saga) -> Any:
+        base = dashboard_url()
+        if base is None:
+            return "- (set SAGAS_DASHBOARD_URL to link the saga dashboard)"
+        return format_html(
+            '<a href="{}sagas/{}" class="sagas-dashboard-link">timeline, diagram and actions</a>',
+            base,
+            obj.pk,
+        )
+
     def payload_text(self, obj: Saga) -> Any:
         return format_html("<pre>{}</pre>", json.dumps(obj.payload, indent=2, sort_keys=True))
 
@@ -209,6 +231,7 @@ class SagaAdmin(admin.ModelAdmin):  # type: ignore[misc]
     history_table = admin.display(description="history")(history_table)
     failure_text = admin.display(description="failure")(failure_text)
     payload_text = admin.display(description="payload")(payload_text)
+    dashboard_link = admin.display(description="dashboard")(dashboard_link)
 
     # -- operator actions ------------------------------------------------------------------
 

@@ -181,3 +181,15 @@ def __getattr__(name: str) -> Any:
     if name == "current_celery_app":
         return celery_app()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def dashboard_url() -> str | None:
+    """Where the saga dashboard is served (``SAGAS_DASHBOARD_URL``: the Django setting, else
+    the environment), e.g. ``/ops/sagas/`` when it is mounted in the project's ASGI app; the
+    admin links to it. None: no link."""
+    url = getattr(django_settings, "SAGAS_DASHBOARD_URL", None) or os.environ.get(
+        "SAGAS_DASHBOARD_URL"
+    )
+    if not url:
+        return None
+    return str(url) if str(url).endswith("/") else f"{url}/"

@@ -148,6 +148,8 @@ steps = page[page.index('class="saga-steps"'):page.index('class="saga-history"')
 out("detail", r.status_code, "charge" in steps, "compensated" in steps, "card declined" in steps)
 kinds = re.findall(r"<td>(saga_started|step_failed|step_compensated|saga_failed)</td>", page)
 out("timeline", kinds)
+out("dashboard links", 'href="/ops/sagas/sagas/order-2"' in page,
+    'id="sagas-dashboard"' in html_of(c.get("/admin/sagas/saga/")))
 r = c.get("/admin/sagas/saga/add/")
 out("add", r.status_code)
 r = c.post("/admin/sagas/saga/order-2/delete/", {"post": "yes"})
@@ -225,6 +227,7 @@ def _env(root: Path, **extra: str) -> dict[str, str]:
         SHOP_DEBUG="0",
         SAGAS_COORDINATOR_QUEUE="shop-coordinator",
         SAGAS_SWEEP_INTERVAL="0.5",
+        SAGAS_DASHBOARD_URL="/ops/sagas",  # the admin links there (a mounted dashboard)
         **extra,
     )
     return env
@@ -333,6 +336,7 @@ def test_checkout_admin_and_manage_py_saga(project: Path) -> None:
         "search 200 True False",
         "detail 200 True True True",
         "timeline ['saga_started', 'step_failed', 'step_compensated', 'saga_failed']",
+        "dashboard links True True",
         "add 403",
         "delete 403 failed",
         "confirm page 200 True True True",

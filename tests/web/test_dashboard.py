@@ -1,0 +1,445 @@
+"""The dashboard's pages through FastAPI's test client: over the shared stores of real sagas
+(reading: list, filters, pages, the saga page, the stuck page, bad input) and over a private
+testing-kit runtime (acting: login, CSRF, cross-site POSTs, plans, stale revisions, who and
+why in the history). The same flows in a real browser against a real server are
+``tests/browser``."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from flask import Flask
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from sagas.store import Store
+from sagas.testing import LocalRuntime, local_runtime
+from sagas.web import create_app
+from sagas.web.config import DashboardSettings, hash_password, verify_password
+from sagas.web.wsgi import create_wsgi_app
+from tests.web import shop
+from tests.web.conftest import Shop
+
+PASSWORD = "correct horse battery staple"
+HASH = hash_password(PASSWORD, n=2**10)  # a cheap cost: the format and check are the same
+OPERATOR = DashboardSettings(user="ana", password_hash=HASH, redact=["order_id"])
+
+
+def token(html: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found, "no CSRF field on the page"
+    return found.group(1)
+
+
+def log_in(client: TestClient, password: str = PASSWORD) -> Any:
+    page = client.get("/login")
+    return client.post(
+        "/login",
+        data={"csrf": token(page.text), "username": "ana", "password": password, "next": "/"},
+        follow_redirects=False,
+    )
+
+
+# -- reading ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def reader(sqlite_shop: Shop) -> Iterator[TestClient]:
+    with TestClient(create_app(sqlite_shop.store, dashboard=DashboardSettings())) as c:
+        yield c
+
+
+def test_the_list_shows_counts_and_filters(sqlite_shop: Shop, reader: TestClient) -> None:
+    page = reader.get("/", params={"state": "failed"})
+    assert page.status_code == 200, page.text
+    assert sqlite_shop.ids["decline"] in page.text
+    assert sqlite_shop.ids["ok"] not in page.text
+    assert 'data-count="failed">1<' in page.text and 'data-count="total">7<' in page.text
+
+
+def test_pages_follow_the_cursor(sqlite_shop: Shop, reader: TestClient) -> None:
+    seen: list[str] = []
+    url = "/?limit=3"
+    while url:
+        page = reader.get(url)
+        assert page.status_code == 200
+        seen += re.findall(r'href="http://testserver/sagas/([^"]+)"', page.text)
+        nxt = re.search(r'id="next-page" href="([^"]+)"', page.text)
+        url = nxt.group(1).replace("&amp;", "&") if nxt else ""
+    assert seen == list(reversed(sqlite_shop.created))
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2026-13-45"}, "since"),
+        ({"state": "exploded"}, "state"),
+        ({"name": "x'; DROP TABLE saga; --"}, "name"),
+        ({"error_type": "1 OR 1=1"}, "error_type"),
+        ({"cursor": "eyJ2IjoxfQ.AAAA"}, "cursor"),
+        ({"limit": "0"}, "limit"),
+    ],
+)
+def test_bad_filters_are_an_error_page(
+    sqlite_shop: Shop, reader: TestClient, query: dict[str, str], field: str
+) -> None:
+    page = reader.get("/", params=query)
+    assert page.status_code == 400
+    assert f'id="error-field">{field}<' in page.text
+    assert 'id="sagas"' not in page.text  # no result table: no query ran
+    assert sqlite_shop.store.get(sqlite_shop.ids["ok"])[0].state.value == "completed"
+
+
+def test_a_tampered_cursor_is_refused(sqlite_shop: Shop, reader: TestClient) -> None:
+    first = reader.get("/?limit=2").text
+    cursor = re.search(r"cursor=([^\"&]+)", first)
+    assert cursor
+    real = cursor.group(1)
+    forged = real[:-2] + ("AA" if not real.endswith("AA") else "BB")
+    page = reader.get("/", params={"limit": "2", "cursor": forged})
+    assert page.status_code == 400 and "altered" in page.text
+
+
+def test_the_saga_page_shows_timeline_diagram_and_history(
+    sqlite_shop: Shop, reader: TestClient
+) -> None:
+    page = reader.get(f"/sagas/{sqlite_shop.ids['decline']}")
+    assert page.status_code == 200, page.text
+    html = page.text
+    assert 'data-step="charge"' in html and "CardDeclined: card ending 0002 declined" in html
+    assert "compensation 1: compensated" in html  # reserve was undone
+    assert "On failure, undone newest first: charge → reserve" in html
+    assert "flowchart TD" in html  # the Mermaid text, pre-formatted
+    assert "compensation_started" in html
+    assert "Read-only: no operator is configured" in html and 'id="action-' not in html
+    flaky = reader.get(f"/sagas/{sqlite_shop.ids['flaky']}").text
+    assert "attempt 1: failed" in flaky and "the saga is here" in flaky
+    waiting = reader.get(f"/sagas/{sqlite_shop.ids['waiting']}").text
+    assert 'class="bar signal running"' in waiting  # the wait for the approval, still open
+    assert "waits up to 2 d for the signal approval" in waiting
+
+
+def test_unknown_saga_and_bad_ids(reader: TestClient) -> None:
+    assert reader.get("/sagas/no-such-saga").status_code == 404
+    bad = reader.get("/sagas/bad%20id%3B")
+    assert bad.status_code == 400 and 'id="error-field">saga_id<' in bad.text
+
+
+def test_the_stuck_page_groups_by_class(sqlite_shop: Shop, reader: TestClient) -> None:
+    page = reader.get("/stuck", params={"older_than": "0"})
+    assert page.status_code == 200
+    dead = page.text.split('id="stuck-dead_lettered"')[1].split("</section>")[0]
+    assert sqlite_shop.ids["park"] in dead and sqlite_shop.ids["stuck_undo"] in dead
+    assert reader.get("/stuck", params={"class": "nope"}).status_code == 400
+    assert reader.get("/stuck", params={"older_than": "-1"}).status_code == 400
+
+
+def test_reads_need_a_login_once_a_user_is_configured(sqlite_shop: Shop) -> None:
+    with TestClient(create_app(sqlite_shop.store, dashboard=OPERATOR)) as c:
+        first = c.get(f"/sagas/{sqlite_shop.ids['ok']}", follow_redirects=False)
+        assert first.status_code == 303 and "/login?next=" in first.headers["location"]
+        api = c.get("/api/sagas")
+        assert api.status_code == 401 and api.json()["error"]["type"] == "LoginRequired"
+        assert log_in(c, "wrong").status_code == 401
+        assert log_in(c).status_code == 303
+        assert len(c.get("/api/sagas").json()["items"]) == 7  # the session's login serves both
+        page = c.get(f"/sagas/{sqlite_shop.ids['ok']}")
+        assert page.status_code == 200 and 'id="user">ana<' in page.text
+        assert "lite-ok" not in page.text.split('id="payload"')[1].split("</pre>")[0]
+        assert '"order_id": "***"' in page.text  # redacted
+
+
+def test_the_trace_link(sqlite_shop: Shop) -> None:
+    settings = DashboardSettings(trace_url="https://traces.example/t/{correlation_id}")
+    with TestClient(create_app(sqlite_shop.store, dashboard=settings)) as c:
+        page = c.get(f"/sagas/{sqlite_shop.ids['ok']}").text
+    assert 'id="trace-link" href="https://traces.example/t/' in page
+
+
+def test_password_hash_round_trip() -> None:
+    assert verify_password(PASSWORD, HASH)
+    assert not verify_password(PASSWORD + "!", HASH)
+    assert not verify_password(PASSWORD, "plain-text")
+    with pytest.raises(ValueError, match="password_hash"):
+        DashboardSettings(user="ana", password_hash="plain-text")
+
+
+# -- acting -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def kit() -> Iterator[LocalRuntime]:
+    with local_runtime(shop.app) as rt:
+        yield rt
+
+
+def operator_app(rt: LocalRuntime, store: Store | None = None) -> FastAPI:
+    return create_app(store or rt.store, dashboard=OPERATOR, runtime=rt.runtime)
+
+
+def test_cancel_shows_its_plan_then_compensates(kit: LocalRuntime) -> None:
+    sid = kit.start(shop.order, {"order_id": "c-1", "mode": "park"}, saga_id="c-1")
+    revision = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
+    with TestClient(operator_app(kit)) as c:
+        log_in(c)
+        plan = c.get(f"/sagas/{sid}/actions/cancel", params={"revision": revision})
+        assert plan.status_code == 200, plan.text
+        assert "will compensate charge, then reserve" in plan.text
+        assert kit.store.load(sid).record.parked  # type: ignore[union-attr]  # unchanged
+        done = c.post(
+            f"/sagas/{sid}/actions/cancel",
+            data={"csrf": token(plan.text), "revision": revision, "reason": "customer called"},
+            follow_redirects=False,
+        )
+        assert done.status_code == 303, done.text
+    kit.run()
+    record, _, history = kit.store.get(sid)
+    assert record.state.value == "failed"
+    asked = [h for h in history if h.kind == "cancel_requested"]
+    assert asked and asked[0].detail == {"by": "ana", "reason": "customer called"}
+    undone = [h.step for h in history if h.kind == "step_compensated"]
+    assert undone == ["charge", "reserve"]  # as the plan said
+
+
+def test_retry_reruns_the_parked_step(kit: LocalRuntime) -> None:
+    sid = kit.start(shop.order, {"order_id": "r-1", "mode": "park"}, saga_id="r-1")
+    revision = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
+    with TestClient(operator_app(kit)) as c:
+        log_in(c)
+        plan = c.get(f"/sagas/{sid}/actions/retry", params={"revision": revision})
+        assert "will re-run ship (attempt 2) with the same idempotency key" in plan.text
+        c.post(
+            f"/sagas/{sid}/actions/retry",
+            data={"csrf": token(plan.text), "revision": revision, "reason": "carrier fixed"},
+        )
+    _, _, history = kit.store.get(sid)
+    retried = [h for h in history if h.kind == "operator_retry"]
+    assert retried and retried[0].detail and retried[0].detail["by"] == "ana"
+
+
+def test_an_action_on_a_saga_that_changed_is_refused(kit: LocalRuntime) -> None:
+    sid = kit.start(shop.order, {"order_id": "s-1", "mode": "flaky"}, saga_id="s-1")
+    seen = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
+    with TestClient(operator_app(kit)) as c:
+        log_in(c)
+        plan = c.get(f"/sagas/{sid}/actions/cancel", params={"revision": seen})
+        kit.advance(3601)  # the retry fires: the saga moves on while the operator reads
+        moved = kit.store.get(sid)
+        assert moved[0].lock_version != seen
+        r = c.post(
+            f"/sagas/{sid}/actions/cancel",
+            data={"csrf": token(plan.text), "revision": seen, "reason": "too late"},
+        )
+    assert r.status_code == 409 and "changed since revision" in r.text
+    after = kit.store.get(sid)
+    assert after[0].lock_version == moved[0].lock_version  # nothing written
+    assert not [h for h in after[2] if h.kind == "cancel_requested"]
+
+
+def test_no_action_without_authentication(kit: LocalRuntime) -> None:
+    sid = kit.start(shop.order, {"order_id": "a-1", "mode": "flaky"}, saga_id="a-1")
+    rev = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
+    before = kit.store.get(sid)[0].lock_version
+    with TestClient(operator_app(kit)) as c:
+        page = c.get("/login")  # a session with a token, but no login
+        r = c.post(
+            f"/sagas/{sid}/actions/cancel",
+            data={"csrf": token(page.text), "revision": rev, "reason": "x"},
+        )
+        assert r.status_code == 403
+        preview = c.get(f"/sagas/{sid}/actions/cancel?revision={rev}", follow_redirects=False)
+        assert preview.status_code == 303 and "/login" in preview.headers["location"]
+    with TestClient(create_app(kit.store, dashboard=DashboardSettings(), runtime=kit.runtime)) as c:
+        r = c.post(f"/sagas/{sid}/actions/cancel", data={"revision": rev, "reason": "x"})
+        assert r.status_code == 403 and "no operator is configured" in r.text
+    assert kit.store.get(sid)[0].lock_version == before
+
+
+def test_cross_site_and_tokenless_posts_are_refused(kit: LocalRuntime) -> None:
+    sid = kit.start(shop.order, {"order_id": "x-1", "mode": "flaky"}, saga_id="x-1")
+    rev = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
+    with TestClient(operator_app(kit)) as c:
+        log_in(c)
+        good = token(c.get(f"/sagas/{sid}").text)
+        form = {"csrf": good, "revision": str(rev), "reason": "x"}
+        for headers, data in [
+            ({"Origin": "https://evil.example"}, form),
+            ({"Sec-Fetch-Site": "cross-site"}, form),
+            ({}, {**form, "csrf": "forged"}),
+            ({}, {k: v for k, v in form.items() if k != "csrf"}),
+        ]:
+            r = c.post(f"/sagas/{sid}/actions/cancel", data=data, headers=headers)
+            assert r.status_code == 403, (headers, r.text)
+    assert kit.store.get(sid)[0].lock_version == rev
+
+
+def test_bad_action_input(kit: LocalRuntime) -> None:
+    sid = kit.start(shop.order, {"order_id": "b-1", "mode": "ok"}, saga_id="b-1")
+    rev = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
+    with TestClient(operator_app(kit)) as c:
+        log_in(c)
+        csrf = token(c.get(f"/sagas/{sid}").text)
+        refused = c.get(f"/sagas/{sid}/actions/cancel", params={"revision": rev})
+        assert 'id="plan-refused"' in refused.text and "completed" in refused.text
+        cases = [
+            ("cancel", {"revision": "abc", "reason": "x"}, 400, "revision"),
+            ("cancel", {"revision": str(rev), "reason": " "}, 400, "reason"),
+            ("explode", {"revision": str(rev), "reason": "x"}, 400, "action"),
+            ("cancel", {"revision": str(rev), "reason": "x"}, 409, None),
+        ]
+        for name, data, status, field in cases:
+            r = c.post(f"/sagas/{sid}/actions/{name}", data={**data, "csrf": csrf})
+            assert r.status_code == status, (name, data, r.text)
+            if field:
+                assert f'id="error-field">{field}<' in r.text
+    assert kit.store.get(sid)[0].lock_version == rev
+
+
+# -- mounted ----------------------------------------------------------------------------------
+
+
+def test_mounted_in_an_asgi_app_with_the_hosts_login(kit: LocalRuntime) -> None:
+    """The host app says who is logged in (here a header its own auth would set); the
+    dashboard's links, redirects and forms stay under its mount point."""
+    sid = kit.start(shop.order, {"order_id": "m-1", "mode": "park"}, saga_id="m-1")
+    rev = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
+
+    def host_user(request: Any) -> str | None:
+        return request.headers.get("x-host-user")
+
+    host = FastAPI()
+    dash = create_app(
+        kit.store, dashboard=DashboardSettings(), runtime=kit.runtime, authenticate=host_user
+    )
+    host.mount("/ops/sagas", dash)
+    with TestClient(host) as c:
+        assert c.get("/ops/sagas/", follow_redirects=False).status_code == 303  # no host login
+        as_bo = {"x-host-user": "bo"}
+        page = c.get(f"/ops/sagas/sagas/{sid}", headers=as_bo)
+        assert page.status_code == 200 and 'id="user">bo<' in page.text
+        assert f'action="http://testserver/ops/sagas/sagas/{sid}/actions/cancel"' in page.text
+        assert "/ops/sagas/static/dashboard.css" in page.text
+        assert c.get("/ops/sagas/static/dashboard.css").status_code == 200
+        plan = c.get(f"/ops/sagas/sagas/{sid}/actions/cancel?revision={rev}", headers=as_bo)
+        assert "will compensate charge, then reserve" in plan.text
+        done = c.post(
+            f"/ops/sagas/sagas/{sid}/actions/cancel",
+            data={"csrf": token(plan.text), "revision": rev, "reason": "duplicate order"},
+            headers=as_bo,
+            follow_redirects=False,
+        )
+        assert done.status_code == 303
+        assert done.headers["location"] == f"http://testserver/ops/sagas/sagas/{sid}"
+        assert c.get("/ops/sagas/api/counts").status_code == 401  # the host's login guards it
+        counts = c.get("/ops/sagas/api/counts", headers=as_bo).json()
+        assert counts["total"] == 1  # the JSON API beside the pages
+    asked = [h for h in kit.store.get(sid)[2] if h.kind == "cancel_requested"]
+    assert asked[0].detail == {"by": "bo", "reason": "duplicate order"}
+
+
+def test_mounted_in_a_wsgi_app(sqlite_shop: Shop) -> None:
+    flask_app = Flask("host")
+
+    @flask_app.get("/")
+    def home() -> str:
+        return "shop"
+
+    wsgi = create_wsgi_app(store=sqlite_shop.store, dashboard=DashboardSettings())
+    flask_app.wsgi_app = DispatcherMiddleware(flask_app.wsgi_app, {"/ops/sagas": wsgi})  # type: ignore[method-assign]
+    client = flask_app.test_client()
+    assert client.get("/").text == "shop"
+    listing = client.get("/ops/sagas/?state=failed")
+    assert listing.status_code == 200
+    assert f"/ops/sagas/sagas/{sqlite_shop.ids['decline']}" in listing.text
+    assert sqlite_shop.ids["ok"] not in listing.text
+    page = client.get(f"/ops/sagas/sagas/{sqlite_shop.ids['decline']}")
+    assert page.status_code == 200 and "CardDeclined" in page.text
+    assert client.get("/ops/sagas/?since=nope").status_code == 400
+
+
+# -- from a shell -----------------------------------------------------------------------------
+
+
+def _saga(*args: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    command = Path(sys.executable).parent / "saga"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SAGAS_DASHBOARD_")}
+    return subprocess.run(
+        [str(command), *args],
+        input=stdin,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_saga_dashboard_hash_password_prints_a_hash_that_logs_in() -> None:
+    done = _saga("dashboard", "--hash-password", stdin="s3cret pass\ns3cret pass\n")
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.strip().splitlines()[-1]
+    assert printed.startswith("scrypt$") and "s3cret" not in printed
+    assert verify_password("s3cret pass", printed)
+    assert DashboardSettings(user="ops", password_hash=printed).checked().user == "ops"
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SAGAS_DASHBOARD_USER": "ops"}, "SAGAS_DASHBOARD_USER and SAGAS_DASHBOARD_PASSWORD_HASH"),
+        (
+            {"SAGAS_DASHBOARD_USER": "ops", "SAGAS_DASHBOARD_PASSWORD_HASH": "hunter2"},
+            "SAGAS_DASHBOARD_PASSWORD_HASH",
+        ),
+        ({"SAGAS_DASHBOARD_TRACE_URL": "https://t.example/"}, "SAGAS_DASHBOARD_TRACE_URL"),
+    ],
+)
+def test_a_misconfigured_dashboard_is_one_error_line(
+    tmp_path: Path, env: dict[str, str], named: str
+) -> None:
+    done = _saga(
+        "dashboard", "--port", "0", SAGAS_DATABASE_URL=f"sqlite:///{tmp_path / 's.db'}", **env
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: ") and named in done.stderr, done.stderr
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_pause_resume_and_rerun_plug_in_by_name(kit: LocalRuntime) -> None:
+    """The operator recovery actions (sagas.operations) on the same pages, login and checks."""
+    sid = kit.start(shop.order, {"order_id": "p-1", "mode": "flaky"}, saga_id="p-1")
+    failed = kit.start(shop.order, {"order_id": "p-2", "mode": "decline"}, saga_id="p-2")
+    with TestClient(operator_app(kit)) as c:
+        log_in(c)
+        page = c.get(f"/sagas/{sid}").text
+        assert 'id="action-pause"' in page and 'id="action-rerun"' not in page
+        for name, why in (("pause", "looking into the gateway"), ("resume", "gateway is back")):
+            rev = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
+            plan = c.get(f"/sagas/{sid}/actions/{name}", params={"revision": rev})
+            assert plan.status_code == 200 and 'id="plan"' in plan.text, plan.text
+            done = c.post(
+                f"/sagas/{sid}/actions/{name}",
+                data={"csrf": token(plan.text), "revision": rev, "reason": why},
+                follow_redirects=False,
+            )
+            assert done.status_code == 303, done.text
+        assert 'id="action-rerun"' in c.get(f"/sagas/{failed}").text
+        rev = kit.store.load(failed).record.lock_version  # type: ignore[union-attr]
+        plan = c.get(f"/sagas/{failed}/actions/rerun", params={"revision": rev})
+        # Its reserve step was compensated: ops' rule refuses the rerun and says to fork.
+        refused = plan.text.split('id="plan-refused">')[1].split("</p>")[0]
+        assert "was compensated" in refused and "fork the saga" in refused
+        assert 'id="confirm"' not in plan.text
+    kinds = {h.kind: h.detail for h in kit.store.get(sid)[2]}
+    assert kinds["saga_paused"] == {"by": "ana", "reason": "looking into the gateway"}
+    assert kinds["saga_resumed"]["by"] == "ana"  # type: ignore[index]
+    assert kit.store.get(failed)[0].state.value == "failed"  # previewed only
