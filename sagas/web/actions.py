@@ -12,13 +12,14 @@ compensations that would follow it, simulated step by step with ``decide``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .. import coordinator, operations
 from ..definition import Saga, get_orchestrated
-from ..errors import ActionRefused, SagaNotFound
+from ..errors import ActionRefused, SagaInputError, SagaNotFound
 from ..machine import (
     Cancel,
     Decision,
@@ -48,6 +49,14 @@ class Plan:
     extra: Mapping[str, Any] = field(default_factory=dict)  # an action's own (fork: the diff)
 
 
+@dataclass(frozen=True, slots=True)
+class Landed:
+    """What an action that made another saga returns: the page shows that saga next."""
+
+    message: str
+    saga_id: str
+
+
 class DashboardAction(Protocol):
     name: str
     label: str
@@ -62,9 +71,9 @@ class DashboardAction(Protocol):
 
     def carry_out(
         self, rt: Runtime, plan: Plan, form: Mapping[str, str], by: str, reason: str
-    ) -> str:
+    ) -> str | Landed:
         """Do it on ``plan.revision`` (``SagaChanged``/``ActionRefused``: nothing done);
-        returns what happened, in one line."""
+        returns what happened, in one line (``Landed``: and the saga it made)."""
         ...
 
 
@@ -238,6 +247,78 @@ class Recovery:
         return f"{self.name}: saga {plan.saga_id} is now {state}"
 
 
+class ForkAction:
+    """``sagas.operations.fork`` on the dashboard: the operator picks the step to start from
+    and the payload fields to change (a JSON object of field path to new value; the rest is
+    the original's, and the result is validated by the saga's model), reads the plan (what is
+    reused, what runs, the payload diff), then confirms; the new saga's page comes next. The
+    form never shows the original payload: redacted fields stay unseen (they can be set)."""
+
+    name = "fork"
+    label = "Fork from a step"
+    danger = True
+    states = frozenset({SagaState.COMPLETED, SagaState.FAILED})
+    fields = ("from_step", "changes")
+
+    def _plan(
+        self, rt: Runtime, saga_id: str, revision: int, form: Mapping[str, str], by: str,
+        reason: str,
+    ) -> Any:  # fmt: skip
+        changes = _json_object(form.get("changes", ""))
+        return operations.preview(
+            saga_id,
+            OperatorAction.FORK,
+            reason=reason,
+            by=by,
+            revision=revision,
+            from_step=form.get("from_step", "").strip(),
+            changes=changes,
+            rt=rt,
+        )
+
+    def preview(
+        self, rt: Runtime, saga_id: str, revision: int, form: Mapping[str, str], by: str
+    ) -> Plan:
+        _, saga = load(rt, saga_id, revision)
+        edit = {
+            "steps": [s.name for s in saga.steps],
+            "from_step": form.get("from_step", "") or saga.steps[0].name,
+            "changes": form.get("changes") or "{}",
+        }
+        if not form.get("from_step"):  # first the form: which step, which payload
+            return Plan(self.name, saga_id, revision, extra={"edit": edit})
+        found = self._plan(rt, saga_id, revision, form, by, "preview")  # with the diff
+        extra = {"edit": edit, "ready": found.refused is None}
+        return Plan(self.name, saga_id, revision, tuple(found.lines), found.refused, extra)
+
+    def carry_out(
+        self, rt: Runtime, plan: Plan, form: Mapping[str, str], by: str, reason: str
+    ) -> str | Landed:
+        done = operations.carry_out(
+            self._plan(rt, plan.saga_id, plan.revision, form, by, reason), rt=rt
+        )
+        assert done.fork is not None
+        new = done.fork.saga_id
+        return Landed(f"fork: saga {new} started from {done.fork.from_step} of {plan.saga_id}", new)
+
+
+def _json_object(raw: str) -> dict[str, Any] | None:
+    """The fields to change: a JSON object (None: none, the original payload is kept)."""
+    if not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SagaInputError(
+            f"changes: not JSON ({exc.msg} at line {exc.lineno})", field="changes"
+        ) from None
+    if not isinstance(value, dict):
+        raise SagaInputError(
+            'changes: a JSON object of field: new value, e.g. {"mode": "ok"}', field="changes"
+        )
+    return value or None
+
+
 ACTIONS: dict[str, DashboardAction] = {}
 
 
@@ -254,6 +335,7 @@ register(Recovery(OperatorAction.RESUME, "Resume", ACTIVE))
 register(
     Recovery(OperatorAction.RERUN, "Rerun from the failed step", frozenset({SagaState.FAILED}))
 )
+register(ForkAction())
 
 
 def offered(state: SagaState) -> list[DashboardAction]:

@@ -264,6 +264,8 @@ def act(
     csrf: Annotated[str, Form()] = "",
     revision: Annotated[str, Form()] = "",
     reason: Annotated[str, Form()] = "",
+    from_step: Annotated[str, Form(max_length=64)] = "",
+    changes: Annotated[str, Form(max_length=256 * 1024)] = "",
 ) -> Response:
     guard = _guard(request)
     if guard.actions_possible and guard.user(request) is None:
@@ -280,8 +282,13 @@ def act(
             field="reason",
         )
     rt = _runtime(request)
-    plan = action.preview(rt, sid, seen, {}, who)  # SagaChanged here if it moved since
-    done = action.carry_out(rt, plan, {}, who, why)
+    # An action's own fields (a fork's step and payload) come back from the plan's page.
+    fields = {"from_step": from_step, "changes": changes} if from_step else {}
+    plan = action.preview(rt, sid, seen, fields, who)  # SagaChanged here if it moved since
+    done = action.carry_out(rt, plan, fields, who, why)
+    if isinstance(done, actions.Landed):
+        request.session["flash"] = done.message
+        return RedirectResponse(request.url_for("saga", saga_id=done.saga_id), status_code=303)
     request.session["flash"] = done
     return RedirectResponse(request.url_for("saga", saga_id=sid), status_code=303)
 

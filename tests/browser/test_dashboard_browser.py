@@ -1,7 +1,7 @@
 """The dashboard in Chromium, as an operator uses it, against a real server process, a real
 store and a real worker (``conftest.py``): log in, find the failed saga by filter, open it and
 read its timeline; cancel and retry after reading their plans and see the worker carry them
-out; an action on a saga that changed since its page was loaded; bad filters and a tampered
+out; fork a failed saga with an edited field after reading the plan and see the new one complete; an action on a saga that changed since its page was loaded; bad filters and a tampered
 cursor; no action without a login, and a cross-site form POST refused."""
 
 from __future__ import annotations
@@ -91,6 +91,32 @@ def test_retry_shows_the_plan_then_runs_the_step_again(page: Page, deployment: D
     page.reload()
     expect(page.locator("#saga-state")).to_have_text("completed")
     expect(page.locator(".gantt .row[data-step=ship] .bar.forward")).to_have_count(2)
+
+
+def test_fork_a_failed_saga_with_an_edited_field_after_reading_the_plan(
+    page: Page, deployment: Deployment
+) -> None:
+    """The card was declined: fork from the first step with the mode fixed, read the plan
+    (the payload diff), confirm, land on the new saga and see the worker complete it."""
+    sid = deployment.ids["declined"]
+    log_in(page, deployment, f"sagas/{sid}")
+    page.click("#action-fork")
+    page.select_option("#from_step", "reserve")
+    page.fill("#changes", '{"mode": "ok"}')
+    page.click("#show-plan")
+    expect(page.locator("#plan")).to_contain_text("payload mode: 'decline' -> 'ok'")
+    shot(page, "preview-fork")
+    assert deployment.state(sid) == "failed"  # reading the plan changed nothing
+    page.fill("textarea[name=reason]", "customer replaced the card")
+    page.click("#confirm")
+    expect(page.locator(".flash")).to_contain_text("fork: saga")
+    new = page.locator("#saga-id").inner_text()
+    assert new != sid
+    deployment.wait_state(new, "completed")
+    page.reload()
+    expect(page.locator("#saga-state")).to_have_text("completed")
+    expect(page.locator("#history")).to_contain_text("customer replaced the card")
+    shot(page, "saga-forked")
 
 
 def test_an_action_on_a_saga_that_changed_since_is_refused(

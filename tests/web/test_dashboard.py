@@ -443,3 +443,55 @@ def test_pause_resume_and_rerun_plug_in_by_name(kit: LocalRuntime) -> None:
     assert kinds["saga_paused"] == {"by": "ana", "reason": "looking into the gateway"}
     assert kinds["saga_resumed"]["by"] == "ana"  # type: ignore[index]
     assert kit.store.get(failed)[0].state.value == "failed"  # previewed only
+
+
+def test_fork_edits_the_payload_reads_the_plan_and_lands_on_the_new_saga(
+    kit: LocalRuntime,
+) -> None:
+    """The card was declined; the operator forks from the first step with the payload fixed,
+    reads the plan (what is reused, the payload diff), confirms, and the new saga completes.
+    A payload that is not JSON, or fails the model, is an error page naming the field, and no
+    saga is made."""
+    failed = kit.start(shop.order, {"order_id": "f-1", "mode": "decline"}, saga_id="f-1")
+    assert kit.store.get(failed)[0].state.value == "failed"
+    rev = kit.store.load(failed).record.lock_version  # type: ignore[union-attr]
+    with TestClient(operator_app(kit)) as c:
+        log_in(c)
+        assert 'id="action-fork"' in c.get(f"/sagas/{failed}").text
+        form = c.get(f"/sagas/{failed}/actions/fork", params={"revision": rev})
+        assert form.status_code == 200 and 'id="edit"' in form.text
+        assert 'id="confirm"' not in form.text
+        edited = '{"mode": "ok"}'
+        for bad, field in (("{not json", "changes"), ('{"order_id": ["x"]}', "order_id")):
+            page = c.get(
+                f"/sagas/{failed}/actions/fork",
+                params={"revision": rev, "from_step": "reserve", "changes": bad},
+            )
+            assert page.status_code == 400 and field in page.text, page.text
+        plan = c.get(
+            f"/sagas/{failed}/actions/fork",
+            params={"revision": rev, "from_step": "reserve", "changes": edited},
+        )
+        assert plan.status_code == 200 and 'id="plan"' in plan.text, plan.text
+        assert "payload mode: &#39;decline&#39; -&gt; &#39;ok&#39;" in plan.text, plan.text
+        done = c.post(
+            f"/sagas/{failed}/actions/fork",
+            data={
+                "csrf": token(plan.text),
+                "revision": rev,
+                "reason": "card replaced (ticket 12)",
+                "from_step": "reserve",
+                "changes": edited,
+            },
+            follow_redirects=False,
+        )
+        assert done.status_code == 303, done.text
+        new = done.headers["location"].rsplit("/", 1)[-1]
+        assert new != failed
+    kit.run()
+    record, _, history = kit.store.get(new)
+    assert record.state.value == "completed" and record.forked_from == failed
+    assert record.payload == {**kit.store.get(failed)[0].payload, "mode": "ok"}
+    forked = [h for h in kit.store.get(failed)[2] if h.kind.startswith("fork")]
+    assert forked and forked[-1].detail["by"] == "ana"  # type: ignore[index]
+    assert [r.id for r in kit.store.list(limit=10)].count(new) == 1  # the bad ones made none
