@@ -5,7 +5,7 @@ The list filters by state, name, creation date and kind, and searches by exact s
 correlation id; a saga's page shows its steps and its history in order. The two actions ask for
 a reason on a confirmation page (a CSRF-protected form, as every admin POST), then call
 ``sagas.coordinator.retry`` / ``cancel`` for each selected saga with the project's runtime
-(``sagas.contrib.django.conf.runtime()``), recording ``"<reason> (by <user> via admin)"`` in
+(``sagas.contrib.django.conf.runtime()``), recording the reason and ``by="<user> (admin)"`` in
 the saga's history, and report each saga's outcome as a message. They need the permission
 ``sagas.operate_saga`` (superusers have it).
 """
@@ -242,7 +242,8 @@ class SagaAdmin(admin.ModelAdmin):  # type: ignore[misc]
         form = ReasonForm(request.POST if confirmed else None)
         if not (confirmed and form.is_valid()):
             return self._confirmation(request, queryset, form, action)
-        reason = f"{form.cleaned_data['reason']} (by {request.user.get_username()} via admin)"
+        reason = form.cleaned_data["reason"]
+        by = f"{request.user.get_username()} (admin)"
         try:
             rt: Runtime = runtime()
         except SagaError as exc:
@@ -250,7 +251,7 @@ class SagaAdmin(admin.ModelAdmin):  # type: ignore[misc]
             return None
         for saga in queryset:
             try:
-                decision = operation(saga.id, reason, rt=rt)
+                decision = operation(saga.id, reason, rt=rt, by=by)
             except SagaError as exc:
                 messages.error(request, f"saga {saga.id}: {exc}")
             else:

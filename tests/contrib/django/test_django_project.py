@@ -343,11 +343,11 @@ def test_checkout_admin_and_manage_py_saga(project: Path) -> None:
         "no reason 200 True 0",
         "retry 200 [('error', \"Saga order-1: nothing to retry: saga 'order-1' is completed\"), "
         "('success', 'Saga order-5: retried (pending)')]",
-        "retry history [{'reason': 'approvals were stuck (by ops via admin)', 'was': 'running'}]",
+        "retry history [{'by': 'ops (admin)', 'reason': 'approvals were stuck', 'was': 'running'}]",
         "no csrf 403 0",
         "cancel 200 [('success', 'Saga order-5: cancelled (compensating)')]",
         "cancelled failed [('reserve', 'compensated'), ('approve', 'timed_out')] "
-        "[{'reason': 'customer changed their mind (by ops via admin)'}]",
+        "[{'by': 'ops (admin)', 'reason': 'customer changed their mind'}]",
         "order-5 status released",
         "viewer list 200 True False",
         "viewer retry 200 [] 1",
