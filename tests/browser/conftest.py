@@ -112,7 +112,11 @@ def browser_path() -> str:
     return CHROMIUM
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: the browser tests are one module, and Playwright's sync API keeps
+# an asyncio loop running in the main thread while it is open; left open for the session it
+# made asyncio.run() in every later test module fail ("cannot be called from a running event
+# loop"), and the dashboard and worker processes would idle until the end.
+@pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory, browser_path: str) -> Iterator[Deployment]:
     run = uuid.uuid4().hex[:8]
     logdir = tmp_path_factory.mktemp("browser")
@@ -222,7 +226,7 @@ def _wait_ready(
     raise RuntimeError(f"not ready in {START_TIMEOUT}s (worker {worker}, dashboard {dashboard})")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium(browser_path: str) -> Iterator[Browser]:
     with sync_playwright() as p:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
