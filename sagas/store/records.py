@@ -231,19 +231,33 @@ def utc(value: datetime | None) -> datetime | None:
 # -- row mapping --------------------------------------------------------------------------------
 
 
-class JsonStep:
-    """A saga_step row as PostgreSQL's json_agg returns it (timestamps as ISO strings)."""
+def _iso(value: str | None) -> datetime | None:
+    """A timestamp as PostgreSQL's json_agg renders it (ISO 8601 with offset), in UTC."""
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
 
-    __slots__ = ("_row",)
 
-    def __init__(self, row: dict[str, Any]) -> None:
-        self._row = row
-
-    def __getattr__(self, name: str) -> Any:
-        value = self._row[name]
-        if name.endswith("_at") and value is not None:
-            return datetime.fromisoformat(value)
-        return value
+def steps_from_json(rows: Sequence[dict[str, Any]] | None) -> list[StepStatus]:
+    """saga_step rows as PostgreSQL's json_agg returns them (the hot path's load: a direct
+    mapping, no per-attribute lookups; it runs for every step of every transition)."""
+    return [
+        StepStatus(
+            name=s["name"],
+            state=StepState(s["state"]),
+            attempt=s["attempt"],
+            compensation_attempt=s["compensation_attempt"],
+            result=s["result"],
+            error=ErrorInfo.from_json(s["error"]),
+            started_at=_iso(s["started_at"]),
+            finished_at=_iso(s["finished_at"]),
+            deadline_at=_iso(s["deadline_at"]),
+            next_attempt_at=_iso(s["next_attempt_at"]),
+            in_doubt=bool(s["in_doubt"]),
+            timeout_at=_iso(s["timeout_at"]),
+            heartbeat_at=_iso(s["heartbeat_at"]),
+            progress=s["progress"],
+        )
+        for s in rows or ()
+    ]
 
 
 def record_from_row(row: Any) -> SagaRecord:
@@ -270,6 +284,21 @@ def record_from_row(row: Any) -> SagaRecord:
         trace_context=getattr(row, "trace_context", None),
         paused_at=utc(getattr(row, "paused_at", None)),
         forked_from=getattr(row, "forked_from", None),
+    )
+
+
+def status_from_json(record: SagaRecord, rows: Sequence[dict[str, Any]] | None) -> SagaStatus:
+    return status_of(record, tuple(steps_from_json(rows)))
+
+
+def status_of(record: SagaRecord, steps: tuple[StepStatus, ...]) -> SagaStatus:
+    return SagaStatus(
+        id=record.id,
+        state=record.state,
+        deadline_at=record.deadline_at,
+        failure=record.failure,
+        paused_at=record.paused_at,
+        steps=steps,
     )
 
 

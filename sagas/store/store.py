@@ -32,12 +32,12 @@ from . import statements
 from .engine import READ_ONLY, db_now, dropped_connection, make_engine, translated
 from .records import (
     HistoryEntry,
-    JsonStep,
     NewSaga,
     SagaRecord,
     Snapshot,
     Transition,
     record_from_row,
+    status_from_json,
     status_from_rows,
     utc,
 )
@@ -438,7 +438,7 @@ class Store:
         if row is None:
             return None
         record = record_from_row(row)
-        steps = status_from_rows(record, [JsonStep(s) for s in row.steps or ()])
+        steps = status_from_json(record, row.steps)
         return self.snapshot(record, steps, utc(row.db_now) or row.db_now)
 
     def snapshot(self, record: SagaRecord, status: SagaStatus, read_at: datetime) -> Snapshot:

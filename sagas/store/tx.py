@@ -20,12 +20,12 @@ from ..machine import HistoryRecord, SagaStatus
 from . import statements
 from .engine import db_now
 from .records import (
-    JsonStep,
     NewSaga,
     SagaRecord,
     Transition,
     history_rows,
     record_from_row,
+    status_from_json,
     status_from_rows,
     utc,
 )
@@ -94,7 +94,7 @@ class Tx:
                 return None
             self._now = utc(row.db_now)
             record = record_from_row(row)
-            return record, status_from_rows(record, [JsonStep(s) for s in row.steps or ()])
+            return record, status_from_json(record, row.steps)
         row = self.conn.execute(statements.SELECT_SAGA, {"saga_id": saga_id}).first()
         if row is None:
             return None
