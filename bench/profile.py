@@ -129,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument(
+        "--loglevel",
+        default="WARNING",
+        help="the workers' log level (INFO: what a deployment at Celery's usual level logs)",
+    )
+    ap.add_argument(
         "--analyse-only",
         action="store_true",
         help="rebuild the breakdowns from the saved stacks and JSON",
@@ -139,8 +144,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     if args.broker == "rabbitmq":
         common.ensure_rabbit_vhost()
     cfg = SAGA_CONFIGS[args.config]
-    out_txt = common.RESULTS / f"profile_{args.config}.txt"
-    out_svg = common.BENCH / f"profile_{args.config}.svg"
+    # A run at another log level is kept beside the default one, not over it.
+    level = "" if args.loglevel.upper() == "WARNING" else f"_{args.loglevel.lower()}"
+    stem = f"profile_{args.config}{level}"
+    out_txt = common.RESULTS / f"{stem}.txt"
+    out_svg = common.BENCH / f"{stem}.svg"
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     with common.fresh_database("profile") as db, tempfile.TemporaryDirectory() as countdir:
         env_extra = {"CELERY_BROKER_URL": common.BROKERS[args.broker],
@@ -159,7 +167,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         load = common.uptime()
         epochs = common.server_epochs()
         with common.running_workers(
-            app, "bench.app", specs, common.worker_env(env_extra), tag=tag
+            app,
+            "bench.app",
+            specs,
+            common.worker_env(env_extra),
+            tag=tag,
+            loglevel=args.loglevel.upper(),
         ) as ws:  # type: ignore[arg-type]
             entry_queue = specs[0][1]  # type: ignore[index]
             entry = f"{tag}-{specs[0][0]}@{socket.gethostname()}"  # type: ignore[index]
@@ -204,14 +217,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                     os.killpg(s.pid, signal.SIGKILL)
         # workers stopped (warm shutdown): each child wrote its counters
         counts: Counter[str] = Counter()
+        by_queue: dict[str, Counter[str]] = {}
         traces = {}
         for f in Path(countdir).glob("*.json"):
             data = json.loads(f.read_text())
             traces[f.stem] = data.pop("trace", [])
+            queues = data.pop("queues", "")
             counts.update(data)
-        (common.RESULTS / f"profile_{args.config}_sqltrace.json").write_text(
-            json.dumps(traces, indent=0)
-        )
+            by_queue.setdefault(queues, Counter()).update(data)
+        (common.RESULTS / f"{stem}_sqltrace.json").write_text(json.dumps(traces, indent=0))
         conn.close()
     # merge the per-worker collapsed stacks; keep one flamegraph per worker (the busiest first)
     merged: Counter[str] = Counter()
@@ -230,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     cpu_ms = cpu / args.n * 1000
     breakdown = _breakdown(merged, wcpu, args.n, args.config)
     res = {
-        "config": args.config, "broker": args.broker, "n": args.n, "load_before": load,
+        "config": args.config, "broker": args.broker, "loglevel": args.loglevel.upper(), "n": args.n, "load_before": load,
         "disturbed": common.disturbed(epochs, common.server_epochs()),
         "load_after": common.uptime(), "elapsed_s": round(elapsed, 2),
         "sagas_per_s_under_profiler": round(args.n / elapsed, 1),
@@ -238,10 +252,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         "cpu_ms_per_saga_by_worker": {k: round(v / args.n * 1000, 2) for k, v in wcpu.items()},
         "breakdown": breakdown,
         "per_saga": {k: round(v / n_all, 2) for k, v in sorted(counts.items())},
+        # Per hop: what the workers of one queue did per saga (a service worker of the spread
+        # topology runs one step per saga, so this is its cost per step).
+        "per_saga_by_queue": {
+            q: {k: round(v / n_all, 2) for k, v in sorted(c.items())}
+            for q, c in sorted(by_queue.items())
+        },
         "profiled": [name for name, _ in targets],
         "flamegraph": f"bench/{out_svg.name} ({targets[-1][0]})",
     }  # fmt: skip
-    common.write_result(f"profile_{args.config}", res)
+    common.write_result(stem, res)
     for kind, a in breakdown.items():
         for title, key in (("by library", "by_library_pct"), ("by phase", "by_phase_pct")):
             print(

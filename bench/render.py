@@ -195,6 +195,8 @@ def render() -> str:  # noqa: C901
         out.append(f"\n### Profile: {cfg} ({pr['broker']}, {pr['n']} sagas under py-spy)\n")
         out.append(f"Per saga: {json.dumps(pr['per_saga'])}. CPU ms per saga by worker: "
                    f"{json.dumps(pr['cpu_ms_per_saga_by_worker'])}.\n")  # fmt: skip
+        if pr.get("per_saga_by_queue"):
+            out.append(_per_hop_table(pr["per_saga_by_queue"]))
         for kind, a in pr["breakdown"].items():
             out.append(f"Worker `{kind}`: {a['cpu_ms_per_unit']} ms CPU per {a['unit']}; "
                        f"{a['samples']} samples.\n")  # fmt: skip
@@ -264,3 +266,23 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _per_hop_table(by_queue: dict[str, dict[str, float]]) -> str:
+    """What each queue's worker did per saga: statements, messages, task events, log records
+    and JSON encodes/decodes (a spread service worker runs one step per saga: per hop)."""
+
+    def total(c: dict[str, float], prefix: str) -> float:
+        return round(sum(v for k, v in c.items() if k.startswith(prefix)), 2)
+
+    rows = ["| queue (worker) | statements | transactions | messages published | task events "
+            "| log records (sagas / celery) | JSON encodes | JSON decodes |",
+            "|---|--:|--:|--:|--:|--:|--:|--:|"]  # fmt: skip
+    for queue, c in by_queue.items():
+        rows.append(
+            f"| `{queue or '(default)'}` | {c.get('sql_total', 0)} | {c.get('transactions', 0)} "
+            f"| {c.get('publish_total', 0)} | {total(c, 'event:')} "
+            f"| {total(c, 'log:sagas')} / {total(c, 'log:celery')} | {c.get('json_encode', 0)} "
+            f"| {c.get('json_decode', 0)} |"
+        )
+    return "Per hop (per saga, by the queue its worker consumes):\n\n" + "\n".join(rows) + "\n"

@@ -1,18 +1,22 @@
-"""Counts, per worker process, the SQL statements, commits and task messages it sends.
+"""Counts, per worker process, what one hop costs besides CPU: SQL statements, transactions,
+task messages published, Celery task events sent, log records emitted (by logger family) and
+JSON encodes and decodes (the stdlib's, which SQLAlchemy, psycopg and kombu all use).
 
 Imported by bench.app only when BENCH_SQL_COUNT=<dir> (the profile run): each prefork child
-writes <dir>/<pid>.json when it shuts down.
+writes <dir>/<pid>.json when it shuts down, labelled with the queues its worker consumes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import sys
 from collections import Counter
 from typing import Any
 
-from celery.signals import before_task_publish, worker_process_shutdown
+from celery.signals import before_task_publish, worker_process_shutdown, worker_shutdown
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
@@ -95,9 +99,53 @@ def _published(sender: str | None = None, **_: Any) -> None:
         TRACE.append(f"PUBLISH {sender}")
 
 
+def _counted(owner: Any, name: str, label: Any) -> None:
+    """Wrap ``owner.name`` so each call adds one to ``COUNTS[label(args)]`` (while enabled)."""
+    original = getattr(owner, name)
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        if _enabled:
+            COUNTS[label(*args, **kwargs)] += 1
+        return original(*args, **kwargs)
+
+    setattr(owner, name, counting)
+
+
+def _log_label(logger: logging.Logger, record: logging.LogRecord) -> str:
+    # Logger.handle runs only for records that passed the level check: what a worker emits.
+    return f"log:{record.name.split('.')[0]}:{record.levelname}"
+
+
+def _install() -> None:
+    from celery.events.dispatcher import EventDispatcher
+
+    _counted(logging.Logger, "handle", _log_label)
+    # json.dumps and json.loads (also with their defaults) go through these two methods.
+    _counted(json.JSONEncoder, "encode", lambda *a, **k: "json_encode")
+    _counted(json.JSONDecoder, "decode", lambda *a, **k: "json_decode")
+    _counted(EventDispatcher, "send", lambda _self, type_, *a, **k: f"event:{type_}")
+
+
+_install()
+
+
+def _queues() -> str:
+    """The ``-Q`` of this worker's command line (prefork children inherit it)."""
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        if arg == "-Q" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--queues="):
+            return arg.split("=", 1)[1]
+    return ""
+
+
+# The main process too: it receives, acks and sends the task events (prefork children run the
+# task bodies and publish what those publish).
+@worker_shutdown.connect(weak=False)
 @worker_process_shutdown.connect(weak=False)
 def _dump(**_: Any) -> None:
     out = os.environ.get("BENCH_SQL_COUNT")
     if out:
         with open(os.path.join(out, f"{os.getpid()}.json"), "w") as f:
-            json.dump({**COUNTS, "trace": TRACE}, f)
+            json.dump({**COUNTS, "trace": TRACE, "queues": _queues()}, f)
