@@ -218,6 +218,9 @@ def worker_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+POOL = os.environ.get("BENCH_POOL", "prefork")
+
+
 def start_workers(
     app_module: str,
     specs: Sequence[tuple[str, str]],
@@ -229,7 +232,8 @@ def start_workers(
     loglevel: str = "WARNING",
     extra_args: Sequence[str] = (),
 ) -> WorkerSet:
-    """Start one ``celery worker --pool prefork --concurrency N`` per (name, queues)."""
+    """Start one ``celery worker --pool prefork --concurrency N`` per (name, queues)
+    (``BENCH_POOL=threads``: the thread pool instead, for I/O-bound step workers)."""
     logdir = logdir or RESULTS / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
     ws = WorkerSet()
@@ -237,7 +241,7 @@ def start_workers(
         logfile = logdir / f"{tag}-{name}.log"
         cmd = [
             PY, "-m", "celery", "-A", app_module, "worker",
-            "--pool", "prefork", "--concurrency", str(concurrency),
+            "--pool", POOL, "--concurrency", str(concurrency),
             "-Q", queues, "-n", f"{tag}-{name}@%h", "--loglevel", loglevel,
             "--without-gossip", "--without-mingle", *extra_args,
         ]  # fmt: skip
