@@ -15,10 +15,9 @@ import json
 import os
 import socket
 import sys
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from redis import Redis
 
 from sagas.store import Store
 from sagas.store.migrate import upgrade
+from tests.polling import poll
 from tests.services import REDIS_URL, require, scratch_database
 from tests.wheelhouse import spawn, stop_group
 from tests.worker_harness import base_app
@@ -36,14 +36,6 @@ pytestmark = pytest.mark.workers
 
 ROOT = Path(__file__).resolve().parents[2]
 BROKER = REDIS_URL
-
-
-def poll(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 def free_port() -> int:

@@ -16,9 +16,8 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from redis import Redis
 
 from sagas.store import Store
 from sagas.store.migrate import upgrade
+from tests.polling import poll
 from tests.services import REDIS_URL, require, scratch_database
 from tests.wheelhouse import spawn, stop_group
 
@@ -36,14 +36,6 @@ pytestmark = pytest.mark.workers
 ROOT = Path(__file__).resolve().parents[2]
 BROKER = REDIS_URL
 TERMINAL = {"completed", "failed"}
-
-
-def poll(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
 
 
 class Cluster:
