@@ -256,7 +256,7 @@ def _after_commit(
     if after_publish:
         faults.hit(after_publish)
     if published and _outbox(decision, claimed):  # this transition wrote an outbox: clear it
-        rt.store.clear_outbox(record.id, outbox_at=now)
+        rt.store.clear_outbox_soon(record.id, now, within=rt.settings.outbox_clear_delay)
         snap = replace(snap, record=replace(record, outbox=None, outbox_at=None))
     commands = tuple(build_command(saga, record, decision.status, c) for c in claimed)
     for wait in (c for c in decision.commands if isinstance(c, AwaitSignal)):

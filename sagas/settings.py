@@ -47,6 +47,15 @@ class Settings(BaseSettings):
     outbox_grace: float = Field(
         10.0, gt=0, description="Seconds before the sweeper re-publishes unsent commands."
     )
+    outbox_clear_delay: float = Field(
+        0.1,
+        ge=0,
+        le=5,
+        description=(
+            "Seconds within which a worker marks published commands sent, many sagas in one "
+            "statement (0: one statement per publish, at once)."
+        ),
+    )
     max_countdown: float = Field(
         300.0,
         gt=0,

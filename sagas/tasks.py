@@ -117,6 +117,12 @@ def _after_fork(**_: Any) -> None:
 
 @worker_process_shutdown.connect(weak=False)
 def _child_exits(pid: int | None = None, **_: Any) -> None:
+    rt = current_runtime()
+    if rt is not None:
+        try:  # the clears this process queued (a killed process leaves them to the sweeper)
+            rt.store.flush_clears()
+        except Exception:  # noqa: BLE001 - shutting down: nothing else to do with it
+            log.warning("outbox clears not written at shutdown")
     if pid is not None and metrics.exporting:
         prometheus.mark_process_dead(pid)
 

@@ -41,6 +41,17 @@ CLEAR_OUTBOX = (
     )
     .values(outbox=null(), outbox_at=None)
 )
+# Many clears in one statement (DeferredClears): the same match on (id, outbox_at) per row.
+_CLEARS = (
+    func.jsonb_to_recordset(bindparam("clears", type_=_JSON))
+    .table_valued(column("id", saga_table.c.id.type), column("at", saga_table.c.outbox_at.type))
+    .render_derived(name="c", with_types=True)
+)
+CLEAR_OUTBOXES = (
+    update(saga_table)
+    .where(saga_table.c.id == _CLEARS.c.id, saga_table.c.outbox_at == _CLEARS.c.at)
+    .values(outbox=null(), outbox_at=None)
+)
 _STEPS_JSON = (
     select(func.json_agg(aggregate_order_by(step_table.table_valued(), step_table.c.idx)))
     .where(step_table.c.saga_id == saga_table.c.id)

@@ -29,6 +29,7 @@ from ..settings import mask_url
 from ..state import ACTIVE_SAGA_STATES, HistoryKind, SagaKind, SagaState, StepState
 from . import search as search_
 from . import statements
+from .clears import DeferredClears
 from .engine import READ_ONLY, db_now, dropped_connection, make_engine, translated
 from .records import (
     HistoryEntry,
@@ -62,6 +63,7 @@ class Store:
                 setting="clock",
             )
         self.clock = clock
+        self._clears: DeferredClears | None = None
 
     def __repr__(self) -> str:
         return f"<Store {mask_url(self.url)}>"
@@ -86,6 +88,7 @@ class Store:
             raise StoreUnavailable(f"saga store {mask_url(self.url)} unreachable: {cause}") from exc
 
     def dispose(self) -> None:
+        self.flush_clears()
         self.engine.dispose()
 
     # -- reads for operators and the sweeper --------------------------------------------------
@@ -400,6 +403,30 @@ class Store:
         """
         params = {"saga_id": saga_id, "written_at": outbox_at}
         self._single(lambda conn: conn.execute(statements.CLEAR_OUTBOX, params))
+
+    def clear_outbox_soon(self, saga_id: str, outbox_at: datetime, *, within: float) -> None:
+        """``clear_outbox``, written by this process within ``within`` seconds together with
+        the other clears queued meanwhile (one statement for all; see ``clears``). At once on
+        SQLite or with ``within`` 0."""
+        if not self.is_postgres or within <= 0:
+            self.clear_outbox(saga_id, outbox_at)
+            return
+        if self._clears is None or self._clears.delay != within:
+            self.flush_clears()
+            self._clears = DeferredClears(self._clear_many, within)
+        self._clears.add(saga_id, outbox_at)
+
+    def flush_clears(self) -> None:
+        """Write the outbox clears this process queued (at shutdown; tests)."""
+        if self._clears is not None:
+            self._clears.flush()
+
+    def pending_clears(self) -> int:
+        return 0 if self._clears is None else self._clears.pending()
+
+    def _clear_many(self, clears: builtins.list[tuple[str, datetime]]) -> None:
+        rows = [{"id": saga_id, "at": at.isoformat()} for saga_id, at in clears]
+        self._single(lambda conn: conn.execute(statements.CLEAR_OUTBOXES, {"clears": rows}))
 
     def _single(self, run: Callable[[Connection], T]) -> T:
         """Run one statement on an autocommit connection. A pooled connection the server

@@ -176,6 +176,9 @@ def test_start_creates_the_saga_and_publishes_one_step_command(rt: Runtime) -> N
     assert msg.committed.steps[0].state is StepState.RUNNING
     assert msg.committed.steps[0].attempt == 1
 
+    # The clear is queued for this process' writer (SAGAS_OUTBOX_CLEAR_DELAY); flush it now.
+    assert rt.store.pending_clears() == (1 if rt.store.is_postgres else 0)
+    rt.store.flush_clears()
     record, status, history = rt.store.get(sid)
     assert record.state is SagaState.PENDING and record.name == SAGA.name
     assert record.correlation_id == "req-42" and record.payload == PAYLOAD

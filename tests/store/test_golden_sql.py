@@ -39,6 +39,7 @@ CONSTANTS = {
     "SELECT_SAGA": "the saga row by id (run on SQLite only, by Tx.peek and Tx.lock)",
     "OPEN_ATTEMPT": "one step's state, attempts and deadline (Store.open_attempt)",
     "CLEAR_OUTBOX": "mark the outbox written at written_at published (Store.clear_outbox)",
+    "CLEAR_OUTBOXES": "the same for many sagas at once (DeferredClears, Store.clear_outbox_soon)",
     "INSERT_SAGA": "a new saga in one statement: its row (s), steps (t) and first history rows",
 }
 

@@ -314,6 +314,40 @@ def test_unsent_and_clear_outbox(store: Store) -> None:
     assert store.unsent(grace=0, limit=10) == []
 
 
+def test_clears_queued_for_later_are_written_together_and_skip_superseded_outboxes(
+    store: Store,
+) -> None:
+    for sid in ("s-1", "s-2", "s-3"):
+        insert(store, sid)
+    at = {sid: store.get(sid)[0].outbox_at for sid in ("s-1", "s-2", "s-3")}
+    # A long delay: nothing is written until the flush (on SQLite: at once, as clear_outbox).
+    store.clear_outbox_soon("s-1", at["s-1"], within=60)
+    store.clear_outbox_soon("s-2", at["s-2"] - timedelta(seconds=1), within=60)  # superseded
+    if store.is_postgres:
+        assert store.pending_clears() == 2
+        assert store.get("s-1")[0].outbox == [{"type": "dispatch", "step": 0}]
+    store.flush_clears()
+    assert store.pending_clears() == 0
+    assert store.get("s-1")[0].outbox is None and store.get("s-1")[0].outbox_at is None
+    assert store.get("s-2")[0].outbox == [{"type": "dispatch", "step": 0}]  # left for the sweeper
+    assert store.get("s-3")[0].outbox == [{"type": "dispatch", "step": 0}]  # never queued
+    assert store.unsent(grace=0, limit=10) == ["s-2", "s-3"]
+
+
+def test_queued_clears_are_written_by_the_background_thread_within_the_delay(
+    store: Store,
+) -> None:
+    insert(store, "s-1")
+    written = store.get("s-1")[0].outbox_at
+    assert written is not None
+    store.clear_outbox_soon("s-1", written, within=0.05)
+    deadline = time.monotonic() + 10
+    while store.get("s-1")[0].outbox is not None:  # no flush: the thread writes it
+        assert time.monotonic() < deadline, "the queued clear was never written"
+        time.sleep(0.02)
+    assert store.pending_clears() == 0
+
+
 def test_save_appends_to_an_unpublished_outbox(store: Store) -> None:
     insert(store, "s-1")
     transition(store, "s-1", ok(0), outbox=[{"type": "wake", "at": "x"}])

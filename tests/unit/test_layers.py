@@ -64,6 +64,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "store.receipts",
             "store.joined",
             "store.search",
+            "store.clears",
             "transport",
             "runtime",
             "admission",
