@@ -23,6 +23,7 @@ from ..observability import escape, get_logger
 log = get_logger("sagas.store")
 
 Write = Callable[[list[tuple[str, datetime]]], None]
+MAX_PAUSE = 5.0  # seconds between tries while the store refuses (under the outbox grace)
 
 
 class DeferredClears:
@@ -37,6 +38,7 @@ class DeferredClears:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._failing = False
 
     def add(self, saga_id: str, outbox_at: datetime) -> None:
         with self._lock:
@@ -62,31 +64,41 @@ class DeferredClears:
         with self._lock:
             return len(self._pending) if self._pid == os.getpid() else 0
 
-    def flush(self) -> None:
-        """Write every queued clear now (process shutdown, tests, ``Store.dispose``)."""
+    def flush(self) -> bool:
+        """Write every queued clear now (process shutdown, tests, ``Store.dispose``). False
+        when the store refused: the clears stay queued for the next round."""
         with self._flushing:
             with self._lock:
                 if self._pid != os.getpid() or not self._pending:
-                    return
+                    return True
                 taken, self._pending = self._pending, {}
             try:
                 self._write(list(taken.items()))
             except StoreError as exc:
-                # Kept for the next round (unless a newer outbox of the saga came meanwhile);
-                # past the grace the sweeper re-publishes, as after a crash.
-                log.warning(
-                    "outbox clears not written (%s); retried shortly", escape(type(exc).__name__)
-                )
+                # Kept (unless a newer outbox of the saga came meanwhile); past the grace the
+                # sweeper re-publishes, as after a crash. Logged once per outage, not per try.
+                if not self._failing:
+                    log.warning(
+                        "outbox marks not written (%s); retrying", escape(type(exc).__name__)
+                    )
+                self._failing = True
                 with self._lock:
                     for saga_id, at in taken.items():
                         self._pending.setdefault(saga_id, at)
+                return False
+            self._failing = False
+            return True
 
     def _run(self) -> None:
-        wake = self._wake
+        wake, pause = self._wake, self.delay
         while True:
-            wake.wait(self.delay)
+            wake.wait(pause)
             wake.clear()
             try:
-                self.flush()
+                ok = self.flush()
             except Exception:  # noqa: BLE001 - the thread must outlive any one failure
-                log.exception("outbox clears failed")
+                log.exception("outbox marks failed")
+                ok = False
+            # While the store refuses, try less often (up to MAX_PAUSE): an outage must not
+            # become a busy loop of failing connections in every worker process.
+            pause = self.delay if ok else min(pause * 2, MAX_PAUSE)

@@ -202,7 +202,7 @@ def changed_columns(t: Transition) -> tuple[str, ...]:
         columns.append("paused_at")
     if t.new.deadline_at != t.old.deadline_at:
         columns.append("deadline_at")
-    if t.parked is not None:
+    if t.parked is not None and t.parked != t.record.parked:
         columns.append("parked")
     return tuple(columns)
 
