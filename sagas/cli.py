@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -39,7 +40,7 @@ from .observability import escape
 from .payload import check_saga_id
 from .runtime import Runtime, current_runtime
 from .settings import Settings
-from .state import OperatorAction, SagaState, StepState
+from .state import OperatorAction, StepState
 from .store import Store
 from .store.migrate import current_revision
 from .store.migrate import upgrade as run_upgrade
@@ -98,50 +99,74 @@ def _many(values: tuple[str, ...]) -> str | None:
     return ",".join(values) if values else None
 
 
-@main.command("list")
-@click.option("--state", multiple=True, help="Saga state(s): repeat or comma-separate.")
-@click.option("--name", default=None, help="Only sagas of this name.")
-@click.option("--version", "version", type=int, default=None, help="Definition version.")
-@click.option("--correlation-id", default=None)
-@click.option("--error-type", default=None, help="Failed with, or a step's last error is, this.")
-@click.option("--step", default=None, help="At (or stopped at) this step.")
-@click.option("--step-state", multiple=True, help="With --step: that step in these states.")
-@click.option(
-    "--waiting",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[SIGNAL]",
-    help="Waiting for a signal (any, or this one).",
+_FILTER_OPTIONS = (
+    click.option("--state", multiple=True, help="Saga state(s): repeat or comma-separate."),
+    click.option("--name", default=None, help="Only sagas of this name."),
+    click.option("--version", "version", type=int, default=None, help="Definition version."),
+    click.option("--correlation-id", default=None),
+    click.option(
+        "--error-type", default=None, help="Failed with, or a step's last error is, this."
+    ),
+    click.option("--step", default=None, help="At (or stopped at) this step."),
+    click.option("--step-state", multiple=True, help="With --step: that step in these states."),
+    click.option(
+        "--waiting",
+        is_flag=False,
+        flag_value="",
+        default=None,
+        metavar="[SIGNAL]",
+        help="Waiting for a signal (any, or this one).",
+    ),
+    click.option("--parked/--not-parked", default=None, help="Parked for an operator (or not)."),
+    click.option("--since", default=None, help="Created at or after: a date-time or an age (2h)."),
+    click.option("--until", default=None, help="Created before: a date-time or an age (30m)."),
+    click.option("--updated-since", default=None, help="Last changed at or after."),
+    click.option("--updated-until", default=None, help="Last changed before."),
 )
-@click.option("--parked/--not-parked", default=None, help="Parked for an operator (or not).")
-@click.option("--since", default=None, help="Created at or after: a date-time or an age (2h).")
-@click.option("--until", default=None, help="Created before: a date-time or an age (30m).")
-@click.option("--updated-since", default=None, help="Last changed at or after.")
-@click.option("--updated-until", default=None, help="Last changed before.")
+# The parameter names those options give the command (popped into the filter).
+_FILTER_KEYS = (
+    "state", "name", "version", "correlation_id", "error_type", "step", "step_state",
+    "waiting", "parked", "since", "until", "updated_since", "updated_until",
+)  # fmt: skip
+
+
+def _filter_options(fn: F) -> F:
+    """The saga filter's options (``saga list`` and ``saga bulk`` share them): the command gets
+    them parsed as one ``flt: SagaFilter`` (a bad value: ``FilterInvalid`` naming the option)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in _FILTER_KEYS}
+        state, step_state, waiting = (
+            given.pop("state"),
+            given.pop("step_state"),
+            given.pop("waiting"),
+        )
+        flt = SagaFilter.parse(
+            {
+                **given,
+                "state": _many(state),
+                "step_state": _many(step_state),
+                "waiting": True if waiting == "" else None,
+                "signal": waiting or None,
+            }
+        )
+        return fn(*args, flt=flt, **kwargs)
+
+    decorated: Any = wrapper
+    for option in reversed(_FILTER_OPTIONS):
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
+
+
+@main.command("list")
 @click.option("--cursor", default=None, help="Continue after the page that printed it.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, views.MAX_PAGE))
 @_JSON
 @_one_line_errors
-def list_(
-    state: tuple[str, ...],
-    step_state: tuple[str, ...],
-    waiting: str | None,
-    cursor: str | None,
-    limit: int,
-    as_json: bool,
-    **fields: Any,
-) -> None:
+@_filter_options
+def list_(flt: SagaFilter, cursor: str | None, limit: int, as_json: bool) -> None:
     """List sagas, newest first, a page at a time (the next page's --cursor is printed)."""
-    flt = SagaFilter.parse(
-        {
-            **fields,
-            "state": _many(state),
-            "step_state": _many(step_state),
-            "waiting": True if waiting == "" else None,
-            "signal": waiting or None,
-        }
-    )
     found = views.page(_store(), flt, limit=limit, cursor=cursor)
     if as_json:
         _emit(found)
@@ -417,17 +442,9 @@ def _json_option(name: str, raw: str) -> Any:
 @click.argument("action", type=click.Choice(sorted(a.value for a in operations.BULK_ACTIONS)))
 @click.argument("saga_ids", nargs=-1)
 @click.option(
-    "--state",
-    "states",
-    multiple=True,
-    type=click.Choice([s.value for s in SagaState]),
-    help="Select sagas in this state (repeatable).",
-)
-@click.option("--name", default=None, help="Select sagas of this name.")
-@click.option(
     "--older-than",
     default=None,
-    help="Select sagas unchanged for this long: seconds, or 30m, 2h, 7d.",
+    help="Select sagas unchanged for this long: seconds, or 30m, 2h, 7d (as --updated-until).",
 )
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100000))
 @_REASON
@@ -436,31 +453,39 @@ def _json_option(name: str, raw: str) -> Any:
 @_DRY_RUN
 @_APP_OPTION
 @_one_line_errors
+@_filter_options
 def bulk_(
     action: str,
     saga_ids: tuple[str, ...],
-    states: tuple[str, ...],
-    name: str | None,
+    flt: SagaFilter,
     older_than: str | None,
     limit: int,
     **options: Any,
 ) -> None:
-    """retry, cancel or resume many sagas: the ids given, or those the filters select. Shows
-    the count and each saga's plan first (a dry run), asks, then acts with a progress bar."""
+    """retry, cancel or resume many sagas: the ids given, or those the filters select (the
+    filters of saga list). Shows the count and each saga's plan first (a dry run), asks, then
+    acts with a progress bar."""
     what = OperatorAction(action)
     for sid in saga_ids:
         check_saga_id(sid, field="SAGA_IDS")
-    rt = _operator_runtime(options["app_path"])
-    if saga_ids and (states or name or older_than):
+    if older_than is not None:
+        if flt.updated_until is not None:
+            raise SagaInputError(
+                "give --older-than or --updated-until, not both", field="older_than"
+            )
+        # The same selection as --updated-until with an age: unchanged for that long.
+        age = timedelta(seconds=_seconds(older_than))
+        flt = flt.model_copy(update={"updated_until": age})
+    filtered = flt != SagaFilter()
+    if saga_ids and filtered:
         raise SagaInputError("give saga ids or filters, not both", field="SAGA_IDS")
-    if not saga_ids and not (states or name or older_than):
-        raise SagaInputError("select sagas: ids, or --state/--name/--older-than", field="SAGA_IDS")
-    ids = list(saga_ids) or rt.store.select_ids(
-        states=[SagaState(s) for s in states],
-        name=name,
-        older_than=_seconds(older_than) if older_than else None,
-        limit=limit,
-    )
+    if not saga_ids and not filtered:
+        raise SagaInputError(
+            "select sagas: ids, or filters (--state, --name, --older-than, ...: see saga list)",
+            field="SAGA_IDS",
+        )
+    rt = _operator_runtime(options["app_path"])
+    ids = list(saga_ids) or rt.store.select_ids(flt, limit=limit)
     who = {"reason": options["reason"], "by": options["by"], "rt": rt}
     planned = operations.bulk(what, ids, dry_run=True, **who)
     click.echo(report.bulk_plan(planned))
