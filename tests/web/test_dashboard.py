@@ -6,6 +6,7 @@ why in the history). The same flows in a real browser against a real server are
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import subprocess
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from sagas import operations
 from sagas.store import Store
 from sagas.testing import LocalRuntime, local_runtime
 from sagas.web import create_app
@@ -224,6 +226,23 @@ def test_retry_reruns_the_parked_step(kit: LocalRuntime) -> None:
     _, _, history = kit.store.get(sid)
     retried = [h for h in history if h.kind == "operator_retry"]
     assert retried and retried[0].detail and retried[0].detail["by"] == "ana"
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel"])
+def test_retry_and_cancel_show_the_plan_operations_preview_makes(
+    kit: LocalRuntime, action: str
+) -> None:
+    """One source of truth: the page lists exactly the lines the CLI and Python API print."""
+    sid = kit.start(shop.order, {"order_id": f"p-{action}", "mode": "park"}, saga_id=f"p-{action}")
+    revision = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
+    expected = operations.preview(sid, action, reason="x", by="ana", rt=kit.runtime)
+    assert expected.refused is None and len(expected.lines) > 1
+    with TestClient(operator_app(kit)) as c:
+        log_in(c)
+        page = c.get(f"/sagas/{sid}/actions/{action}", params={"revision": revision})
+    assert page.status_code == 200, page.text
+    shown = re.findall(r"<li>(.*?)</li>", page.text.split('id="plan"')[1].split("</ul>")[0])
+    assert [html.unescape(line) for line in shown] == list(expected.lines)
 
 
 def test_an_action_on_a_saga_that_changed_is_refused(kit: LocalRuntime) -> None:
