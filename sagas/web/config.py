@@ -89,6 +89,16 @@ class DashboardSettings(BaseSettings):
         "when it restarts, and several processes do not share them).",
     )
     secure_cookies: bool = Field(False, description="Send the session cookie over HTTPS only.")
+    login_max_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Failed logins from one client address, or for one user name, within "
+        "login_window seconds before more are refused (HTTP 429 with Retry-After).",
+    )
+    login_window: float = Field(
+        300.0, gt=0, le=86400, description="Seconds a failed login counts against the limit."
+    )
     redact: Annotated[list[str], NoDecode, BeforeValidator(_names)] = Field(
         default_factory=list,
         description="Payload and result fields shown as *** (any depth), e.g. card_number,password.",

@@ -314,8 +314,16 @@ def login(
     check_post(request, csrf)
     if not guard.has_login_form:
         raise Forbidden("this dashboard has no login of its own (no user configured)")
+    client = request.client.host if request.client else "unknown"
+    wait = guard.throttle.retry_after(client, username)
+    if wait is not None:  # refused before the password is checked: guessing costs time
+        page = render(request, "login.html", 429, next=next, failed=False, retry_after=wait)
+        page.headers["Retry-After"] = str(wait)
+        return page
     if not guard.check_login(username, password):
+        guard.throttle.failed(client, username)
         return render(request, "login.html", 401, next=next, failed=True)
+    guard.throttle.succeeded(client, username)
     guard.log_in(request, username)
     home = str(request.url_for("dashboard"))
     return RedirectResponse(safe_next(next, home), status_code=303)

@@ -41,11 +41,11 @@ def token(html: str) -> str:
     return found.group(1)
 
 
-def log_in(client: TestClient, password: str = PASSWORD) -> Any:
+def log_in(client: TestClient, password: str = PASSWORD, user: str = "ana") -> Any:
     page = client.get("/login")
     return client.post(
         "/login",
-        data={"csrf": token(page.text), "username": "ana", "password": password, "next": "/"},
+        data={"csrf": token(page.text), "username": user, "password": password, "next": "/"},
         follow_redirects=False,
     )
 
@@ -173,6 +173,56 @@ def test_password_hash_round_trip() -> None:
     assert not verify_password(PASSWORD, "plain-text")
     with pytest.raises(ValueError, match="password_hash"):
         DashboardSettings(user="ana", password_hash="plain-text")
+
+
+class Ticks:
+    """The login throttle's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def throttled_app(store: Store) -> tuple[FastAPI, Ticks]:
+    app = create_app(store, dashboard=OPERATOR)
+    ticks = Ticks()
+    app.state.guard.throttle.clock = ticks
+    return app, ticks
+
+
+def test_failed_logins_from_one_client_are_throttled(sqlite_shop: Shop) -> None:
+    app, ticks = throttled_app(sqlite_shop.store)
+    with TestClient(app) as c:
+        for _ in range(4):
+            assert log_in(c, "wrong").status_code == 401
+        assert log_in(c).status_code == 303  # a success clears the count...
+        c.post("/logout", data={"csrf": token(c.get("/").text)})
+        for i in range(5):  # ...so five more fail as failures (nine in all), not refusals
+            assert log_in(c, "wrong", user=f"guess{i}").status_code == 401, i
+        ticks.now += 60
+        refused = log_in(c)  # the right password, but from a client that keeps guessing
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["Retry-After"]) == 240  # the first failure leaves at 300 s
+        assert 'id="throttled"' in refused.text
+        assert c.get("/api/sagas").status_code == 401  # not logged in
+        ticks.now += 240
+        assert log_in(c).status_code == 303  # the window passed: allowed again
+        assert c.get("/api/sagas").status_code == 200
+
+
+def test_failed_logins_for_one_user_name_are_throttled_from_any_client(sqlite_shop: Shop) -> None:
+    app, ticks = throttled_app(sqlite_shop.store)
+    for i in range(5):
+        with TestClient(app, client=(f"10.0.0.{i}", 4000)) as c:
+            assert log_in(c, "wrong").status_code == 401
+    with TestClient(app, client=("10.0.0.99", 4000)) as c:
+        refused = log_in(c, user=" ANA")  # the same name, however spelled
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "300"
+        assert log_in(c, "wrong", user="bo").status_code == 401  # another name: checked
+        ticks.now += 300
+        assert log_in(c).status_code == 303
 
 
 # -- acting -----------------------------------------------------------------------------------
