@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -42,7 +43,7 @@ from .runtime import Runtime, current_runtime
 from .settings import Settings
 from .state import OperatorAction, StepState
 from .store import Store
-from .store.migrate import current_revision
+from .store.migrate import MigrationStep, current_revision, pending_steps
 from .store.migrate import upgrade as run_upgrade
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -755,13 +756,44 @@ def db() -> None:
 
 
 @db.command()
+@_JSON
 @_one_line_errors
-def upgrade() -> None:
-    """Apply the saga tables' migrations (idempotent)."""
+def upgrade(as_json: bool) -> None:
+    """Apply the saga tables' migrations (idempotent), one transaction for all.
 
+    Each migration is reported on stderr as it ends, with how long it took (a large store's
+    index builds take a while), under a progress bar; stdout is the one-line result (or JSON:
+    the revision and the migrations applied)."""
     store = _store()
-    run_upgrade(store.engine)
-    click.echo(f"saga store at revision {current_revision(store.engine)} ({store!r})")
+    steps = pending_steps(store.engine)
+    err = Console(stderr=True)
+    applied: list[dict[str, Any]] = []
+    with Progress(console=err, transient=False) as bar:
+        task = bar.add_task(_step_label(steps, 0), total=len(steps) or 1)
+        began = time.monotonic()
+
+        def done(step: MigrationStep) -> None:
+            nonlocal began
+            now = time.monotonic()
+            applied.append({"revision": step.revision, "name": step.name, "seconds": now - began})
+            bar.console.print(f"{step.revision} {step.name} … done ({now - began:.1f} s)")
+            began = now
+            bar.update(task, advance=1, description=_step_label(steps, len(applied)))
+
+        run_upgrade(store.engine, on_step=done)
+        if not steps:
+            bar.update(task, advance=1, description="up to date: no migration to apply")
+    revision = current_revision(store.engine)
+    if as_json:
+        click.echo(json.dumps({"revision": revision, "applied": applied}))
+        return
+    click.echo(f"saga store at revision {revision} ({store!r})")
+
+
+def _step_label(steps: list[MigrationStep], done: int) -> str:
+    if done >= len(steps):
+        return "migrated" if steps else "checking"
+    return f"{steps[done].revision} {steps[done].name}"
 
 
 @main.command()
