@@ -297,6 +297,21 @@ _REVISION = click.option(
 )
 _YES = click.option("--yes", "-y", is_flag=True, help="Do not ask before acting.")
 _DRY_RUN = click.option("--dry-run", is_flag=True, help="Only show the plan; change nothing.")
+
+
+def _operator_options(*, revision: bool = True) -> Callable[[F], F]:
+    """The options every operator action takes: --reason, --by, --revision (one saga's
+    actions), --yes, --dry-run, --app."""
+    stack = [_REASON, _BY, *([_REVISION] if revision else []), _YES, _DRY_RUN, _APP_OPTION]
+
+    def apply(fn: F) -> F:
+        for option in reversed(stack):  # the first listed is the first in --help
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
 DONE = {  # the last line each action prints: "saga ID: ..."
     OperatorAction.RETRY: "retry dispatched ({state})",
     OperatorAction.CANCEL: "cancelled, now {state}",
@@ -352,12 +367,7 @@ def _confirm() -> None:
 def _action_command(action: OperatorAction, doc: str) -> None:
     @main.command(action.value, help=doc)
     @click.argument("saga_id")
-    @_REASON
-    @_BY
-    @_REVISION
-    @_YES
-    @_DRY_RUN
-    @_APP_OPTION
+    @_operator_options()
     @_one_line_errors
     def command(saga_id: str, **options: Any) -> None:
         _operator_action(action, saga_id, options)
@@ -401,12 +411,7 @@ _action_command(
     help="Change one payload field, e.g. --set address.city='\"Lyon\"' (repeatable).",
 )
 @click.option("--id", "new_id", default=None, help="The new saga's id (default: ID.forkN).")
-@_REASON
-@_BY
-@_REVISION
-@_YES
-@_DRY_RUN
-@_APP_OPTION
+@_operator_options()
 @_one_line_errors
 def fork_(
     saga_id: str,
@@ -448,11 +453,7 @@ def _json_option(name: str, raw: str) -> Any:
     help="Select sagas unchanged for this long: seconds, or 30m, 2h, 7d (as --updated-until).",
 )
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100000))
-@_REASON
-@_BY
-@_YES
-@_DRY_RUN
-@_APP_OPTION
+@_operator_options(revision=False)  # each saga is acted on at the revision its plan saw
 @_one_line_errors
 @_filter_options
 def bulk_(
