@@ -11,7 +11,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -238,20 +238,53 @@ def operator_app(rt: LocalRuntime, store: Store | None = None) -> FastAPI:
     return create_app(store or rt.store, dashboard=OPERATOR, runtime=rt.runtime)
 
 
+def assert_parked(kit: LocalRuntime, sid: str) -> None:
+    assert kit.store.load(sid).record.parked  # type: ignore[union-attr]
+
+
+def preview_then_post(
+    c: TestClient,
+    sid: str,
+    name: str,
+    revision: int,
+    reason: str,
+    *,
+    params: dict[str, str] | None = None,
+    prefix: str = "",
+    headers: dict[str, str] | None = None,
+    meanwhile: Callable[[], None] | None = None,
+) -> tuple[Any, Any]:
+    """What an operator does on the pages: read action ``name``'s plan for the revision seen,
+    then confirm it with the plan page's token and a reason (``meanwhile`` runs in between).
+    Returns the plan page and the POST's answer (not followed)."""
+    url = f"{prefix}/sagas/{sid}/actions/{name}"
+    plan = c.get(url, params={"revision": revision, **(params or {})}, headers=headers)
+    if meanwhile is not None:
+        meanwhile()
+    done = c.post(
+        url,
+        data={"csrf": token(plan.text), "revision": revision, "reason": reason, **(params or {})},
+        headers=headers,
+        follow_redirects=False,
+    )
+    return plan, done
+
+
 def test_cancel_shows_its_plan_then_compensates(kit: LocalRuntime) -> None:
     sid = kit.start(shop.order, {"order_id": "c-1", "mode": "park"}, saga_id="c-1")
     revision = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
     with TestClient(operator_app(kit)) as c:
         log_in(c)
-        plan = c.get(f"/sagas/{sid}/actions/cancel", params={"revision": revision})
+        plan, done = preview_then_post(
+            c,
+            sid,
+            "cancel",
+            revision,
+            "customer called",
+            meanwhile=lambda: assert_parked(kit, sid),  # the preview changed nothing
+        )
         assert plan.status_code == 200, plan.text
         assert "will compensate charge, then reserve" in plan.text
-        assert kit.store.load(sid).record.parked  # type: ignore[union-attr]  # unchanged
-        done = c.post(
-            f"/sagas/{sid}/actions/cancel",
-            data={"csrf": token(plan.text), "revision": revision, "reason": "customer called"},
-            follow_redirects=False,
-        )
         assert done.status_code == 303, done.text
     kit.run()
     record, _, history = kit.store.get(sid)
@@ -267,12 +300,9 @@ def test_retry_reruns_the_parked_step(kit: LocalRuntime) -> None:
     revision = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
     with TestClient(operator_app(kit)) as c:
         log_in(c)
-        plan = c.get(f"/sagas/{sid}/actions/retry", params={"revision": revision})
+        plan, done = preview_then_post(c, sid, "retry", revision, "carrier fixed")
         assert "will re-run ship (attempt 2) with the same idempotency key" in plan.text
-        c.post(
-            f"/sagas/{sid}/actions/retry",
-            data={"csrf": token(plan.text), "revision": revision, "reason": "carrier fixed"},
-        )
+        assert done.status_code == 303, done.text
     _, _, history = kit.store.get(sid)
     retried = [h for h in history if h.kind == "operator_retry"]
     assert retried and retried[0].detail and retried[0].detail["by"] == "ana"
@@ -300,14 +330,12 @@ def test_an_action_on_a_saga_that_changed_is_refused(kit: LocalRuntime) -> None:
     seen = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
     with TestClient(operator_app(kit)) as c:
         log_in(c)
-        plan = c.get(f"/sagas/{sid}/actions/cancel", params={"revision": seen})
-        kit.advance(3601)  # the retry fires: the saga moves on while the operator reads
+        # The retry fires: the saga moves on while the operator reads the plan.
+        _, r = preview_then_post(
+            c, sid, "cancel", seen, "too late", meanwhile=lambda: kit.advance(3601)
+        )
         moved = kit.store.get(sid)
         assert moved[0].lock_version != seen
-        r = c.post(
-            f"/sagas/{sid}/actions/cancel",
-            data={"csrf": token(plan.text), "revision": seen, "reason": "too late"},
-        )
     assert r.status_code == 409 and "changed since revision" in r.text
     after = kit.store.get(sid)
     assert after[0].lock_version == moved[0].lock_version  # nothing written
@@ -398,14 +426,10 @@ def test_mounted_in_an_asgi_app_with_the_hosts_login(kit: LocalRuntime) -> None:
         assert f'action="http://testserver/ops/sagas/sagas/{sid}/actions/cancel"' in page.text
         assert "/ops/sagas/static/dashboard.css" in page.text
         assert c.get("/ops/sagas/static/dashboard.css").status_code == 200
-        plan = c.get(f"/ops/sagas/sagas/{sid}/actions/cancel?revision={rev}", headers=as_bo)
-        assert "will compensate charge, then reserve" in plan.text
-        done = c.post(
-            f"/ops/sagas/sagas/{sid}/actions/cancel",
-            data={"csrf": token(plan.text), "revision": rev, "reason": "duplicate order"},
-            headers=as_bo,
-            follow_redirects=False,
+        plan, done = preview_then_post(
+            c, sid, "cancel", rev, "duplicate order", prefix="/ops/sagas", headers=as_bo
         )
+        assert "will compensate charge, then reserve" in plan.text
         assert done.status_code == 303
         assert done.headers["location"] == f"http://testserver/ops/sagas/sagas/{sid}"
         assert c.get("/ops/sagas/api/counts").status_code == 401  # the host's login guards it
@@ -493,13 +517,8 @@ def test_pause_resume_and_rerun_plug_in_by_name(kit: LocalRuntime) -> None:
         assert 'id="action-pause"' in page and 'id="action-rerun"' not in page
         for name, why in (("pause", "looking into the gateway"), ("resume", "gateway is back")):
             rev = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
-            plan = c.get(f"/sagas/{sid}/actions/{name}", params={"revision": rev})
+            plan, done = preview_then_post(c, sid, name, rev, why)
             assert plan.status_code == 200 and 'id="plan"' in plan.text, plan.text
-            done = c.post(
-                f"/sagas/{sid}/actions/{name}",
-                data={"csrf": token(plan.text), "revision": rev, "reason": why},
-                follow_redirects=False,
-            )
             assert done.status_code == 303, done.text
         assert 'id="action-rerun"' in c.get(f"/sagas/{failed}").text
         rev = kit.store.load(failed).record.lock_version  # type: ignore[union-attr]
@@ -537,23 +556,16 @@ def test_fork_edits_the_payload_reads_the_plan_and_lands_on_the_new_saga(
                 params={"revision": rev, "from_step": "reserve", "changes": bad},
             )
             assert page.status_code == 400 and field in page.text, page.text
-        plan = c.get(
-            f"/sagas/{failed}/actions/fork",
-            params={"revision": rev, "from_step": "reserve", "changes": edited},
+        plan, done = preview_then_post(
+            c,
+            failed,
+            "fork",
+            rev,
+            "card replaced (ticket 12)",
+            params={"from_step": "reserve", "changes": edited},
         )
         assert plan.status_code == 200 and 'id="plan"' in plan.text, plan.text
         assert "payload mode: &#39;decline&#39; -&gt; &#39;ok&#39;" in plan.text, plan.text
-        done = c.post(
-            f"/sagas/{failed}/actions/fork",
-            data={
-                "csrf": token(plan.text),
-                "revision": rev,
-                "reason": "card replaced (ticket 12)",
-                "from_step": "reserve",
-                "changes": edited,
-            },
-            follow_redirects=False,
-        )
         assert done.status_code == 303, done.text
         new = done.headers["location"].rsplit("/", 1)[-1]
         assert new != failed
