@@ -10,8 +10,10 @@ import importlib
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -39,9 +41,9 @@ from .observability import escape
 from .payload import check_saga_id
 from .runtime import Runtime, current_runtime
 from .settings import Settings
-from .state import OperatorAction, SagaState, StepState
+from .state import OperatorAction, StepState
 from .store import Store
-from .store.migrate import current_revision
+from .store.migrate import MigrationStep, current_revision, pending_steps
 from .store.migrate import upgrade as run_upgrade
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -98,50 +100,74 @@ def _many(values: tuple[str, ...]) -> str | None:
     return ",".join(values) if values else None
 
 
-@main.command("list")
-@click.option("--state", multiple=True, help="Saga state(s): repeat or comma-separate.")
-@click.option("--name", default=None, help="Only sagas of this name.")
-@click.option("--version", "version", type=int, default=None, help="Definition version.")
-@click.option("--correlation-id", default=None)
-@click.option("--error-type", default=None, help="Failed with, or a step's last error is, this.")
-@click.option("--step", default=None, help="At (or stopped at) this step.")
-@click.option("--step-state", multiple=True, help="With --step: that step in these states.")
-@click.option(
-    "--waiting",
-    is_flag=False,
-    flag_value="",
-    default=None,
-    metavar="[SIGNAL]",
-    help="Waiting for a signal (any, or this one).",
+_FILTER_OPTIONS = (
+    click.option("--state", multiple=True, help="Saga state(s): repeat or comma-separate."),
+    click.option("--name", default=None, help="Only sagas of this name."),
+    click.option("--version", "version", type=int, default=None, help="Definition version."),
+    click.option("--correlation-id", default=None),
+    click.option(
+        "--error-type", default=None, help="Failed with, or a step's last error is, this."
+    ),
+    click.option("--step", default=None, help="At (or stopped at) this step."),
+    click.option("--step-state", multiple=True, help="With --step: that step in these states."),
+    click.option(
+        "--waiting",
+        is_flag=False,
+        flag_value="",
+        default=None,
+        metavar="[SIGNAL]",
+        help="Waiting for a signal (any, or this one).",
+    ),
+    click.option("--parked/--not-parked", default=None, help="Parked for an operator (or not)."),
+    click.option("--since", default=None, help="Created at or after: a date-time or an age (2h)."),
+    click.option("--until", default=None, help="Created before: a date-time or an age (30m)."),
+    click.option("--updated-since", default=None, help="Last changed at or after."),
+    click.option("--updated-until", default=None, help="Last changed before."),
 )
-@click.option("--parked/--not-parked", default=None, help="Parked for an operator (or not).")
-@click.option("--since", default=None, help="Created at or after: a date-time or an age (2h).")
-@click.option("--until", default=None, help="Created before: a date-time or an age (30m).")
-@click.option("--updated-since", default=None, help="Last changed at or after.")
-@click.option("--updated-until", default=None, help="Last changed before.")
+# The parameter names those options give the command (popped into the filter).
+_FILTER_KEYS = (
+    "state", "name", "version", "correlation_id", "error_type", "step", "step_state",
+    "waiting", "parked", "since", "until", "updated_since", "updated_until",
+)  # fmt: skip
+
+
+def _filter_options(fn: F) -> F:
+    """The saga filter's options (``saga list`` and ``saga bulk`` share them): the command gets
+    them parsed as one ``flt: SagaFilter`` (a bad value: ``FilterInvalid`` naming the option)."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        given = {name: kwargs.pop(name) for name in _FILTER_KEYS}
+        state, step_state, waiting = (
+            given.pop("state"),
+            given.pop("step_state"),
+            given.pop("waiting"),
+        )
+        flt = SagaFilter.parse(
+            {
+                **given,
+                "state": _many(state),
+                "step_state": _many(step_state),
+                "waiting": True if waiting == "" else None,
+                "signal": waiting or None,
+            }
+        )
+        return fn(*args, flt=flt, **kwargs)
+
+    decorated: Any = wrapper
+    for option in reversed(_FILTER_OPTIONS):
+        decorated = option(decorated)
+    return decorated  # type: ignore[no-any-return]
+
+
+@main.command("list")
 @click.option("--cursor", default=None, help="Continue after the page that printed it.")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(1, views.MAX_PAGE))
 @_JSON
 @_one_line_errors
-def list_(
-    state: tuple[str, ...],
-    step_state: tuple[str, ...],
-    waiting: str | None,
-    cursor: str | None,
-    limit: int,
-    as_json: bool,
-    **fields: Any,
-) -> None:
+@_filter_options
+def list_(flt: SagaFilter, cursor: str | None, limit: int, as_json: bool) -> None:
     """List sagas, newest first, a page at a time (the next page's --cursor is printed)."""
-    flt = SagaFilter.parse(
-        {
-            **fields,
-            "state": _many(state),
-            "step_state": _many(step_state),
-            "waiting": True if waiting == "" else None,
-            "signal": waiting or None,
-        }
-    )
     found = views.page(_store(), flt, limit=limit, cursor=cursor)
     if as_json:
         _emit(found)
@@ -271,6 +297,21 @@ _REVISION = click.option(
 )
 _YES = click.option("--yes", "-y", is_flag=True, help="Do not ask before acting.")
 _DRY_RUN = click.option("--dry-run", is_flag=True, help="Only show the plan; change nothing.")
+
+
+def _operator_options(*, revision: bool = True) -> Callable[[F], F]:
+    """The options every operator action takes: --reason, --by, --revision (one saga's
+    actions), --yes, --dry-run, --app."""
+    stack = [_REASON, _BY, *([_REVISION] if revision else []), _YES, _DRY_RUN, _APP_OPTION]
+
+    def apply(fn: F) -> F:
+        for option in reversed(stack):  # the first listed is the first in --help
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
 DONE = {  # the last line each action prints: "saga ID: ..."
     OperatorAction.RETRY: "retry dispatched ({state})",
     OperatorAction.CANCEL: "cancelled, now {state}",
@@ -326,12 +367,7 @@ def _confirm() -> None:
 def _action_command(action: OperatorAction, doc: str) -> None:
     @main.command(action.value, help=doc)
     @click.argument("saga_id")
-    @_REASON
-    @_BY
-    @_REVISION
-    @_YES
-    @_DRY_RUN
-    @_APP_OPTION
+    @_operator_options()
     @_one_line_errors
     def command(saga_id: str, **options: Any) -> None:
         _operator_action(action, saga_id, options)
@@ -375,12 +411,7 @@ _action_command(
     help="Change one payload field, e.g. --set address.city='\"Lyon\"' (repeatable).",
 )
 @click.option("--id", "new_id", default=None, help="The new saga's id (default: ID.forkN).")
-@_REASON
-@_BY
-@_REVISION
-@_YES
-@_DRY_RUN
-@_APP_OPTION
+@_operator_options()
 @_one_line_errors
 def fork_(
     saga_id: str,
@@ -417,50 +448,46 @@ def _json_option(name: str, raw: str) -> Any:
 @click.argument("action", type=click.Choice(sorted(a.value for a in operations.BULK_ACTIONS)))
 @click.argument("saga_ids", nargs=-1)
 @click.option(
-    "--state",
-    "states",
-    multiple=True,
-    type=click.Choice([s.value for s in SagaState]),
-    help="Select sagas in this state (repeatable).",
-)
-@click.option("--name", default=None, help="Select sagas of this name.")
-@click.option(
     "--older-than",
     default=None,
-    help="Select sagas unchanged for this long: seconds, or 30m, 2h, 7d.",
+    help="Select sagas unchanged for this long: seconds, or 30m, 2h, 7d (as --updated-until).",
 )
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100000))
-@_REASON
-@_BY
-@_YES
-@_DRY_RUN
-@_APP_OPTION
+@_operator_options(revision=False)  # each saga is acted on at the revision its plan saw
 @_one_line_errors
+@_filter_options
 def bulk_(
     action: str,
     saga_ids: tuple[str, ...],
-    states: tuple[str, ...],
-    name: str | None,
+    flt: SagaFilter,
     older_than: str | None,
     limit: int,
     **options: Any,
 ) -> None:
-    """retry, cancel or resume many sagas: the ids given, or those the filters select. Shows
-    the count and each saga's plan first (a dry run), asks, then acts with a progress bar."""
+    """retry, cancel or resume many sagas: the ids given, or those the filters select (the
+    filters of saga list). Shows the count and each saga's plan first (a dry run), asks, then
+    acts with a progress bar."""
     what = OperatorAction(action)
     for sid in saga_ids:
         check_saga_id(sid, field="SAGA_IDS")
-    rt = _operator_runtime(options["app_path"])
-    if saga_ids and (states or name or older_than):
+    if older_than is not None:
+        if flt.updated_until is not None:
+            raise SagaInputError(
+                "give --older-than or --updated-until, not both", field="older_than"
+            )
+        # The same selection as --updated-until with an age: unchanged for that long.
+        age = timedelta(seconds=_seconds(older_than))
+        flt = flt.model_copy(update={"updated_until": age})
+    filtered = flt != SagaFilter()
+    if saga_ids and filtered:
         raise SagaInputError("give saga ids or filters, not both", field="SAGA_IDS")
-    if not saga_ids and not (states or name or older_than):
-        raise SagaInputError("select sagas: ids, or --state/--name/--older-than", field="SAGA_IDS")
-    ids = list(saga_ids) or rt.store.select_ids(
-        states=[SagaState(s) for s in states],
-        name=name,
-        older_than=_seconds(older_than) if older_than else None,
-        limit=limit,
-    )
+    if not saga_ids and not filtered:
+        raise SagaInputError(
+            "select sagas: ids, or filters (--state, --name, --older-than, ...: see saga list)",
+            field="SAGA_IDS",
+        )
+    rt = _operator_runtime(options["app_path"])
+    ids = list(saga_ids) or rt.store.select_ids(flt, limit=limit)
     who = {"reason": options["reason"], "by": options["by"], "rt": rt}
     planned = operations.bulk(what, ids, dry_run=True, **who)
     click.echo(report.bulk_plan(planned))
@@ -730,13 +757,44 @@ def db() -> None:
 
 
 @db.command()
+@_JSON
 @_one_line_errors
-def upgrade() -> None:
-    """Apply the saga tables' migrations (idempotent)."""
+def upgrade(as_json: bool) -> None:
+    """Apply the saga tables' migrations (idempotent), one transaction for all.
 
+    Each migration is reported on stderr as it ends, with how long it took (a large store's
+    index builds take a while), under a progress bar; stdout is the one-line result (or JSON:
+    the revision and the migrations applied)."""
     store = _store()
-    run_upgrade(store.engine)
-    click.echo(f"saga store at revision {current_revision(store.engine)} ({store!r})")
+    steps = pending_steps(store.engine)
+    err = Console(stderr=True)
+    applied: list[dict[str, Any]] = []
+    with Progress(console=err, transient=False) as bar:
+        task = bar.add_task(_step_label(steps, 0), total=len(steps) or 1)
+        began = time.monotonic()
+
+        def done(step: MigrationStep) -> None:
+            nonlocal began
+            now = time.monotonic()
+            applied.append({"revision": step.revision, "name": step.name, "seconds": now - began})
+            bar.console.print(f"{step.revision} {step.name} … done ({now - began:.1f} s)")
+            began = now
+            bar.update(task, advance=1, description=_step_label(steps, len(applied)))
+
+        run_upgrade(store.engine, on_step=done)
+        if not steps:
+            bar.update(task, advance=1, description="up to date: no migration to apply")
+    revision = current_revision(store.engine)
+    if as_json:
+        click.echo(json.dumps({"revision": revision, "applied": applied}))
+        return
+    click.echo(f"saga store at revision {revision} ({store!r})")
+
+
+def _step_label(steps: list[MigrationStep], done: int) -> str:
+    if done >= len(steps):
+        return "migrated" if steps else "checking"
+    return f"{steps[done].revision} {steps[done].name}"
 
 
 @main.command()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from . import faults, tracing
 from .admission import check_duplicate_start
@@ -366,30 +366,51 @@ def wake(saga_id: str, *, rt: Runtime | None = None, skip_locked: bool = False) 
     return apply(saga_id, lambda now, _saga: Wake(now), rt=rt, skip_locked=skip_locked)
 
 
-def cancel(
-    saga_id: str,
-    reason: str,
-    *,
-    rt: Runtime | None = None,
-    by: str = "",
-    revision: int | None = None,
-) -> Decision:
-    """Operator: stop forward progress and compensate now (refused past the pivot)."""
-    event = lambda now, _saga: Cancel(now, reason, by)  # noqa: E731
-    return operator_transition(saga_id, event, OperatorAction.CANCEL, rt, revision)
+class OperatorCall(Protocol):
+    """``retry`` and ``cancel``: an operator's event on one saga, now."""
+
+    def __call__(
+        self,
+        saga_id: str,
+        reason: str,
+        *,
+        rt: Runtime | None = None,
+        by: str = "",
+        revision: int | None = None,
+    ) -> Decision: ...
 
 
-def retry(
-    saga_id: str,
-    reason: str,
-    *,
-    rt: Runtime | None = None,
-    by: str = "",
-    revision: int | None = None,
-) -> Decision:
-    """Operator: re-drive the open step, or the parked (dead-lettered) compensation, now."""
-    event = lambda now, _saga: Retry(now, reason, by)  # noqa: E731
-    return operator_transition(saga_id, event, OperatorAction.RETRY, rt, revision)
+def _operator_call(
+    what: OperatorAction, event: Callable[[datetime, str, str], Event], doc: str
+) -> OperatorCall:
+    """An operator action that differs from the others only by its event and its name."""
+
+    def act(
+        saga_id: str,
+        reason: str,
+        *,
+        rt: Runtime | None = None,
+        by: str = "",
+        revision: int | None = None,
+    ) -> Decision:
+        make = lambda now, _saga: event(now, reason, by)  # noqa: E731
+        return operator_transition(saga_id, make, what, rt, revision)
+
+    act.__name__ = act.__qualname__ = what.value
+    act.__doc__ = doc
+    return act
+
+
+cancel = _operator_call(
+    OperatorAction.CANCEL,
+    Cancel,
+    "Operator: stop forward progress and compensate now (refused past the pivot).",
+)
+retry = _operator_call(
+    OperatorAction.RETRY,
+    Retry,
+    "Operator: re-drive the open step, or the parked (dead-lettered) compensation, now.",
+)
 
 
 def operator_transition(

@@ -16,7 +16,10 @@ the saga tables alone with ``include_object``::
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -37,6 +40,8 @@ DEFAULT_VERSION_TABLE = "alembic_version"
 """Alembic's default version table: the saga revision's home before ``VERSION_TABLE``."""
 VERSION_TABLE_SCHEMA = "version_table_schema"
 """``Config.attributes`` key through which ``upgrade`` hands the schema to ``env.py``."""
+ON_VERSION_APPLY = "on_version_apply"
+"""``Config.attributes`` key through which ``upgrade`` hands Alembic a per-step callback."""
 
 SAGA_TABLES = frozenset(Base.metadata.tables)
 """The tables the saga migrations own."""
@@ -54,19 +59,70 @@ def alembic_config(url: str | None = None, *, settings: Settings | None = None) 
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head", settings: Settings | None = None) -> None:
+@dataclass(frozen=True, slots=True)
+class MigrationStep:
+    """One migration: its revision id (``0008``) and its name (``trace_context``)."""
+
+    revision: str
+    name: str
+
+
+def upgrade(
+    engine: Engine,
+    revision: str = "head",
+    settings: Settings | None = None,
+    *,
+    on_step: Callable[[MigrationStep], None] | None = None,
+) -> None:
     """Migrate the saga tables to ``revision``, in one transaction.
 
     A store whose revision is still in ``alembic_version`` (migrated before the saga tables had
     their own version table) has it moved to ``sagas_alembic_version`` first, in the same
     transaction. ``settings`` (default: read from the environment) gives the version table's
-    schema."""
+    schema. ``on_step`` is called after each migration has run (before the commit, which comes
+    after the last)."""
     settings = settings or Settings()
     cfg = alembic_config(settings=settings)
+    if on_step is not None:
+        steps = {s.revision: s for s in all_steps()}
+
+        def applied(**kw: Any) -> None:  # Alembic's on_version_apply callback
+            for rev in kw["step"].up_revision_ids:
+                on_step(steps.get(rev) or MigrationStep(rev, rev))
+
+        cfg.attributes[ON_VERSION_APPLY] = applied
     with engine.begin() as conn:
         _adopt_default_version_table(conn, settings.database_schema)
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
+
+
+def all_steps() -> list[MigrationStep]:
+    """Every saga migration, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [_step(sc) for sc in reversed(list(script.walk_revisions()))]
+
+
+def pending_steps(
+    engine: Engine, revision: str = "head", settings: Settings | None = None
+) -> list[MigrationStep]:
+    """The migrations ``upgrade(engine, revision)`` would run, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    schema = (settings or Settings()).database_schema
+    with engine.connect() as conn:
+        current = _context(conn, schema).get_current_revision()
+        if current is None:  # maybe still in alembic_version: upgrade moves it over first
+            current = next(iter(_legacy_revisions(conn, schema, script)), None)
+    found = script.iterate_revisions(revision, current or "base")
+    return [_step(sc) for sc in reversed(list(found)) if sc is not None]
+
+
+def _step(sc: Any) -> MigrationStep:
+    stem = Path(sc.path).stem  # 0008_trace_context
+    prefix = f"{sc.revision}_"
+    return MigrationStep(
+        sc.revision, stem.removeprefix(prefix) if stem.startswith(prefix) else stem
+    )
 
 
 def current_revision(engine: Engine, settings: Settings | None = None) -> str | None:
@@ -125,6 +181,25 @@ def _context(conn: Connection, schema: str | None) -> MigrationContext:
     )
 
 
+_LEGACY = Table(
+    DEFAULT_VERSION_TABLE, MetaData(), Column("version_num", String(32), nullable=False)
+)
+
+
+def _legacy_revisions(conn: Connection, schema: str | None, script: ScriptDirectory) -> list[str]:
+    """Saga revisions still in ``alembic_version`` (none once ``sagas_alembic_version`` exists,
+    or without the saga tables: then a revision id such as ``0001`` cannot be ours)."""
+    inspector = inspect(conn)
+    if inspector.has_table(VERSION_TABLE, schema=schema):
+        return []
+    if not inspector.has_table(DEFAULT_VERSION_TABLE):
+        return []
+    if not inspector.has_table(saga_table.name, schema=saga_table.schema):
+        return []
+    ours = {sc.revision for sc in script.walk_revisions()}
+    return [rev for rev in conn.execute(_LEGACY.select()).scalars() if rev in ours]
+
+
 def _adopt_default_version_table(conn: Connection, schema: str | None) -> None:
     """Move the saga revision from ``alembic_version`` to ``sagas_alembic_version``.
 
@@ -132,25 +207,14 @@ def _adopt_default_version_table(conn: Connection, schema: str | None) -> None:
     ``0001`` can be ours at all) and ``alembic_version`` holds a revision of the saga migration
     tree. Only that row moves: another project's revision is never touched, and
     ``alembic_version`` is dropped only when nothing but the saga revision was in it."""
-    inspector = inspect(conn)
-    if inspector.has_table(VERSION_TABLE, schema=schema):
-        return
-    if not inspector.has_table(DEFAULT_VERSION_TABLE):
-        return
-    if not inspector.has_table(saga_table.name, schema=saga_table.schema):
-        return
     script = ScriptDirectory.from_config(alembic_config())
-    ours = {sc.revision for sc in script.walk_revisions()}
-    legacy = Table(
-        DEFAULT_VERSION_TABLE, MetaData(), Column("version_num", String(32), nullable=False)
-    )
-    found = list(conn.execute(legacy.select()).scalars())
-    moving = [rev for rev in found if rev in ours]
+    moving = _legacy_revisions(conn, schema, script)
     if not moving:
         return
+    found = list(conn.execute(_LEGACY.select()).scalars())
     context = _context(conn, schema)
     for rev in moving:
         context.stamp(script, rev)
-    conn.execute(legacy.delete().where(legacy.c.version_num.in_(moving)))
+    conn.execute(_LEGACY.delete().where(_LEGACY.c.version_num.in_(moving)))
     if len(moving) == len(found):
-        legacy.drop(conn)
+        _LEGACY.drop(conn)

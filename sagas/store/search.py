@@ -97,6 +97,17 @@ def list_query(
     return query.order_by(saga_table.c.created_at.desc(), saga_table.c.id.desc()).limit(limit + 1)
 
 
+def ids_query(flt: SagaFilter, now: datetime | None, *, limit: int) -> Select[Any]:
+    """Ids of the sagas matching ``flt``, oldest change first (a bulk action's selection: the
+    longest-stuck sagas are acted on first when ``limit`` cuts it short)."""
+    return (
+        select(saga_table.c.id)
+        .where(*conditions(flt, now))
+        .order_by(saga_table.c.updated_at, saga_table.c.id)
+        .limit(limit)
+    )
+
+
 def counts(conn: Connection, now: datetime | None, flt: SagaFilter) -> dict[str, Any]:
     """Sagas matching ``flt`` per state (every state present, zeros included), and how many
     of them are parked."""

@@ -126,25 +126,11 @@ class Store:
         with self._connect() as conn:
             return [record_from_row(r) for r in conn.execute(query)]
 
-    def select_ids(
-        self,
-        *,
-        states: Sequence[SagaState] = (),
-        name: str | None = None,
-        older_than: float | None = None,
-        limit: int = 10000,
-    ) -> builtins.list[str]:
-        """Ids of sagas in any of ``states``, of ``name``, last changed more than ``older_than``
-        seconds ago (database clock), oldest change first: a bulk action's selection."""
-        query = select(saga_table.c.id).order_by(saga_table.c.updated_at).limit(limit)
-        if states:
-            query = query.where(saga_table.c.state.in_([s.value for s in states]))
-        if name is not None:
-            query = query.where(saga_table.c.name == name)
-        with self._connect() as conn:
-            if older_than is not None:
-                cutoff = db_now(conn, self.is_postgres, self.clock) - timedelta(seconds=older_than)
-                query = query.where(saga_table.c.updated_at <= cutoff)
+    def select_ids(self, flt: SagaFilter, *, limit: int = 10000) -> builtins.list[str]:
+        """Ids of sagas matching ``flt`` (the list's filter), oldest change first: a bulk
+        action's selection."""
+        with self._operator_read() as conn:
+            query = search_.ids_query(flt, self._clock_now(), limit=limit)
             return [row.id for row in conn.execute(query)]
 
     def forks_of(self, saga_id: str) -> builtins.list[str]:

@@ -5,9 +5,8 @@ An action is any object with ``name``, ``label``, ``preview`` and ``carry_out``;
 maps names to them and ``register`` adds one, so pause, resume, rerun or fork (with its own
 preview) plug in by name without touching the pages: the saga page offers every registered
 action, ``/sagas/{id}/actions/{name}`` shows its plan and ``POST`` to the same address carries it
-out. The two built in here wrap today's ``coordinator.retry`` and ``coordinator.cancel``; their
-plans come from the pure core: the decision the action would make now, and for a cancel the
-compensations that would follow it, simulated step by step with ``decide``.
+out. The built-in ones are ``sagas.operations``' actions: their plans are ``operations.preview``'s,
+the same text the CLI and the Python API show.
 """
 
 from __future__ import annotations
@@ -19,20 +18,8 @@ from typing import Any, Protocol
 
 from .. import coordinator, operations
 from ..definition import Saga, get_orchestrated
-from ..errors import ActionRefused, SagaInputError, SagaNotFound
-from ..machine import (
-    Cancel,
-    Decision,
-    Dispatch,
-    Event,
-    Retry,
-    SagaStatus,
-    StepSucceeded,
-    decide,
-    why_no_cancel,
-)
+from ..errors import SagaInputError, SagaNotFound
 from ..runtime import Runtime
-from ..state import Action as StepAction
 from ..state import OperatorAction, SagaState
 from ..store import Snapshot
 
@@ -87,140 +74,14 @@ def load(rt: Runtime, saga_id: str, revision: int) -> tuple[Snapshot, Saga[Any]]
     return snap, get_orchestrated(snap.record.name, snap.record.version)
 
 
-def _name(saga: Saga[Any], step: int) -> str:
-    return saga.plan.steps[step].name
-
-
-def _sequence(names: list[list[str]]) -> str:
-    return ", then ".join(
-        " and ".join(group) + (" together" if len(group) > 1 else "") for group in names
-    )
-
-
-def compensation_waves(saga: Saga[Any], decision: Decision) -> list[list[str]]:
-    """The compensations ``decision`` starts and those that would follow each succeeding, in
-    order (a wave is dispatched at once: a parallel group's branches)."""
-    waves: list[list[str]] = []
-    status: SagaStatus = decision.status
-    pending = [c for c in decision.commands if isinstance(c, Dispatch)]
-    seen: set[int] = set()
-    for _ in range(len(saga.plan.steps) + 1):
-        wave = [c for c in pending if c.action is StepAction.COMPENSATE and c.step not in seen]
-        if not wave:
-            break
-        waves.append([_name(saga, c.step) for c in wave])
-        nxt: list[Dispatch] = []
-        for c in wave:
-            seen.add(c.step)
-            d = decide(saga.plan, status, StepSucceeded(c.step, c.attempt, c.action, c.deadline_at))
-            status = d.status
-            nxt.extend(x for x in d.commands if isinstance(x, Dispatch))
-        pending = nxt
-    return waves
-
-
 ACTIVE = frozenset({SagaState.STARTED, SagaState.PENDING, SagaState.COMPENSATING})
 
 
-class _Builtin:
-    name = ""
-    label = ""
-    danger = True
-    states = ACTIVE
-
-    def event(self, snap: Snapshot, by: str, reason: str) -> Event:
-        raise NotImplementedError
-
-    def describe(self, saga: Saga[Any], snap: Snapshot, decision: Decision) -> tuple[str, ...]:
-        raise NotImplementedError
-
-    def refusal(self, saga: Saga[Any], status: SagaStatus) -> str:
-        return f"the saga is {status.state.value}: nothing to {self.name}"
-
-    def preview(
-        self, rt: Runtime, saga_id: str, revision: int, form: Mapping[str, str], by: str
-    ) -> Plan:
-        snap, saga = load(rt, saga_id, revision)
-        decision = decide(saga.plan, snap.status, self.event(snap, by, ""))
-        if not decision.changed:
-            return Plan(self.name, saga_id, revision, refused=self.refusal(saga, snap.status))
-        return Plan(self.name, saga_id, revision, self.describe(saga, snap, decision))
-
-    def carry_out(
-        self, rt: Runtime, plan: Plan, form: Mapping[str, str], by: str, reason: str
-    ) -> str:
-        if plan.refused is not None:
-            raise ActionRefused(plan.refused)
-        decision = self.run(rt, plan, by, reason)
-        return f"{self.name}: saga {plan.saga_id} is now {decision.status.state.value}"
-
-    def run(self, rt: Runtime, plan: Plan, by: str, reason: str) -> Decision:
-        raise NotImplementedError
-
-
-class RetryAction(_Builtin):
-    name = "retry"
-    label = "Retry"
-    danger = True
-
-    def event(self, snap: Snapshot, by: str, reason: str) -> Event:
-        return Retry(snap.now(), reason, by)
-
-    def describe(self, saga: Saga[Any], snap: Snapshot, decision: Decision) -> tuple[str, ...]:
-        lines = []
-        for c in decision.commands:
-            if not isinstance(c, Dispatch):
-                continue
-            step = _name(saga, c.step)
-            if c.action is StepAction.COMPENSATE:
-                lines.append(f"will retry the compensation of {step} (attempt {c.attempt})")
-            else:
-                lines.append(
-                    f"will re-run {step} (attempt {c.attempt}) with the same idempotency key"
-                )
-        return tuple(lines) or ("will re-drive the saga",)
-
-    def run(self, rt: Runtime, plan: Plan, by: str, reason: str) -> Decision:
-        return coordinator.retry(plan.saga_id, reason, rt=rt, by=by, revision=plan.revision)
-
-
-class CancelAction(_Builtin):
-    name = "cancel"
-    label = "Cancel"
-    danger = True
-    states = frozenset({SagaState.STARTED, SagaState.PENDING})
-
-    def event(self, snap: Snapshot, by: str, reason: str) -> Event:
-        return Cancel(snap.now(), reason or "cancelled by an operator", by)
-
-    def refusal(self, saga: Saga[Any], status: SagaStatus) -> str:
-        return why_no_cancel(saga.plan, status) or super().refusal(saga, status)
-
-    def describe(self, saga: Saga[Any], snap: Snapshot, decision: Decision) -> tuple[str, ...]:
-        waves = compensation_waves(saga, decision)
-        running = [
-            s.name
-            for s in snap.status.steps
-            if s.in_flight and s.name not in {n for w in waves for n in w}
-        ]
-        lines = ["will stop going forward"]
-        if waves:
-            lines.append("will compensate " + _sequence(waves))
-        if running:
-            lines.append(
-                "will compensate " + ", ".join(running) + " too once it answers (it is running)"
-            )
-        if not waves and not running:
-            lines.append("nothing was done that needs compensating: the saga fails at once")
-        return tuple(lines)
-
-    def run(self, rt: Runtime, plan: Plan, by: str, reason: str) -> Decision:
-        return coordinator.cancel(plan.saga_id, reason, rt=rt, by=by, revision=plan.revision)
-
-
 class Recovery:
-    """An operator action of ``sagas.operations`` (pause, resume, rerun) on the dashboard: its
-    own plan (``operations.preview``), carried out on the plan's revision."""
+    """An operator action of ``sagas.operations`` (retry, cancel, pause, resume, rerun) on the
+    dashboard: its plan is ``operations.preview``'s, the one the CLI and the Python API show,
+    carried out on the plan's revision (``SagaChanged`` if the saga moved, ``ActionRefused`` if
+    the plan was refused: nothing done)."""
 
     danger = True
 
@@ -328,8 +189,10 @@ def register(action: DashboardAction) -> DashboardAction:
     return action
 
 
-register(RetryAction())
-register(CancelAction())
+register(Recovery(OperatorAction.RETRY, "Retry", ACTIVE))
+register(
+    Recovery(OperatorAction.CANCEL, "Cancel", frozenset({SagaState.STARTED, SagaState.PENDING}))
+)
 register(Recovery(OperatorAction.PAUSE, "Pause", ACTIVE))
 register(Recovery(OperatorAction.RESUME, "Resume", ACTIVE))
 register(

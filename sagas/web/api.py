@@ -13,6 +13,8 @@ from .. import views
 from ..filters import SagaFilter, StuckClass
 from ..payload import SAGA_ID_RE, check_saga_id
 from ..store import Store
+from .config import redact_detail
+from .security import Guard
 
 VERSION = "1"
 
@@ -82,9 +84,15 @@ def list_sagas(params: Annotated[ListParams, Query()], store: StoreDep) -> views
     responses={404: {"model": ErrorBody, "description": "No saga with this id."}},
 )
 def get_saga(
-    saga_id: Annotated[str, Path(pattern=f"^{SAGA_ID_RE.pattern}$")], store: StoreDep
+    saga_id: Annotated[str, Path(pattern=f"^{SAGA_ID_RE.pattern}$")],
+    store: StoreDep,
+    request: Request,
 ) -> views.SagaDetail:
-    return views.detail(store, check_saga_id(saga_id, field="saga_id"))
+    """Payload, step results and history details with the dashboard's redacted fields
+    (``SAGAS_DASHBOARD_REDACT``) shown as ``***``, as on the saga's page."""
+    found = views.detail(store, check_saga_id(saga_id, field="saga_id"))
+    guard: Guard = request.app.state.guard
+    return redact_detail(found, frozenset(guard.settings.redact))
 
 
 @router.get("/counts", response_model=views.CountsView, summary="Sagas per state")

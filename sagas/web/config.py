@@ -19,6 +19,7 @@ from pydantic import BeforeValidator, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from ..errors import ConfigurationError
+from ..views import SagaDetail
 
 # scrypt cost 2^15 x 8 x 1: 32 MiB and about 0.2 s per check (measured on the 2-core CI
 # machine): slow for a guesser, fine once per login.
@@ -88,6 +89,16 @@ class DashboardSettings(BaseSettings):
         "when it restarts, and several processes do not share them).",
     )
     secure_cookies: bool = Field(False, description="Send the session cookie over HTTPS only.")
+    login_max_failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Failed logins from one client address, or for one user name, within "
+        "login_window seconds before more are refused (HTTP 429 with Retry-After).",
+    )
+    login_window: float = Field(
+        300.0, gt=0, le=86400, description="Seconds a failed login counts against the limit."
+    )
     redact: Annotated[list[str], NoDecode, BeforeValidator(_names)] = Field(
         default_factory=list,
         description="Payload and result fields shown as *** (any depth), e.g. card_number,password.",
@@ -149,11 +160,28 @@ REDACTED = "***"
 
 
 def redact(value: Any, fields: frozenset[str]) -> Any:
-    """``value`` with every key in ``fields`` (at any depth) replaced by ``***``."""
+    """``value`` with every key in ``fields`` (at any depth) replaced by ``***``; a dotted key
+    ending in one (a fork's diff names ``customer.card_number``) too."""
     if not fields:
         return value
     if isinstance(value, dict):
-        return {k: REDACTED if k in fields else redact(v, fields) for k, v in value.items()}
+        return {k: REDACTED if _hidden(k, fields) else redact(v, fields) for k, v in value.items()}
     if isinstance(value, list):
         return [redact(v, fields) for v in value]
     return value
+
+
+def _hidden(key: Any, fields: frozenset[str]) -> bool:
+    return isinstance(key, str) and (key in fields or key.rsplit(".", 1)[-1] in fields)
+
+
+def redact_detail(detail: SagaDetail, fields: frozenset[str]) -> SagaDetail:
+    """One saga as the pages and the JSON API show it: payload, step results and history
+    details redacted alike (one place, so no route shows what another hides)."""
+    if not fields:
+        return detail
+    steps = [s.model_copy(update={"result": redact(s.result, fields)}) for s in detail.steps]
+    history = [h.model_copy(update={"detail": redact(h.detail, fields)}) for h in detail.history]
+    return detail.model_copy(
+        update={"payload": redact(detail.payload, fields), "steps": steps, "history": history}
+    )

@@ -29,7 +29,7 @@ from ..runtime import Runtime, current_runtime
 from ..state import SagaKind, SagaState, StepState
 from ..store import Store
 from . import actions
-from .config import DashboardSettings, redact
+from .config import DashboardSettings, redact_detail
 from .security import Forbidden, Guard, LoginRequired, check_post, csrf_token, safe_next
 from .timeline import diagram, timeline
 
@@ -179,17 +179,18 @@ def _states(request: Request) -> dict[str, Any]:
 @router.get("/sagas/{saga_id}", name="saga")
 def saga_page(request: Request, saga_id: str) -> Response:
     _guard(request).require_reader(request)
-    detail = views.detail(_store(request), check_saga_id(saga_id, field="saga_id"))
     hidden = frozenset(_settings(request).redact)
+    found = views.detail(_store(request), check_saga_id(saga_id, field="saga_id"))
+    detail = redact_detail(found, hidden)
     definition = _definition(detail)
     offered = actions.offered(detail.state) if definition is not None else []
     return render(
         request,
         "saga.html",
         saga=detail,
-        payload=redact(detail.payload, hidden),
-        results={s.name: redact(s.result, hidden) for s in detail.steps if s.result is not None},
-        history=[(h, redact(h.detail, hidden)) for h in detail.history],
+        payload=detail.payload,
+        results={s.name: s.result for s in detail.steps if s.result is not None},
+        history=[(h, h.detail) for h in detail.history],
         timeline=timeline(detail),
         diagram=diagram(detail, definition),
         trace=_settings(request).trace_link(detail.correlation_id),
@@ -313,8 +314,16 @@ def login(
     check_post(request, csrf)
     if not guard.has_login_form:
         raise Forbidden("this dashboard has no login of its own (no user configured)")
+    client = request.client.host if request.client else "unknown"
+    wait = guard.throttle.retry_after(client, username)
+    if wait is not None:  # refused before the password is checked: guessing costs time
+        page = render(request, "login.html", 429, next=next, failed=False, retry_after=wait)
+        page.headers["Retry-After"] = str(wait)
+        return page
     if not guard.check_login(username, password):
+        guard.throttle.failed(client, username)
         return render(request, "login.html", 401, next=next, failed=True)
+    guard.throttle.succeeded(client, username)
     guard.log_in(request, username)
     home = str(request.url_for("dashboard"))
     return RedirectResponse(safe_next(next, home), status_code=303)

@@ -7,14 +7,22 @@
 - **CSRF**: each session holds a random token; every POST carries it in a hidden field, compared
   in constant time. Before that, a POST whose ``Sec-Fetch-Site`` says ``cross-site`` or whose
   ``Origin`` is not this server's is refused outright (browsers send both on cross-site forms).
+- **Login throttling**: after ``login_max_failures`` failed logins within ``login_window``
+  seconds from one client address, or for one user name, more are refused (429, with
+  ``Retry-After``) without checking the password, until the oldest of them is that old; a
+  success clears both counts. In this process's memory: each process counts its own.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
+import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
@@ -38,10 +46,67 @@ class LoginRequired(Exception):
     """The page needs a login: the operator is sent to ``/login``."""
 
 
+class LoginThrottle:
+    """Recent failed logins per key (a client address, a user name), bounded in memory."""
+
+    MAX_KEYS = 10_000  # a guesser cycling user names or addresses cannot grow it past this
+
+    def __init__(
+        self, max_failures: int, window: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_failures, self.window, self.clock = max_failures, window, clock
+        self._failures: dict[tuple[str, str], deque[float]] = {}
+        self._lock = threading.Lock()  # the login route runs in a thread pool
+
+    @staticmethod
+    def keys(client: str, user: str) -> tuple[tuple[str, str], ...]:
+        return ("client", client), ("user", user.strip().casefold()[:200])
+
+    def retry_after(self, client: str, user: str) -> int | None:
+        """Seconds until a login may be tried again, or None: it may be now."""
+        now = self.clock()
+        with self._lock:
+            waits = [self._wait(key, now) for key in self.keys(client, user)]
+        worst = max(waits)
+        return max(1, math.ceil(worst)) if worst > 0 else None
+
+    def failed(self, client: str, user: str) -> None:
+        now = self.clock()
+        with self._lock:
+            for key in self.keys(client, user):
+                if key not in self._failures and len(self._failures) >= self.MAX_KEYS:
+                    self._evict(now)
+                found = self._failures.setdefault(key, deque(maxlen=self.max_failures))
+                found.append(now)
+
+    def succeeded(self, client: str, user: str) -> None:
+        with self._lock:
+            for key in self.keys(client, user):
+                self._failures.pop(key, None)
+
+    def _wait(self, key: tuple[str, str], now: float) -> float:
+        found = self._failures.get(key)
+        if found is None or len(found) < self.max_failures:
+            return 0.0
+        # Only the last max_failures are kept: once the oldest leaves the window, one more try.
+        return found[0] + self.window - now
+
+    def _evict(self, now: float) -> None:
+        for key in [k for k, v in self._failures.items() if v[-1] + self.window <= now]:
+            del self._failures[key]
+        while len(self._failures) >= self.MAX_KEYS:  # all recent: drop the oldest key
+            del self._failures[next(iter(self._failures))]
+
+
 @dataclass(frozen=True, slots=True)
 class Guard:
     settings: DashboardSettings
     authenticate: Authenticate | None = None
+    throttle: LoginThrottle = field(init=False)
+
+    def __post_init__(self) -> None:
+        throttle = LoginThrottle(self.settings.login_max_failures, self.settings.login_window)
+        object.__setattr__(self, "throttle", throttle)  # frozen: set once, here
 
     @property
     def actions_possible(self) -> bool:

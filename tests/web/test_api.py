@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 from sagas.clock import FakeClock
 from sagas.store import Store
 from sagas.web import create_app
+from sagas.web.config import DashboardSettings, redact
 from tests.web.conftest import Shop
 
 ALL = {"ok", "decline", "flaky", "park", "stuck_undo", "waiting", "approved"}
@@ -314,3 +315,33 @@ def test_an_unreachable_store_is_a_503() -> None:
         r = c.get("/api/sagas")
     assert r.status_code == 503
     assert r.json()["error"]["type"] == "StoreUnavailable" and "secret" not in r.text
+
+
+def test_one_saga_is_redacted_as_on_its_page(any_shop: Shop) -> None:
+    """SAGAS_DASHBOARD_REDACT holds for the API too: the setting is not bypassed by /api."""
+    ok, approved = any_shop.ids["ok"], any_shop.ids["approved"]
+    with TestClient(create_app(any_shop.store, dashboard=DashboardSettings())) as plain:
+        seen = {sid: plain.get(f"/api/sagas/{sid}").json() for sid in (ok, approved)}
+    assert seen[ok]["payload"]["order_id"] != "***"  # shown when nothing is redacted
+    hidden = DashboardSettings(redact=["order_id", "reservation", "by", "paid"])
+    with TestClient(create_app(any_shop.store, dashboard=hidden)) as c:
+        r = c.get(f"/api/sagas/{ok}")
+        loan = c.get(f"/api/sagas/{approved}")
+    assert r.status_code == 200 and loan.status_code == 200, (r.text, loan.text)
+    body = r.json()
+    assert body["payload"] == {**seen[ok]["payload"], "order_id": "***"}
+    assert body["steps"][0]["result"] == {"reservation": "***"}
+    assert seen[ok]["steps"][0]["result"]["reservation"] in json.dumps(seen[ok])
+    assert seen[ok]["steps"][0]["result"]["reservation"] not in r.text
+    assert seen[ok]["payload"]["order_id"] not in json.dumps(body["payload"])
+    assert "ops@example.com" in json.dumps(seen[approved])  # the approval's data, unredacted
+    assert "ops@example.com" not in loan.text  # its result and its history detail alike
+    # Everything else is as it was.
+    assert body["steps"][1] == seen[ok]["steps"][1] and body["revision"] == seen[ok]["revision"]
+
+
+def test_redaction_reaches_dotted_keys_of_a_fork_diff() -> None:
+    diff = {"changes": {"customer.card_number": {"old": "4000", "new": "4242"}, "city": {}}}
+    assert redact(diff, frozenset({"card_number"})) == {
+        "changes": {"customer.card_number": "***", "city": {}}
+    }

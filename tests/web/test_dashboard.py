@@ -6,11 +6,12 @@ why in the history). The same flows in a real browser against a real server are
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastapi.testclient import TestClient
 from flask import Flask
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
+from sagas import operations
 from sagas.store import Store
 from sagas.testing import LocalRuntime, local_runtime
 from sagas.web import create_app
@@ -39,11 +41,11 @@ def token(html: str) -> str:
     return found.group(1)
 
 
-def log_in(client: TestClient, password: str = PASSWORD) -> Any:
+def log_in(client: TestClient, password: str = PASSWORD, user: str = "ana") -> Any:
     page = client.get("/login")
     return client.post(
         "/login",
-        data={"csrf": token(page.text), "username": "ana", "password": password, "next": "/"},
+        data={"csrf": token(page.text), "username": user, "password": password, "next": "/"},
         follow_redirects=False,
     )
 
@@ -173,6 +175,56 @@ def test_password_hash_round_trip() -> None:
         DashboardSettings(user="ana", password_hash="plain-text")
 
 
+class Ticks:
+    """The login throttle's clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def throttled_app(store: Store) -> tuple[FastAPI, Ticks]:
+    app = create_app(store, dashboard=OPERATOR)
+    ticks = Ticks()
+    app.state.guard.throttle.clock = ticks
+    return app, ticks
+
+
+def test_failed_logins_from_one_client_are_throttled(sqlite_shop: Shop) -> None:
+    app, ticks = throttled_app(sqlite_shop.store)
+    with TestClient(app) as c:
+        for _ in range(4):
+            assert log_in(c, "wrong").status_code == 401
+        assert log_in(c).status_code == 303  # a success clears the count...
+        c.post("/logout", data={"csrf": token(c.get("/").text)})
+        for i in range(5):  # ...so five more fail as failures (nine in all), not refusals
+            assert log_in(c, "wrong", user=f"guess{i}").status_code == 401, i
+        ticks.now += 60
+        refused = log_in(c)  # the right password, but from a client that keeps guessing
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["Retry-After"]) == 240  # the first failure leaves at 300 s
+        assert 'id="throttled"' in refused.text
+        assert c.get("/api/sagas").status_code == 401  # not logged in
+        ticks.now += 240
+        assert log_in(c).status_code == 303  # the window passed: allowed again
+        assert c.get("/api/sagas").status_code == 200
+
+
+def test_failed_logins_for_one_user_name_are_throttled_from_any_client(sqlite_shop: Shop) -> None:
+    app, ticks = throttled_app(sqlite_shop.store)
+    for i in range(5):
+        with TestClient(app, client=(f"10.0.0.{i}", 4000)) as c:
+            assert log_in(c, "wrong").status_code == 401
+    with TestClient(app, client=("10.0.0.99", 4000)) as c:
+        refused = log_in(c, user=" ANA")  # the same name, however spelled
+        assert refused.status_code == 429 and refused.headers["Retry-After"] == "300"
+        assert log_in(c, "wrong", user="bo").status_code == 401  # another name: checked
+        ticks.now += 300
+        assert log_in(c).status_code == 303
+
+
 # -- acting -----------------------------------------------------------------------------------
 
 
@@ -186,20 +238,53 @@ def operator_app(rt: LocalRuntime, store: Store | None = None) -> FastAPI:
     return create_app(store or rt.store, dashboard=OPERATOR, runtime=rt.runtime)
 
 
+def assert_parked(kit: LocalRuntime, sid: str) -> None:
+    assert kit.store.load(sid).record.parked  # type: ignore[union-attr]
+
+
+def preview_then_post(
+    c: TestClient,
+    sid: str,
+    name: str,
+    revision: int,
+    reason: str,
+    *,
+    params: dict[str, str] | None = None,
+    prefix: str = "",
+    headers: dict[str, str] | None = None,
+    meanwhile: Callable[[], None] | None = None,
+) -> tuple[Any, Any]:
+    """What an operator does on the pages: read action ``name``'s plan for the revision seen,
+    then confirm it with the plan page's token and a reason (``meanwhile`` runs in between).
+    Returns the plan page and the POST's answer (not followed)."""
+    url = f"{prefix}/sagas/{sid}/actions/{name}"
+    plan = c.get(url, params={"revision": revision, **(params or {})}, headers=headers)
+    if meanwhile is not None:
+        meanwhile()
+    done = c.post(
+        url,
+        data={"csrf": token(plan.text), "revision": revision, "reason": reason, **(params or {})},
+        headers=headers,
+        follow_redirects=False,
+    )
+    return plan, done
+
+
 def test_cancel_shows_its_plan_then_compensates(kit: LocalRuntime) -> None:
     sid = kit.start(shop.order, {"order_id": "c-1", "mode": "park"}, saga_id="c-1")
     revision = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
     with TestClient(operator_app(kit)) as c:
         log_in(c)
-        plan = c.get(f"/sagas/{sid}/actions/cancel", params={"revision": revision})
+        plan, done = preview_then_post(
+            c,
+            sid,
+            "cancel",
+            revision,
+            "customer called",
+            meanwhile=lambda: assert_parked(kit, sid),  # the preview changed nothing
+        )
         assert plan.status_code == 200, plan.text
         assert "will compensate charge, then reserve" in plan.text
-        assert kit.store.load(sid).record.parked  # type: ignore[union-attr]  # unchanged
-        done = c.post(
-            f"/sagas/{sid}/actions/cancel",
-            data={"csrf": token(plan.text), "revision": revision, "reason": "customer called"},
-            follow_redirects=False,
-        )
         assert done.status_code == 303, done.text
     kit.run()
     record, _, history = kit.store.get(sid)
@@ -215,15 +300,29 @@ def test_retry_reruns_the_parked_step(kit: LocalRuntime) -> None:
     revision = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
     with TestClient(operator_app(kit)) as c:
         log_in(c)
-        plan = c.get(f"/sagas/{sid}/actions/retry", params={"revision": revision})
+        plan, done = preview_then_post(c, sid, "retry", revision, "carrier fixed")
         assert "will re-run ship (attempt 2) with the same idempotency key" in plan.text
-        c.post(
-            f"/sagas/{sid}/actions/retry",
-            data={"csrf": token(plan.text), "revision": revision, "reason": "carrier fixed"},
-        )
+        assert done.status_code == 303, done.text
     _, _, history = kit.store.get(sid)
     retried = [h for h in history if h.kind == "operator_retry"]
     assert retried and retried[0].detail and retried[0].detail["by"] == "ana"
+
+
+@pytest.mark.parametrize("action", ["retry", "cancel"])
+def test_retry_and_cancel_show_the_plan_operations_preview_makes(
+    kit: LocalRuntime, action: str
+) -> None:
+    """One source of truth: the page lists exactly the lines the CLI and Python API print."""
+    sid = kit.start(shop.order, {"order_id": f"p-{action}", "mode": "park"}, saga_id=f"p-{action}")
+    revision = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
+    expected = operations.preview(sid, action, reason="x", by="ana", rt=kit.runtime)
+    assert expected.refused is None and len(expected.lines) > 1
+    with TestClient(operator_app(kit)) as c:
+        log_in(c)
+        page = c.get(f"/sagas/{sid}/actions/{action}", params={"revision": revision})
+    assert page.status_code == 200, page.text
+    shown = re.findall(r"<li>(.*?)</li>", page.text.split('id="plan"')[1].split("</ul>")[0])
+    assert [html.unescape(line) for line in shown] == list(expected.lines)
 
 
 def test_an_action_on_a_saga_that_changed_is_refused(kit: LocalRuntime) -> None:
@@ -231,14 +330,12 @@ def test_an_action_on_a_saga_that_changed_is_refused(kit: LocalRuntime) -> None:
     seen = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
     with TestClient(operator_app(kit)) as c:
         log_in(c)
-        plan = c.get(f"/sagas/{sid}/actions/cancel", params={"revision": seen})
-        kit.advance(3601)  # the retry fires: the saga moves on while the operator reads
+        # The retry fires: the saga moves on while the operator reads the plan.
+        _, r = preview_then_post(
+            c, sid, "cancel", seen, "too late", meanwhile=lambda: kit.advance(3601)
+        )
         moved = kit.store.get(sid)
         assert moved[0].lock_version != seen
-        r = c.post(
-            f"/sagas/{sid}/actions/cancel",
-            data={"csrf": token(plan.text), "revision": seen, "reason": "too late"},
-        )
     assert r.status_code == 409 and "changed since revision" in r.text
     after = kit.store.get(sid)
     assert after[0].lock_version == moved[0].lock_version  # nothing written
@@ -329,14 +426,10 @@ def test_mounted_in_an_asgi_app_with_the_hosts_login(kit: LocalRuntime) -> None:
         assert f'action="http://testserver/ops/sagas/sagas/{sid}/actions/cancel"' in page.text
         assert "/ops/sagas/static/dashboard.css" in page.text
         assert c.get("/ops/sagas/static/dashboard.css").status_code == 200
-        plan = c.get(f"/ops/sagas/sagas/{sid}/actions/cancel?revision={rev}", headers=as_bo)
-        assert "will compensate charge, then reserve" in plan.text
-        done = c.post(
-            f"/ops/sagas/sagas/{sid}/actions/cancel",
-            data={"csrf": token(plan.text), "revision": rev, "reason": "duplicate order"},
-            headers=as_bo,
-            follow_redirects=False,
+        plan, done = preview_then_post(
+            c, sid, "cancel", rev, "duplicate order", prefix="/ops/sagas", headers=as_bo
         )
+        assert "will compensate charge, then reserve" in plan.text
         assert done.status_code == 303
         assert done.headers["location"] == f"http://testserver/ops/sagas/sagas/{sid}"
         assert c.get("/ops/sagas/api/counts").status_code == 401  # the host's login guards it
@@ -424,13 +517,8 @@ def test_pause_resume_and_rerun_plug_in_by_name(kit: LocalRuntime) -> None:
         assert 'id="action-pause"' in page and 'id="action-rerun"' not in page
         for name, why in (("pause", "looking into the gateway"), ("resume", "gateway is back")):
             rev = kit.store.load(sid).record.lock_version  # type: ignore[union-attr]
-            plan = c.get(f"/sagas/{sid}/actions/{name}", params={"revision": rev})
+            plan, done = preview_then_post(c, sid, name, rev, why)
             assert plan.status_code == 200 and 'id="plan"' in plan.text, plan.text
-            done = c.post(
-                f"/sagas/{sid}/actions/{name}",
-                data={"csrf": token(plan.text), "revision": rev, "reason": why},
-                follow_redirects=False,
-            )
             assert done.status_code == 303, done.text
         assert 'id="action-rerun"' in c.get(f"/sagas/{failed}").text
         rev = kit.store.load(failed).record.lock_version  # type: ignore[union-attr]
@@ -468,23 +556,16 @@ def test_fork_edits_the_payload_reads_the_plan_and_lands_on_the_new_saga(
                 params={"revision": rev, "from_step": "reserve", "changes": bad},
             )
             assert page.status_code == 400 and field in page.text, page.text
-        plan = c.get(
-            f"/sagas/{failed}/actions/fork",
-            params={"revision": rev, "from_step": "reserve", "changes": edited},
+        plan, done = preview_then_post(
+            c,
+            failed,
+            "fork",
+            rev,
+            "card replaced (ticket 12)",
+            params={"from_step": "reserve", "changes": edited},
         )
         assert plan.status_code == 200 and 'id="plan"' in plan.text, plan.text
         assert "payload mode: &#39;decline&#39; -&gt; &#39;ok&#39;" in plan.text, plan.text
-        done = c.post(
-            f"/sagas/{failed}/actions/fork",
-            data={
-                "csrf": token(plan.text),
-                "revision": rev,
-                "reason": "card replaced (ticket 12)",
-                "from_step": "reserve",
-                "changes": edited,
-            },
-            follow_redirects=False,
-        )
         assert done.status_code == 303, done.text
         new = done.headers["location"].rsplit("/", 1)[-1]
         assert new != failed

@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 
 from sagas.settings import Settings
 from sagas.store.engine import make_engine
-from sagas.store.migrate import VERSION_TABLE, VERSION_TABLE_SCHEMA
+from sagas.store.migrate import ON_VERSION_APPLY, VERSION_TABLE, VERSION_TABLE_SCHEMA
 from sagas.store.schema import Base
 
 config = context.config
@@ -34,6 +34,8 @@ def _run(connection: Connection) -> None:
         compare_type=True,
         version_table=VERSION_TABLE,
         version_table_schema=_version_table_schema(),
+        # saga db upgrade's progress, one call per migration applied (None: no callback).
+        on_version_apply=config.attributes.get(ON_VERSION_APPLY),
     )
     with context.begin_transaction():
         context.run_migrations()
