@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -172,7 +173,23 @@ def redact(value: Any, fields: frozenset[str]) -> Any:
 
 
 def _hidden(key: Any, fields: frozenset[str]) -> bool:
-    return isinstance(key, str) and (key in fields or key.rsplit(".", 1)[-1] in fields)
+    # Any segment: a redacted "customer" hides "customer.card_number" too.
+    return isinstance(key, str) and (key in fields or any(p in fields for p in key.split(".")))
+
+
+_CHANGE_LINE = re.compile(r"^payload (\S+): ")
+
+
+def redact_lines(lines: Sequence[str], fields: frozenset[str]) -> tuple[str, ...]:
+    """A plan's lines with the values of redacted payload paths hidden (a fork's diff lines
+    read ``payload PATH: OLD -> NEW``)."""
+    out = []
+    for line in lines:
+        found = _CHANGE_LINE.match(line)
+        if found and _hidden(found.group(1), fields):
+            line = f"payload {found.group(1)}: {REDACTED} -> {REDACTED}"
+        out.append(line)
+    return tuple(out)
 
 
 def redact_detail(detail: SagaDetail, fields: frozenset[str]) -> SagaDetail:

@@ -11,6 +11,7 @@ which the app turns into an error page naming the field (``app.py``); nothing is
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,7 +30,7 @@ from ..runtime import Runtime, current_runtime
 from ..state import SagaKind, SagaState, StepState
 from ..store import Store
 from . import actions
-from .config import DashboardSettings, redact_detail
+from .config import DashboardSettings, redact_detail, redact_lines
 from .security import Forbidden, Guard, LoginRequired, check_post, csrf_token, safe_next
 from .timeline import diagram, timeline
 
@@ -254,6 +255,8 @@ def preview(request: Request, saga_id: str, name: str) -> Response:
     action = _action(name)
     revision = _revision(request.query_params.get("revision"))
     plan = action.preview(_runtime(request), sid, revision, request.query_params, who)
+    # A fork's diff names old and new values: redacted fields stay unseen here too.
+    plan = replace(plan, lines=redact_lines(plan.lines, frozenset(_settings(request).redact)))
     return render(request, "preview.html", plan=plan, action=action, form=request.query_params)
 
 

@@ -576,3 +576,28 @@ def test_fork_edits_the_payload_reads_the_plan_and_lands_on_the_new_saga(
     forked = [h for h in kit.store.get(failed)[2] if h.kind.startswith("fork")]
     assert forked and forked[-1].detail["by"] == "ana"  # type: ignore[index]
     assert [r.id for r in kit.store.list(limit=10)].count(new) == 1  # the bad ones made none
+
+
+def test_the_fork_plan_hides_the_old_and_new_values_of_redacted_fields(kit: LocalRuntime) -> None:
+    """``order_id`` is redacted: the diff line names the field but shows neither value, while
+    an unredacted field's change reads as usual."""
+    failed = kit.start(shop.order, {"order_id": "secret-1", "mode": "decline"}, saga_id="f-r")
+    rev = kit.store.load(failed).record.lock_version  # type: ignore[union-attr]
+    with TestClient(operator_app(kit)) as c:
+        log_in(c)
+        plan = c.get(
+            f"/sagas/{failed}/actions/fork",
+            params={
+                "revision": rev,
+                "from_step": "reserve",
+                "changes": '{"order_id": "secret-2", "mode": "ok"}',
+            },
+        )
+    assert plan.status_code == 200 and 'id="plan"' in plan.text, plan.text
+    assert "payload order_id: *** -&gt; ***" in plan.text, plan.text
+    assert "secret-1" not in plan.text  # the original's value: nowhere on the page
+    # The new value is only in the operator's own form fields (what they typed, sent back on
+    # confirm), not in the plan they read.
+    listed = plan.text.split('id="plan"', 1)[1].split("</ul>", 1)[0]
+    assert "secret-2" not in listed
+    assert "payload mode: &#39;decline&#39; -&gt; &#39;ok&#39;" in plan.text
