@@ -31,22 +31,25 @@ class DeferredClears:
 
     def __init__(self, write: Write, delay: float, batch: int = 500) -> None:
         self._write, self.delay, self._batch = write, delay, batch
+        self._fresh()
+        # A forked child (a prefork worker process) starts empty, with locks of its own: the
+        # parent's queue and thread are the parent's (and a lock held at fork would never be
+        # released in the child).
+        os.register_at_fork(after_in_child=self._fresh)
+
+    def _fresh(self) -> None:
         self._lock = threading.Lock()
         self._flushing = threading.Lock()  # one write at a time: the thread's or flush()'s
         # One entry per saga: a newer outbox supersedes the older one, whose clear is a no-op.
         self._pending: dict[str, datetime] = {}
-        self._wake = threading.Event()
+        self._arrived = threading.Event()  # something is queued (the thread sleeps until then)
+        self._full = threading.Event()  # a batch is full: write it without waiting
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         self._failing = False
 
     def add(self, saga_id: str, outbox_at: datetime) -> None:
         with self._lock:
-            if self._pid != os.getpid():
-                # A forked child (a prefork worker process): the parent's queue and thread are
-                # the parent's; this process starts its own.
-                self._pending, self._thread, self._pid = {}, None, os.getpid()
-                self._wake = threading.Event()
+            first = not self._pending
             self._pending[saga_id] = outbox_at
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -57,19 +60,21 @@ class DeferredClears:
                 # their worker_process_shutdown handler flushes instead).
                 atexit.register(self.flush)
             full = len(self._pending) >= self._batch
+        if first:
+            self._arrived.set()
         if full:
-            self._wake.set()
+            self._full.set()
 
     def pending(self) -> int:
         with self._lock:
-            return len(self._pending) if self._pid == os.getpid() else 0
+            return len(self._pending)
 
     def flush(self) -> bool:
         """Write every queued clear now (process shutdown, tests, ``Store.dispose``). False
         when the store refused: the clears stay queued for the next round."""
         with self._flushing:
             with self._lock:
-                if self._pid != os.getpid() or not self._pending:
+                if not self._pending:
                     return True
                 taken, self._pending = self._pending, {}
             try:
@@ -85,20 +90,26 @@ class DeferredClears:
                 with self._lock:
                     for saga_id, at in taken.items():
                         self._pending.setdefault(saga_id, at)
+                self._arrived.set()  # still queued: the thread tries again
                 return False
             self._failing = False
             return True
 
     def _run(self) -> None:
-        wake, pause = self._wake, self.delay
+        pause = self.delay
         while True:
-            wake.wait(pause)
-            wake.clear()
+            self._arrived.wait()  # idle: no wakeups while nothing is queued
+            self._full.wait(pause)  # gather what comes within the delay (or a full batch)
+            # Cleared before the flush takes the queue: a clear queued after this point sets
+            # them again, so none waits for a later one.
+            self._arrived.clear()
+            self._full.clear()
             try:
                 ok = self.flush()
             except Exception:  # noqa: BLE001 - the thread must outlive any one failure
                 log.exception("outbox marks failed")
                 ok = False
+                self._arrived.set()
             # While the store refuses, try less often (up to MAX_PAUSE): an outage must not
             # become a busy loop of failing connections in every worker process.
             pause = self.delay if ok else min(pause * 2, MAX_PAUSE)
