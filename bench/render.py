@@ -253,21 +253,6 @@ def _targets(broker: str, res: dict[str, Any], dbos_best: float | None) -> list[
     return lines
 
 
-def main() -> int:
-    text = README.read_text() if README.exists() else f"# bench\n\n{START}\n{END}\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    README.write_text(f"{head}{START}\n{render()}\n{END}{tail}")
-    print(f"wrote {README}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _per_hop_table(by_queue: dict[str, dict[str, float]]) -> str:
     """What each queue's worker did per saga: statements, messages, task events, log records
     and JSON encodes/decodes (a spread service worker runs one step per saga: per hop)."""
@@ -286,3 +271,18 @@ def _per_hop_table(by_queue: dict[str, dict[str, float]]) -> str:
             f"| {c.get('json_decode', 0)} |"
         )
     return "Per hop (per saga, by the queue its worker consumes):\n\n" + "\n".join(rows) + "\n"
+
+
+def main() -> int:
+    text = README.read_text() if README.exists() else f"# bench\n\n{START}\n{END}\n"
+    if START not in text:
+        text += f"\n{START}\n{END}\n"
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(f"{head}{START}\n{render()}\n{END}{tail}")
+    print(f"wrote {README}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
