@@ -303,13 +303,9 @@ def status_of(record: SagaRecord, steps: tuple[StepStatus, ...]) -> SagaStatus:
 
 
 def status_from_rows(record: SagaRecord, steps: Sequence[Any]) -> SagaStatus:
-    return SagaStatus(
-        id=record.id,
-        state=record.state,
-        deadline_at=record.deadline_at,
-        failure=record.failure,
-        paused_at=record.paused_at,
-        steps=tuple(
+    return status_of(
+        record,
+        tuple(
             StepStatus(
                 name=s.name,
                 state=StepState(s.state),
