@@ -92,7 +92,9 @@ def saga_list(records: Sequence[Listed]) -> str:
         for r in records
     ]
     headers = ["ID", "NAME", "STATE", "CREATED", "DURATION", "CORRELATION"]
-    return table(headers, rows, optional=(5, 4), shrink=(1,))
+    # Narrow terminals lose the correlation id, then the duration, then the creation time;
+    # id, name (cut with ~ if need be) and state always stay.
+    return table(headers, rows, optional=(5, 4, 3), shrink=(1,))
 
 
 def timeline(
