@@ -78,7 +78,12 @@ def test_coordinator_crash_after_commit_is_republished_from_the_outbox(
     assert poll(lambda: not fc.procs["sagas"].alive(), 30), fc.log_tails()
     record, status, _ = fc.store.get(sid)
     assert record.outbox and record.outbox_at is not None, record
-    assert [c["type"] for c in record.outbox] == ["dispatch"] and record.outbox[0]["step"] == step
+    # The crashed transition's dispatch is last. Before it may stand the start's dispatch of
+    # f1: published, but its "sent" mark was still queued in the killed process (marks are
+    # written within SAGAS_OUTBOX_CLEAR_DELAY), so this transition appended to it. The
+    # sweeper re-publishes only what is still wanted: f1 has run, so that is one command.
+    assert all(c["type"] == "dispatch" for c in record.outbox), record.outbox
+    assert [c["step"] for c in record.outbox] in ([step], list(range(step + 1))), record.outbox
     assert fc.runs(sid, name) == []
     committed = record.outbox_at
 
