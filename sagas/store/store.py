@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import Engine, delete, func, insert, select, text, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql import Executable
 
 from ..clock import SYSTEM, Clock
 from ..errors import ConfigurationError, SagaNotFound, StoreConflict, StoreUnavailable
@@ -30,6 +31,7 @@ from ..state import ACTIVE_SAGA_STATES, HistoryKind, SagaKind, SagaState, StepSt
 from . import search as search_
 from . import statements
 from .clears import DeferredClears
+from .driver import Driver
 from .engine import READ_ONLY, db_now, dropped_connection, make_engine, translated
 from .records import (
     HistoryEntry,
@@ -44,9 +46,12 @@ from .records import (
 )
 from .schema import history_table, orphan_table, saga_table, signal_table
 from .tx import Tx, steps_of
-from .writes import insert_saga, write_transition
+from .writes import insert_statements, transition_statement, write_transition
 
 T = TypeVar("T")
+
+# What a hot statement's caller reads from its result.
+FIRST, SCALAR, NOTHING = "first", "scalar", "nothing"
 
 
 class Store:
@@ -64,6 +69,7 @@ class Store:
             )
         self.clock = clock
         self._clears: DeferredClears | None = None
+        self._driver = Driver(self.engine, url) if Driver.available(self.engine) else None
 
     def __repr__(self) -> str:
         return f"<Store {mask_url(self.url)}>"
@@ -388,7 +394,7 @@ class Store:
         commands rewrites ``outbox_at`` and clears the lot itself once it has published.
         """
         params = {"saga_id": saga_id, "written_at": outbox_at}
-        self._single(lambda conn: conn.execute(statements.CLEAR_OUTBOX, params))
+        self._hot(statements.CLEAR_OUTBOX, params, NOTHING)
 
     def clear_outbox_soon(self, saga_id: str, outbox_at: datetime, *, within: float) -> None:
         """``clear_outbox``, written by this process within ``within`` seconds together with
@@ -412,7 +418,22 @@ class Store:
 
     def _clear_many(self, clears: builtins.list[tuple[str, datetime]]) -> None:
         rows = [{"id": saga_id, "at": at.isoformat()} for saga_id, at in clears]
-        self._single(lambda conn: conn.execute(statements.CLEAR_OUTBOXES, {"clears": rows}))
+        self._hot(statements.CLEAR_OUTBOXES, {"clears": rows}, NOTHING)
+
+    def _hot(self, statement: Executable, params: dict[str, Any], fetch: str) -> Any:
+        """One hot-path statement in autocommit: on psycopg's connection when nothing observes
+        the engine (``driver``), else through SQLAlchemy; ``fetch``: FIRST, SCALAR or NOTHING."""
+        driver = self._driver
+        if driver is not None and driver.usable():
+            return driver.run(statement, params, fetch)
+
+        def run(conn: Connection) -> Any:
+            result = conn.execute(statement, params)
+            if fetch == FIRST:
+                return result.first()
+            return result.scalar_one() if fetch == SCALAR else None
+
+        return self._single(run)
 
     def _single(self, run: Callable[[Connection], T]) -> T:
         """Run one statement on an autocommit connection. A pooled connection the server
@@ -447,7 +468,7 @@ class Store:
             with self.transaction() as tx:
                 loaded = tx.lock(saga_id)
                 return None if loaded is None else self.snapshot(*loaded, tx.now())
-        row = self._single(lambda c: c.execute(statements.LOAD, {"saga_id": saga_id}).first())
+        row = self._hot(statements.LOAD, {"saga_id": saga_id}, FIRST)
         if row is None:
             return None
         record = record_from_row(row)
@@ -469,7 +490,8 @@ class Store:
                 return write_transition(tx.conn, False, t, now=now)
         # A retry after a lost connection is safe: if the first attempt did commit, the version
         # moved and the retry reports a conflict; the caller re-reads and finds its own write.
-        return self._single(lambda conn: write_transition(conn, True, t, now=now))
+        statement, params = transition_statement(t, now=now)
+        return bool(self._hot(statement, params, SCALAR))
 
     # -- signals for wait steps -------------------------------------------------------------
 
@@ -568,7 +590,7 @@ class Store:
         if not self.is_postgres:
             with self.transaction() as tx:
                 return tx.peek(saga_id), tx.now()
-        row = self._single(lambda c: c.execute(statements.PEEK, {"saga_id": saga_id}).one())
+        row = self._hot(statements.PEEK, {"saga_id": saga_id}, FIRST)
         return (None if row.id is None else record_from_row(row)), utc(row.db_now) or row.db_now
 
     # -- retention --------------------------------------------------------------------------------
@@ -621,7 +643,9 @@ class Store:
         try:
             # Retried after a lost connection like write(): a committed first attempt makes the
             # retry fail on the primary key, and the row found is this start's own.
-            self._single(lambda conn: insert_saga(conn, True, new, now=now))
+            ((statement, params),) = insert_statements(True, new, now=now)
+            assert isinstance(params, dict)
+            self._hot(statement, params, NOTHING)
         except StoreConflict:
             existing, _ = self.peek(new.saga_id)
             if existing is None:  # pragma: no cover - a conflict on a row deleted since

@@ -53,22 +53,36 @@ def insert_statements(
     return out
 
 
-def write_transition(conn: Connection, is_postgres: bool, t: Transition, *, now: datetime) -> bool:
-    """Write a transition if the saga row is still at ``t.record.lock_version``; False if not."""
-    record, old, new, history = t.record, t.old, t.new, t.history
+def _changes(t: Transition, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The saga columns a transition changes and its changed step rows."""
     row = saga_values(written_record(t, now))
     values: dict[str, Any] = {column: row[column] for column in changed_columns(t)}
     changed = [
-        step_values(record.id, i, after)
-        for i, (before, after) in enumerate(zip(old.steps, new.steps, strict=True))
+        step_values(t.record.id, i, after)
+        for i, (before, after) in enumerate(zip(t.old.steps, t.new.steps, strict=True))
         if before != after
     ]
+    return values, changed
+
+
+def transition_statement(t: Transition, *, now: datetime) -> tuple[Executable, dict[str, Any]]:
+    """PostgreSQL's one statement for a transition and its parameters: the saga row (if still
+    at ``t.record.lock_version``), every changed step and the history; it returns one row, how
+    many saga rows it updated (0 = someone else moved it)."""
+    values, changed = _changes(t, now)
+    params = statements.save_params(
+        t.record.id, t.record.lock_version, now, values, changed, history_json(t.history)
+    )
+    return statements.save(tuple(values)), params
+
+
+def write_transition(conn: Connection, is_postgres: bool, t: Transition, *, now: datetime) -> bool:
+    """Write a transition if the saga row is still at ``t.record.lock_version``; False if not."""
     if is_postgres:
-        # One round trip: the saga row (if unchanged), every changed step and the history.
-        params = statements.save_params(
-            record.id, record.lock_version, now, values, changed, history_json(history)
-        )
-        return bool(conn.execute(statements.save(tuple(values)), params).scalar_one())
+        statement, params = transition_statement(t, now=now)
+        return bool(conn.execute(statement, params).scalar_one())
+    record, history = t.record, t.history
+    values, changed = _changes(t, now)
     if "outbox" in values and values["outbox"] is None:
         values["outbox"] = null()
     result = conn.execute(

@@ -65,6 +65,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "store.joined",
             "store.search",
             "store.clears",
+            "store.driver",
             "transport",
             "runtime",
             "admission",
@@ -169,6 +170,8 @@ DOORS = {
     # get the Flask app context from Celery's task_prerun/task_postrun signals.
     "sqlalchemy": lambda m: m.startswith("store") or m == "contrib.flask",
     "alembic": lambda m: m.startswith("store"),
+    # The hot path's statements run on psycopg's connection (store.driver); nowhere else.
+    "psycopg": lambda m: m == "store.driver",
     "celery": lambda m: (
         m in {"tasks", "transport", "contrib.flask"} or m.split(".")[0] == "testing"
     ),
@@ -240,6 +243,16 @@ def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]], list[str]]:
         tree = ast.parse(path.read_text(), str(path))
         edges[module], libraries[module] = set(), set()
         top_level = set(map(id, tree.body))
+        # An optional dependency imported at module level (``try: import x`` / ``except
+        # ImportError``) is not a late import.
+        for node in tree.body:
+            if isinstance(node, ast.Try) and any(
+                isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError")
+                for h in node.handlers
+            ):
+                top_level.update(
+                    id(n) for n in node.body if isinstance(n, ast.Import | ast.ImportFrom)
+                )
         for node in ast.walk(tree):
             if not isinstance(node, ast.Import | ast.ImportFrom):
                 continue
