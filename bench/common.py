@@ -198,6 +198,22 @@ class WorkerSet:
                 total += t.user + t.system
         return total
 
+    def cpu_by_worker(self) -> dict[str, float]:
+        """utime+stime per worker (its main process and prefork children), by worker name."""
+        import psutil
+
+        out: dict[str, float] = {}
+        for w in self.workers:
+            total = 0.0
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p = psutil.Process(w.pid)
+                for proc in (p, *p.children(recursive=True)):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        t = proc.cpu_times()
+                        total += t.user + t.system
+            out[w.name] = total
+        return out
+
     def rss_bytes(self) -> dict[str, int]:
         out = {}
         for w in self.workers:

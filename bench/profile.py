@@ -69,7 +69,10 @@ PHASES = [
     ("decide() (pure core)", ("decide (sagas/machine.py",)),
     ("write: compare-and-set statement (Store.write)", ("Store.write (sagas/store/",)),
     ("start: peek + insert (Store.peek/create)", ("Store.peek", "Store.create")),
-    ("clear_outbox UPDATE (one per publish, or batched by the clears thread)", ("clear_outbox", "_clear_many", "DeferredClears")),
+    (
+        "clear_outbox UPDATE (one per publish, or batched by the clears thread)",
+        ("clear_outbox", "_clear_many", "DeferredClears"),
+    ),
     ("publish next command (send_step/_publish)", ("send_step", "_publish (/work/main/sagas")),
     ("build_command (StepCommand)", ("build_command",)),
     ("run_step (context, pydantic payload, user fn)", ("run_step",)),

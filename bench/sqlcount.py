@@ -51,15 +51,15 @@ def _label(statement: str) -> str:
     return f"{verb} {m.group(2)}"
 
 
-@event.listens_for(Engine, "before_cursor_execute")
-def _count(conn: Any, cursor: Any, statement: str, params: Any, context: Any, many: bool) -> None:
-    if not _enabled:
-        return
-    label = _label(statement)
-    COUNTS["sql:" + label] += 1
+def _count(statement: Any) -> str:
+    """Counted at psycopg's ``Cursor.execute``, which the store's driver path and SQLAlchemy's
+    execution both call: a ``before_cursor_execute`` listener would switch the store onto
+    SQLAlchemy's path (``sagas.store.driver``), and the counts would describe another engine."""
+    label = _label(statement if isinstance(statement, str) else str(statement))
     COUNTS["sql_total"] += 1
     if len(TRACE) < 300:
         TRACE.append(label)
+    return "sql:" + label
 
 
 @event.listens_for(Engine, "commit")
@@ -117,8 +117,10 @@ def _log_label(logger: logging.Logger, record: logging.LogRecord) -> str:
 
 
 def _install() -> None:
+    import psycopg
     from celery.events.dispatcher import EventDispatcher
 
+    _counted(psycopg.Cursor, "execute", lambda _cur, statement, *a, **k: _count(statement))
     _counted(logging.Logger, "handle", _log_label)
     # json.dumps and json.loads (also with their defaults) go through these two methods.
     _counted(json.JSONEncoder, "encode", lambda *a, **k: "json_encode")

@@ -189,6 +189,11 @@ class _Runner:
         raise NotImplementedError
 
 
+def _per_worker(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+    """CPU ms per saga of each worker (main process and children): the cost of each hop."""
+    return {name: round((after[name] - before.get(name, 0.0)) / n * 1000, 2) for name in after}
+
+
 def _hold(app: Any, queue: str, worker: str) -> None:
     r = app.control.cancel_consumer(queue, destination=[worker], reply=True, timeout=5)
     if not r:
@@ -221,12 +226,12 @@ class _SagaRunner(_Runner):
         _hold(self.app, queue, worker)
         sent = {sid: self._send(sid, i) for i, sid in enumerate(ids)}
         publish_s = time.time() - min(sent.values())
-        cpu0 = ws.cpu_seconds()
+        cpu0, by0 = ws.cpu_seconds(), ws.cpu_by_worker()
         foreign = common.Foreign(ws)
         t0 = time.time()
         _release(self.app, queue, worker)
         seen = self._wait_all(ids[0].split("-")[0], len(ids))
-        cpu1 = ws.cpu_seconds()
+        cpu1, by1 = ws.cpu_seconds(), ws.cpu_by_worker()
         foreign_cores = foreign.cores()
         out = self._collect(ids[0].split("-")[0], {k: max(v, t0) for k, v in sent.items()}, t0)
         # The clock from the first submit: the callers' validation and publish included.
@@ -234,6 +239,7 @@ class _SagaRunner(_Runner):
         out["foreign_cpu_cores"] = foreign_cores
         out["publish_s"] = round(publish_s, 3)
         out["cpu_s_per_saga"] = round((cpu1 - cpu0) / len(ids), 5)
+        out["cpu_ms_per_saga_by_worker"] = _per_worker(by0, by1, len(ids))
         return out
 
     def sequential(self, ids: list[str], warm: bool = False) -> dict[str, Any]:
@@ -343,7 +349,7 @@ class _ChainRunner(_Runner):
         _hold(self.app, queue, worker)
         sent = {sid: self._send(sid) for sid in ids}
         publish_s = time.time() - min(sent.values())
-        cpu0 = ws.cpu_seconds()
+        cpu0, by0 = ws.cpu_seconds(), ws.cpu_by_worker()
         foreign = common.Foreign(ws)
         t0 = time.time()
         _release(self.app, queue, worker)
@@ -352,7 +358,7 @@ class _ChainRunner(_Runner):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"chains: only {self.r.llen('bench:done')}/{len(ids)} done")
             time.sleep(0.1)
-        cpu1 = ws.cpu_seconds()
+        cpu1, by1 = ws.cpu_seconds(), ws.cpu_by_worker()
         marks = [json.loads(m) for m in self.r.lrange("bench:done", 0, -1)]
         out = self._stats(marks, t0)
         last = max(m[5] for m in marks)
@@ -360,6 +366,7 @@ class _ChainRunner(_Runner):
         out["foreign_cpu_cores"] = foreign.cores()
         out["publish_s"] = round(publish_s, 3)
         out["cpu_s_per_saga"] = round((cpu1 - cpu0) / len(ids), 5)
+        out["cpu_ms_per_saga_by_worker"] = _per_worker(by0, by1, len(ids))
         return out
 
     def sequential(self, ids: list[str], warm: bool = False) -> dict[str, Any]:
