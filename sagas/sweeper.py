@@ -31,6 +31,7 @@ from .transport import send_escalation
 
 log = get_logger("sagas.sweeper")
 STUCK_FORWARD = "stuck forward: no progress"
+ESCALATED = "escalated:"  # ledger keys escalated:<lock_version>:<reason>
 
 
 def waiting_for_signal(rt: Runtime, record: SagaRecord) -> bool:
@@ -128,10 +129,17 @@ def deliver_kept_signals(rt: Runtime) -> int:
 def escalate(rt: Runtime) -> int:
     """Escalate stuck sagas not escalated before in their current version. Returns how many."""
     sent = 0
-    for record, why in rt.store.stuck(rt.settings.stuck_after, rt.settings.sweep_batch):
+    # Sagas escalated (or found waiting) in their current version are skipped by the query
+    # itself: if the page held them, the same oldest ones would fill it every pass and the
+    # rest would never be escalated (seen with 1,000 stuck sagas and a batch of 200).
+    stuck = rt.store.stuck(rt.settings.stuck_after, rt.settings.sweep_batch, unmarked=ESCALATED)
+    for record, why in stuck:
         if why == STUCK_FORWARD and waiting_for_signal(rt, record):
-            continue  # idle by design until its signal or its timeout (a durable timer)
-        key = f"escalated:{record.lock_version}:{why}"[:200]
+            # Idle by design until its signal or its timeout (a durable timer); either writes
+            # the saga, and the new version is looked at again.
+            rt.store.mark_once(record.id, f"{ESCALATED}{record.lock_version}:waiting")
+            continue
+        key = f"{ESCALATED}{record.lock_version}:{why}"[:200]
         if not rt.store.note_once(record.id, key, HistoryKind.SAGA_ESCALATED, {"reason": why}):
             continue  # already escalated (by us or another beat) in this version
         sent += 1

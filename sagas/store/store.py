@@ -18,7 +18,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, delete, func, insert, select, text, update
+from sqlalchemy import (
+    Engine,
+    String,
+    cast,
+    delete,
+    exists,
+    func,
+    insert,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql import Executable
 
@@ -44,7 +56,7 @@ from .records import (
     status_from_rows,
     utc,
 )
-from .schema import history_table, orphan_table, saga_table, signal_table
+from .schema import handled_table, history_table, orphan_table, saga_table, signal_table
 from .tx import Tx, steps_of
 from .writes import insert_statements, transition_statement, write_transition
 
@@ -244,11 +256,15 @@ class Store:
             deadline_at=utc(row.deadline_at),
         )
 
-    def stuck(self, older_than: float, limit: int = 100) -> builtins.list[tuple[SagaRecord, str]]:
-        """Active sagas an operator should look at, each with the reason."""
+    def stuck(
+        self, older_than: float, limit: int = 100, *, unmarked: str | None = None
+    ) -> builtins.list[tuple[SagaRecord, str]]:
+        """Active sagas an operator should look at, each with the reason. ``unmarked``: only
+        those without a ledger key ``<unmarked><lock_version>:...`` (``mark_once``), so a
+        caller that marks what it handled pages past it instead of meeting it every time."""
         with self._connect() as conn:
             cutoff = db_now(conn, self.is_postgres, self.clock) - timedelta(seconds=older_than)
-            rows = conn.execute(
+            query = (
                 select(saga_table)
                 .where(
                     saga_table.c.state.in_(ACTIVE_STATES),
@@ -260,6 +276,16 @@ class Store:
                 .order_by(saga_table.c.updated_at)
                 .limit(limit)
             )
+            if unmarked is not None:
+                # The prefix is a bound value; LIKE runs on the ledger's (saga_id, key) key.
+                prefix = literal(unmarked) + cast(saga_table.c.lock_version, String) + ":%"
+                query = query.where(
+                    ~exists().where(
+                        handled_table.c.saga_id == saga_table.c.id,
+                        handled_table.c.key.like(prefix),
+                    )
+                )
+            rows = conn.execute(query)
             found = []
             for row in rows:
                 record = record_from_row(row)
@@ -373,6 +399,14 @@ class Store:
                 select(orphan_table).order_by(orphan_table.c.at.desc()).limit(limit)
             )
             return [dict(r._mapping) for r in rows]
+
+    def mark_once(self, saga_id: str, key: str) -> bool:
+        """Take ``key`` in the saga's ledger, without a history row; False if taken before."""
+        try:
+            with self.transaction() as tx:
+                return tx.claim(saga_id, key)
+        except StoreConflict:  # another process claimed the same key at the same moment
+            return False
 
     def note_once(self, saga_id: str, key: str, kind: HistoryKind, detail: dict[str, Any]) -> bool:
         """Append one history row unless ``key`` was noted for this saga before (the
