@@ -147,14 +147,24 @@ def reply(saga_id: str, step: str, attempt: int = 1, **kw: Any) -> StepReply:
 
 def start(rt: Runtime, saga_id: str = "order-1", **kw: Any) -> str:
     payload = kw.pop("payload", PAYLOAD)
-    return starter.start(SAGA.name, payload, saga_id=saga_id, rt=rt, **kw)
+    sid = starter.start(SAGA.name, payload, saga_id=saga_id, rt=rt, **kw)
+    # The start's outbox mark is queued (SAGAS_OUTBOX_CLEAR_DELAY): written now, so that a
+    # test comparing the row before and after something is not racing the clears thread.
+    rt.store.flush_clears()
+    return sid
 
 
 # -- start ----------------------------------------------------------------------------------------
 
 
 def test_start_creates_the_saga_and_publishes_one_step_command(rt: Runtime) -> None:
-    sid = start(rt, correlation_id="req-42")
+    # The longest delay allowed (5 s): the queued mark is still queued when the test looks.
+    rt = Runtime(
+        settings=Settings(database_url=rt.store.url, outbox_clear_delay=5.0),
+        store=rt.store,
+        app=rt.app,
+    )
+    sid = starter.start(SAGA.name, PAYLOAD, saga_id="order-1", rt=rt, correlation_id="req-42")
     assert sid == "order-1"
 
     sent = recorder(rt).sent
