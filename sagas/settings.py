@@ -99,6 +99,15 @@ class Settings(BaseSettings):
         "queue it exists as soon as the coordinator did), so an outage of the first step's "
         "service hides new sagas in its queue instead of timing them out.",
     )
+    start_in_caller: bool = Field(
+        False,
+        description="start_saga.delay from a process that has the saga's definition and a "
+        "configured store records the start itself (the saga row, its first dispatch, the "
+        "publish of step 1 to its queue) and returns an already-finished result holding the "
+        "saga id: no coordinator hop, and the start is durable once delay returns. Falls back "
+        "to the message when the store is unreachable, or when the call asks for a countdown, "
+        "eta, queue or other delivery option.",
+    )
     inline_steps: bool = Field(
         True,
         description="With local transitions, run the next step in the same task when it lives "

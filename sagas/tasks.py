@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
 
-from celery import Task, shared_task
+from celery import Task, shared_task, states
 from celery.exceptions import Retry
+from celery.result import EagerResult
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
@@ -24,6 +25,7 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
 )
+from celery.utils import uuid
 from pydantic import BaseModel, ValidationError
 
 from . import coordinator, faults, prometheus, starter, sweeper, tracing, versions
@@ -144,22 +146,43 @@ class _StartSagaTask(_CoordinatorTask):
         args, kwargs = list(args or ()), dict(kwargs or {})
         name = args[0] if args else kwargs.get("name")
         definition = registered_sagas().get(name) if isinstance(name, str) else None
-        if definition is not None:
-            starter.validate(
-                definition,
-                args[1] if len(args) > 1 else kwargs.get("payload"),
-                args[2] if len(args) > 2 else kwargs.get("saga_id"),
-                args[3] if len(args) > 3 else kwargs.get("correlation_id"),
-            )
-            first = _first_local_step(definition) if isinstance(definition, Saga) else None
-            if first is not None and get_runtime().settings.start_on_step_queue:
-                options.setdefault("queue", first.queue_for(Action.FORWARD))
         carrier = tracing.current_carrier()
+        if definition is not None:
+            payload = args[1] if len(args) > 1 else kwargs.get("payload")
+            saga_id = args[2] if len(args) > 2 else kwargs.get("saga_id")
+            correlation_id = args[3] if len(args) > 3 else kwargs.get("correlation_id")
+            starter.validate(definition, payload, saga_id, correlation_id)
+            rt = get_runtime()
+            if rt.settings.start_in_caller and set(options) <= _PLAIN_OPTIONS:
+                version = args[4] if len(args) > 4 else kwargs.get("version")
+                try:
+                    sid = starter.start(
+                        get_saga(name, version),
+                        payload,
+                        saga_id=saga_id,
+                        correlation_id=correlation_id,
+                        rt=rt,
+                        join=False,
+                        trace=carrier,
+                    )
+                except StoreUnavailable as exc:  # the coordinator records it when it can
+                    log.warning("start of %s sent as a message: %s", escape(name), escape(exc))
+                else:
+                    task_id = options.get("task_id") or uuid()
+                    return EagerResult(task_id, sid, states.SUCCESS, name=START_TASK)
+            first = _first_local_step(definition) if isinstance(definition, Saga) else None
+            if first is not None and rt.settings.start_on_step_queue:
+                options.setdefault("queue", first.queue_for(Action.FORWARD))
         if carrier:  # the caller's span, for the saga's trace (the start task may run anywhere)
             options["headers"] = {**(options.get("headers") or {}), tracing.TRACE_HEADER: carrier}
         options.setdefault("argsrepr", f"saga={escape(name)} id={escape(kwargs.get('saga_id'))}")
         options.setdefault("kwargsrepr", "{}")
         return super().apply_async(args, kwargs, **options)
+
+
+# apply_async options that do not change how or when the start is delivered: with anything
+# else (countdown, eta, expires, queue, priority, link...) the start goes as a message.
+_PLAIN_OPTIONS = frozenset({"task_id", "argsrepr", "kwargsrepr"})
 
 
 def _first_local_step(saga: Saga[Any]) -> StepDef | None:
