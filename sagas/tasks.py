@@ -156,15 +156,7 @@ class _StartSagaTask(_CoordinatorTask):
             if rt.settings.start_in_caller and set(options) <= _PLAIN_OPTIONS:
                 version = args[4] if len(args) > 4 else kwargs.get("version")
                 try:
-                    sid = starter.start(
-                        get_saga(name, version),
-                        payload,
-                        saga_id=saga_id,
-                        correlation_id=correlation_id,
-                        rt=rt,
-                        join=False,
-                        trace=carrier,
-                    )
+                    sid = _start(rt, name, version, payload, saga_id, correlation_id, carrier)
                 except StoreUnavailable as exc:  # the coordinator records it when it can
                     log.warning("start of %s sent as a message: %s", escape(name), escape(exc))
                 else:
@@ -178,6 +170,29 @@ class _StartSagaTask(_CoordinatorTask):
         options.setdefault("argsrepr", f"saga={escape(name)} id={escape(kwargs.get('saga_id'))}")
         options.setdefault("kwargsrepr", "{}")
         return super().apply_async(args, kwargs, **options)
+
+
+def _start(
+    rt: Runtime,
+    name: str,
+    version: int | None,
+    payload: Any,
+    saga_id: str | None,
+    correlation_id: str | None,
+    trace: Any,
+) -> str:
+    """The start a ``start_saga`` call asks for, in the caller or in the coordinator. It never
+    joins a database transaction of the process it runs in: ``start_saga`` is a message's
+    meaning, not a write inside the caller's unit of work."""
+    return starter.start(
+        get_saga(name, version),
+        payload,
+        saga_id=saga_id,
+        correlation_id=correlation_id,
+        rt=rt,
+        join=False,
+        trace=trace,
+    )
 
 
 # apply_async options that do not change how or when the start is delivered: with anything
@@ -214,14 +229,7 @@ def start_saga(
         trace = _header(self, tracing.TRACE_HEADER) if tracing.active() else None
         direct = _direct_start(self.app, rt, name, version)
         if direct is None:
-            return starter.start(
-                get_saga(name, version),
-                payload,
-                saga_id=saga_id,
-                correlation_id=correlation_id,
-                join=False,
-                trace=trace,
-            )
+            return _start(rt, name, version, payload, saga_id, correlation_id, trace)
         sid, applied = starter.start_claiming(
             direct,
             payload,
