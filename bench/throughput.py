@@ -53,51 +53,42 @@ from typing import Any
 from bench import common
 from bench.common import log
 
+SPREAD_WORKERS = [
+    ("coord", "sagas"),
+    ("s1", "bench_s1"),
+    ("s2", "bench_s2"),
+    ("s3", "bench_s3"),
+    ("s4", "bench_s4"),
+]
+INLINE_WORKERS = [("coord", "sagas"), ("inline", "bench_inline")]
+
+
+def _entry_first(workers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The same workers with step 1's listed first: the entry queue a burst holds back (the
+    start goes there, not to the coordinator, which still runs for replies and timers)."""
+    return [workers[1], workers[0], *workers[2:]]
+
+
 SAGA_CONFIGS = {
-    "sagas_spread": {
-        "saga": "bench_spread",
-        "workers": [("coord", "sagas"), ("s1", "bench_s1"), ("s2", "bench_s2"),
-                    ("s3", "bench_s3"), ("s4", "bench_s4")],
-        "env": {},
-    },
+    "sagas_spread": {"saga": "bench_spread", "workers": SPREAD_WORKERS, "env": {}},
     "sagas_spread_reply": {
         "saga": "bench_spread",
-        "workers": [("coord", "sagas"), ("s1", "bench_s1"), ("s2", "bench_s2"),
-                    ("s3", "bench_s3"), ("s4", "bench_s4")],
+        "workers": SPREAD_WORKERS,
         "env": {"SAGAS_LOCAL_TRANSITIONS": "false"},
     },
-    "sagas_inline": {
-        "saga": "bench_inline",
-        "workers": [("coord", "sagas"), ("inline", "bench_inline")],
-        "env": {},
-    },
-    # SAGAS_START_ON_STEP_QUEUE: start_saga.delay goes to step 1's queue (the entry queue, listed
-    # first); the coordinator worker still runs (replies, timers) but the happy path skips it.
-    "sagas_spread_direct": {
-        "saga": "bench_spread",
-        "workers": [("s1", "bench_s1"), ("coord", "sagas"), ("s2", "bench_s2"),
-                    ("s3", "bench_s3"), ("s4", "bench_s4")],
-        "env": {"SAGAS_START_ON_STEP_QUEUE": "true"},
-    },
-    "sagas_inline_direct": {
-        "saga": "bench_inline",
-        "workers": [("inline", "bench_inline"), ("coord", "sagas")],
-        "env": {"SAGAS_START_ON_STEP_QUEUE": "true"},
-    },
-    # SAGAS_START_IN_CALLER: start_saga.delay records the start in the calling process (this
-    # one) and publishes step 1 to its queue; the coordinator worker idles on the happy path.
-    "sagas_spread_caller": {
-        "saga": "bench_spread",
-        "workers": [("s1", "bench_s1"), ("coord", "sagas"), ("s2", "bench_s2"),
-                    ("s3", "bench_s3"), ("s4", "bench_s4")],
-        "env": {"SAGAS_START_IN_CALLER": "true"},
-    },
-    "sagas_inline_caller": {
-        "saga": "bench_inline",
-        "workers": [("inline", "bench_inline"), ("coord", "sagas")],
-        "env": {"SAGAS_START_IN_CALLER": "true"},
-    },
-}  # fmt: skip
+    "sagas_inline": {"saga": "bench_inline", "workers": INLINE_WORKERS, "env": {}},
+}
+# SAGAS_START_ON_STEP_QUEUE ("direct"): start_saga.delay goes to step 1's queue and that worker
+# records the start. SAGAS_START_IN_CALLER ("caller"): start_saga.delay records the start in
+# the calling process (this one) and publishes step 1 to its queue.
+for _suffix, _setting in (
+    ("direct", "SAGAS_START_ON_STEP_QUEUE"),
+    ("caller", "SAGAS_START_IN_CALLER"),
+):
+    for _saga, _workers in (("spread", SPREAD_WORKERS), ("inline", INLINE_WORKERS)):
+        SAGA_CONFIGS[f"sagas_{_saga}_{_suffix}"] = {
+            "saga": f"bench_{_saga}", "workers": _entry_first(_workers), "env": {_setting: "true"},
+        }  # fmt: skip
 CHAIN_CONFIGS = {
     "chain": "bench.noop",
     "chain_pg": "bench.pg_step",

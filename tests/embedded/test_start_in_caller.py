@@ -22,9 +22,9 @@ from workers.app import app
 
 
 @pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    db = tmp_path_factory.mktemp("start_in_caller") / "sagas.db"
-    settings = Settings(database_url=f"sqlite:///{db}", sweep_interval=0.1, start_in_caller=True)
+def rt() -> Iterator[Runtime]:
+    # An in-memory URL: embedded() gives the module a private SQLite file of its own.
+    settings = Settings(database_url="sqlite://", sweep_interval=0.1, start_in_caller=True)
     with embedded(app, settings=settings) as runtime:
         yield runtime
 

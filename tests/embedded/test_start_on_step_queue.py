@@ -19,11 +19,9 @@ from workers.app import app
 
 
 @pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    db = tmp_path_factory.mktemp("start_on_step") / "sagas.db"
-    settings = Settings(
-        database_url=f"sqlite:///{db}", sweep_interval=0.1, start_on_step_queue=True
-    )
+def rt() -> Iterator[Runtime]:
+    # An in-memory URL: embedded() gives the module a private SQLite file of its own.
+    settings = Settings(database_url="sqlite://", sweep_interval=0.1, start_on_step_queue=True)
     with embedded(app, settings=settings) as runtime:
         yield runtime
 

@@ -31,10 +31,10 @@ RESERVE_TASK = "saga.order_fulfillment.reserve_inventory"
 
 
 @pytest.fixture(scope="module")
-def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
-    db = tmp_path_factory.mktemp("receipts_e2e") / "sagas.db"
-    # Every step travels as its own message (no inline steps), as between separate services.
-    settings = Settings(database_url=f"sqlite:///{db}", sweep_interval=0.1, inline_steps=False)
+def rt() -> Iterator[Runtime]:
+    # Every step travels as its own message (no inline steps), as between separate services;
+    # an in-memory URL: embedded() gives the module a private SQLite file of its own.
+    settings = Settings(database_url="sqlite://", sweep_interval=0.1, inline_steps=False)
     with embedded(app, settings=settings) as runtime:
         yield runtime
 
