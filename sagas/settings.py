@@ -99,14 +99,16 @@ class Settings(BaseSettings):
         "queue it exists as soon as the coordinator did), so an outage of the first step's "
         "service hides new sagas in its queue instead of timing them out.",
     )
-    start_in_caller: bool = Field(
-        False,
-        description="start_saga.delay from a process that has the saga's definition and a "
-        "configured store records the start itself (the saga row, its first dispatch, the "
-        "publish of step 1 to its queue) and returns an already-finished result holding the "
-        "saga id: no coordinator hop, and the start is durable once delay returns. Falls back "
-        "to the message when the store is unreachable, or when the call asks for a countdown, "
-        "eta, queue or other delivery option.",
+    start_in_caller: bool | None = Field(
+        None,
+        description="start_saga.delay from a process that has the saga's definition records "
+        "the start itself (the saga row, its first dispatch, the publish of step 1 to its "
+        "queue) and returns an already-finished result holding the saga id: no coordinator "
+        "hop, and the start is durable once delay returns. Falls back to the message when the "
+        "store is unreachable, or when the call asks for a countdown, eta, queue or other "
+        "delivery option. Unset: on when this process's store is configured (the database URL "
+        "given, not the built-in sagas.db default, which a worker elsewhere would not share) "
+        "and start_on_step_queue is off; false: always the message.",
     )
     inline_steps: bool = Field(
         True,
@@ -180,6 +182,15 @@ class Settings(BaseSettings):
             raise ConfigurationError(
                 f"setting {where}: {first['msg']} (got {shown})", setting=name
             ) from None
+
+    @property
+    def starts_in_caller(self) -> bool:
+        """Whether ``start_saga.delay`` records the start in the calling process (see
+        ``start_in_caller``): by default only with a store URL given explicitly, since a
+        caller on the built-in default would write into a SQLite file no worker reads."""
+        if self.start_in_caller is not None:
+            return self.start_in_caller
+        return "database_url" in self.model_fields_set and not self.start_on_step_queue
 
     @property
     def database_url_sqlalchemy(self) -> str:

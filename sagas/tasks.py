@@ -111,7 +111,8 @@ COORDINATOR: dict[str, Any] = {
 
 @worker_process_init.connect(weak=False)
 def _after_fork(**_: Any) -> None:
-    # A prefork child must not reuse the parent's pooled database connections.
+    # A prefork child must not reuse the parent's pooled database connections (make_engine's
+    # engines see to it at any fork; this covers an engine the application passed in).
     rt = current_runtime()
     if rt is not None:
         rt.store.engine.dispose(close=False)
@@ -153,14 +154,20 @@ class _StartSagaTask(_CoordinatorTask):
             correlation_id = args[3] if len(args) > 3 else kwargs.get("correlation_id")
             starter.validate(definition, payload, saga_id, correlation_id)
             rt = get_runtime()
-            if rt.settings.start_in_caller and set(options) <= _PLAIN_OPTIONS:
+            if rt.settings.starts_in_caller and set(options) <= _PLAIN_OPTIONS:
                 version = args[4] if len(args) > 4 else kwargs.get("version")
+                task_id = options.get("task_id") or uuid()
                 try:
                     sid = _start(rt, name, version, payload, saga_id, correlation_id, carrier)
-                except StoreUnavailable as exc:  # the coordinator records it when it can
+                except (StoreUnavailable, VersionUnavailable) as exc:
+                    # The coordinator records it when it can (or has the version asked for).
                     log.warning("start of %s sent as a message: %s", escape(name), escape(exc))
+                except SagaInputError as exc:
+                    # What the start task's result would hold (SagaConflict: the id is taken):
+                    # ``delay`` does not raise it, ``.get()`` does, as with the message.
+                    _rejected(name, saga_id, correlation_id, exc)
+                    return EagerResult(task_id, exc, states.FAILURE, name=START_TASK)
                 else:
-                    task_id = options.get("task_id") or uuid()
                     return EagerResult(task_id, sid, states.SUCCESS, name=START_TASK)
             first = _first_local_step(definition) if isinstance(definition, Saga) else None
             if first is not None and rt.settings.start_on_step_queue:
@@ -243,15 +250,21 @@ def start_saga(
             _run_inline(self.app, rt, direct, applied.claimed[0], applied.snapshot)
         return sid
     except SagaInputError as exc:
-        reason = type(exc).__name__
-        metrics.inc("sagas_start_rejected_total", saga=escape(name), reason=reason)
-        with saga_context(
-            saga=escape(name),
-            saga_id=escape(saga_id) if saga_id else None,
-            correlation_id=escape(correlation_id) if correlation_id else None,
-        ):
-            log.error("start rejected: %s (field %s)", escape(exc), exc.field)
+        _rejected(name, saga_id, correlation_id, exc)
         raise
+
+
+def _rejected(
+    name: str, saga_id: str | None, correlation_id: str | None, exc: SagaInputError
+) -> None:
+    """Log and count a start refused for its input, wherever it was recorded."""
+    metrics.inc("sagas_start_rejected_total", saga=escape(name), reason=type(exc).__name__)
+    with saga_context(
+        saga=escape(name),
+        saga_id=escape(saga_id) if saga_id else None,
+        correlation_id=escape(correlation_id) if correlation_id else None,
+    ):
+        log.error("start rejected: %s (field %s)", escape(exc), exc.field)
 
 
 def _direct_start(app: CeleryApp, rt: Runtime, name: str, version: int | None) -> Saga[Any] | None:

@@ -7,12 +7,14 @@ writer) or ``StoreError`` (anything else the database refused), never a SQLAlche
 
 from __future__ import annotations
 
+import os
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select
+from sqlalchemy import Engine, create_engine, event, func, make_url, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
@@ -22,11 +24,35 @@ from ..errors import StoreConflict, StoreError, StoreUnavailable
 from ..settings import mask_url
 from .records import utc
 
+CONNECT_TIMEOUT = 10  # seconds, for a PostgreSQL URL without its own connect_timeout
+
 # Execution option of the store's read-only connections (see make_engine's SQLite begin).
 READ_ONLY = "sagas_read_only"
 
 
 def make_engine(url: str) -> Engine:
+    engine = _create(url)
+    if url not in ("sqlite://", "sqlite:///:memory:"):  # one connection is the whole database
+        _fresh_pool_after_fork(engine)
+    return engine
+
+
+def _fresh_pool_after_fork(engine: Engine) -> None:
+    """A forked child (a prefork Celery worker, a preloaded gunicorn or uWSGI web process that
+    starts sagas) must not use the parent's pooled connections: two processes on one socket
+    interleave their statements. The child gets an empty pool and leaves the parent's
+    connections open for the parent (SQLAlchemy's ``dispose(close=False)``)."""
+    ref = weakref.ref(engine)
+
+    def in_child() -> None:
+        forked = ref()
+        if forked is not None:
+            forked.dispose(close=False)
+
+    os.register_at_fork(after_in_child=in_child)
+
+
+def _create(url: str) -> Engine:
     if url.startswith("sqlite"):
         memory = url in ("sqlite://", "sqlite:///:memory:")
         engine = create_engine(
@@ -60,7 +86,13 @@ def make_engine(url: str) -> Engine:
     # its first statement instead; SQLAlchemy then invalidates the whole pool, the call surfaces
     # as StoreUnavailable and is retried by its caller (coordinator tasks retry their message, a
     # participant replies by message, the sweeper runs again next beat).
-    return create_engine(url, pool_size=5, max_overflow=5)
+    # A server that accepts and never answers (a blackholed host, a hung proxy) must not hold
+    # a caller, such as a web request starting a saga, for the OS's TCP timeout: it becomes
+    # StoreUnavailable after CONNECT_TIMEOUT seconds unless the URL sets its own.
+    parsed = make_url(url)
+    wait = parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query
+    args = {"connect_timeout": CONNECT_TIMEOUT} if wait else {}
+    return create_engine(url, pool_size=5, max_overflow=5, connect_args=args)
 
 
 @contextmanager

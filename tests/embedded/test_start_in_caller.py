@@ -49,13 +49,22 @@ def test_the_caller_records_the_start_and_publishes_step_one(
     assert record.state is SagaState.COMPLETED
 
 
-def test_a_repeated_start_returns_the_same_saga_and_a_conflicting_one_raises(rt: Runtime) -> None:
+def test_a_repeated_start_returns_the_same_saga_and_a_conflicting_one_fails_its_result(
+    rt: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
     saga_id = f"sc-{uuid.uuid4().hex[:12]}"
     assert start_saga.delay("order_fulfillment", ORDER, saga_id=saga_id).get() == saga_id
     assert start_saga.delay("order_fulfillment", ORDER, saga_id=saga_id).get() == saga_id
+    # As with the message: delay returns, the result holds the conflict, .get() raises it.
+    conflicting = start_saga.delay(
+        "order_fulfillment", {**ORDER, "order_id": "A-2"}, saga_id=saga_id
+    )
+    assert conflicting.state == "FAILURE" and isinstance(conflicting.result, SagaConflict)
     with pytest.raises(SagaConflict) as exc:
-        start_saga.delay("order_fulfillment", {**ORDER, "order_id": "A-2"}, saga_id=saga_id)
+        conflicting.get()
     assert exc.value.field == "saga_id"
+    [line] = [r.getMessage() for r in caplog.records if "start rejected" in r.getMessage()]
+    assert "already exists" in line and "(field saga_id)" in line
     history = rt.store.get(saga_id)[2]
     assert [h.kind for h in history].count("saga_started") == 1
 

@@ -97,6 +97,14 @@ class Cluster:
         sagas.start_saga.delay(name, payload, saga_id=saga_id, **kwargs)
         return saga_id
 
+    def send_start(self, name: str, payload: dict[str, Any], **kwargs: Any) -> str:
+        """Start a saga by message to the coordinator, as a client without the saga's
+        definition (or with ``SAGAS_START_IN_CALLER=0``) does. Returns the saga id."""
+        saga_id = kwargs.pop("saga_id", None) or f"it-{uuid.uuid4().hex}"
+        kwargs = {"saga_id": saga_id, **kwargs}
+        self.app.send_task("sagas.start_saga", args=[name, payload], kwargs=kwargs)
+        return saga_id
+
     # -- waiting (polling with a deadline; never a bare sleep) -----------------------------
 
     def wait_for(self, saga_id: str, states: Iterable[str], timeout: float = 30.0) -> Snapshot:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from sagas import Action, SagaState, StepState, coordinator
+from sagas import Action, SagaConflict, SagaState, StepState, coordinator, start_saga
 from sagas.messages import StepReply
 from sagas.state import HistoryKind
 from sagas.store import HistoryEntry
@@ -393,13 +393,19 @@ def test_duplicate_reply_is_recorded_and_ignored(cluster: Cluster) -> None:
 # -- 8. idempotent start ---------------------------------------------------------------------------
 
 
-def test_start_is_idempotent_on_saga_id(cluster: Cluster) -> None:
+@pytest.mark.parametrize("via", ["caller", "message"])
+def test_start_is_idempotent_on_saga_id(cluster: Cluster, via: str) -> None:
+    """The same start twice is one saga; the same id with another payload or saga is refused
+    and changes nothing, whether the caller records the start (the default with a configured
+    store) or the coordinator does (a client without the definition, or the fallback)."""
+    start = cluster.start if via == "caller" else cluster.send_start
     saga_id = f"idem-{uuid.uuid4().hex}"
     payload = {"tag": "idempotent"}
-    cluster.start("probe", payload, saga_id=saga_id)
-    cluster.start("probe", payload, saga_id=saga_id)
+    start("probe", payload, saga_id=saga_id)
+    start("probe", payload, saga_id=saga_id)
     record, status, history = cluster.wait_for(saga_id, TERMINAL)
-    cluster.wait_for_log("sagas", "start is a duplicate", saga_id)
+    if via == "message":
+        cluster.wait_for_log("sagas", "start is a duplicate", saga_id)
 
     assert record.state is SagaState.COMPLETED
     assert len(kinds(history, HistoryKind.SAGA_STARTED)) == 1
@@ -409,15 +415,25 @@ def test_start_is_idempotent_on_saga_id(cluster: Cluster) -> None:
 
     # The same id with another payload, or for another saga: rejected, nothing changes.
     correlation_id = f"corr-{saga_id}"
-    cluster.start(
-        "probe", {"tag": "something else"}, saga_id=saga_id, correlation_id=correlation_id
-    )
-    cluster.start("probe_deadline", payload, saga_id=saga_id, correlation_id=correlation_id)
-    rejected = _wait_for_lines(cluster, "sagas", 2, "start rejected", saga_id)
-    assert all("already exists" in line and "(field saga_id)" in line for line in rejected)
-    assert all(f"correlation_id={correlation_id}" in line for line in rejected)
-    # Celery's own failure line names the exception type.
-    cluster.wait_for_log("sagas", "SagaConflict", saga_id)
+    other = {"tag": "something else"}
+    if via == "caller":
+        results = [
+            start_saga.delay("probe", other, saga_id=saga_id, correlation_id=correlation_id),
+            start_saga.delay(
+                "probe_deadline", payload, saga_id=saga_id, correlation_id=correlation_id
+            ),
+        ]
+        for result in results:  # what the start task's result would hold
+            assert result.state == "FAILURE" and isinstance(result.result, SagaConflict)
+            assert result.result.field == "saga_id" and "already exists" in str(result.result)
+    else:
+        start("probe", other, saga_id=saga_id, correlation_id=correlation_id)
+        start("probe_deadline", payload, saga_id=saga_id, correlation_id=correlation_id)
+        rejected = _wait_for_lines(cluster, "sagas", 2, "start rejected", saga_id)
+        assert all("already exists" in line and "(field saga_id)" in line for line in rejected)
+        assert all(f"correlation_id={correlation_id}" in line for line in rejected)
+        # Celery's own failure line names the exception type.
+        cluster.wait_for_log("sagas", "SagaConflict", saga_id)
 
     record2, status2, history2 = cluster.store.get(saga_id)
     assert record2.name == "probe" and record2.payload == record.payload
@@ -480,9 +496,11 @@ def test_bad_start_requests_write_nothing_and_are_logged(cluster: Cluster) -> No
 # -- 10. correlation id ---------------------------------------------------------------------------
 
 
-def test_correlation_id_reaches_every_step_log_and_the_saga_row(cluster: Cluster) -> None:
+@pytest.mark.parametrize("via", ["caller", "message"])
+def test_correlation_id_reaches_every_step_log_and_the_saga_row(cluster: Cluster, via: str) -> None:
     correlation_id = f"corr-{uuid.uuid4().hex}"
-    saga_id = cluster.start("probe", {"tag": "correlated"}, correlation_id=correlation_id)
+    start = cluster.start if via == "caller" else cluster.send_start
+    saga_id = start("probe", {"tag": "correlated"}, correlation_id=correlation_id)
     record, _, _ = cluster.wait_for(saga_id, TERMINAL)
     assert record.state is SagaState.COMPLETED
     assert record.correlation_id == correlation_id
@@ -498,8 +516,8 @@ def test_correlation_id_reaches_every_step_log_and_the_saga_row(cluster: Cluster
         # The step's own plain logging line: the worker's format shows it via SagaContextFilter.
         [own] = cluster.wait_for_log(queue, f"probe {step} forward attempt 1", correlation_id)
         assert f"{{corr={correlation_id}}}" in own
-    # The coordinator's lines for this saga carry it too.
-    assert cluster.wait_for_log("sagas", "saga started", saga_id, correlation_id)
+    if via == "message":  # the coordinator's lines for this saga carry it too
+        assert cluster.wait_for_log("sagas", "saga started", saga_id, correlation_id)
 
 
 # -- 11. the outbox: published commands are cleared even if another transition commits first ----

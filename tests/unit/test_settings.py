@@ -149,3 +149,25 @@ def test_a_wrong_setting_in_a_celery_config_is_named_and_its_password_masked() -
     with pytest.raises(ConfigurationError) as url:
         Settings.from_config({"sagas_database_url": "no-scheme:pw@secret"})
     assert url.value.setting == "database_url"
+
+
+def test_the_start_is_recorded_in_the_caller_only_with_a_store_url_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SAGAS_DATABASE_URL", raising=False)
+    monkeypatch.delenv("SAGAS_START_IN_CALLER", raising=False)
+    monkeypatch.delenv("SAGAS_START_ON_STEP_QUEUE", raising=False)
+    # The built-in sagas.db is relative to each process's directory: a web process writing
+    # there would record sagas no worker sees, so it sends the message.
+    assert not Settings().starts_in_caller
+    assert Settings(database_url="sqlite:////srv/app/sagas.db").starts_in_caller
+    assert Settings.from_config({"sagas_database_url": "postgresql://db/s"}).starts_in_caller
+    monkeypatch.setenv("SAGAS_DATABASE_URL", "postgresql://db/sagas")
+    assert Settings().starts_in_caller
+    # Asked for explicitly, either way; the step-queue start keeps its message.
+    assert not Settings(start_in_caller=False).starts_in_caller
+    assert not Settings(start_on_step_queue=True).starts_in_caller
+    monkeypatch.delenv("SAGAS_DATABASE_URL")
+    assert Settings(start_in_caller=True).starts_in_caller
+    monkeypatch.setenv("SAGAS_START_IN_CALLER", "0")
+    assert not Settings(database_url="postgresql://db/s").starts_in_caller

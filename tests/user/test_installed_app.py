@@ -68,7 +68,8 @@ app.conf.update(
     task_serializer="json",
     accept_content=["json"],
     result_backend="file://" + os.path.join(root, "results"),
-    sagas_database_url="sqlite:///" + os.path.join(root, "sagas.db"),
+    sagas_database_url=os.environ.get("SHOP_DATABASE_URL")
+    or "sqlite:///" + os.path.join(root, "sagas.db"),
     sagas_coordinator_queue="shop-coordinator",
     sagas_sweep_interval=0.5,
 )
@@ -165,8 +166,9 @@ def test_a_saga_completes_and_one_compensates_on_the_installed_app(
 def test_start_saga_results_carry_the_id_or_the_typed_error(
     project: Path, worker: subprocess.Popen[str]
 ) -> None:
-    """With a result backend, ``start_saga.delay(...).get()`` is the saga id, or raises the
-    error the coordinator hit (a conflict cannot be seen in the caller: it needs the store)."""
+    """``start_saga.delay(...).get()`` is the saga id, or raises the typed error the start hit.
+    This app's store is configured, so the caller records the start itself; the result has
+    the same contract as the start task's (``delay`` does not raise a conflict, ``get`` does)."""
     result = _python(
         project,
         """
@@ -186,6 +188,62 @@ def test_start_saga_results_carry_the_id_or_the_typed_error(
         "o-9",
         "conflict saga id 'o-9' already exists as a 'shop_order' saga with a different payload",
     ]
+
+
+def _queued(project: Path) -> list[str]:
+    """The queue of every message waiting in the filesystem broker (``<ts>_<id>.<queue>.msg``)."""
+    return sorted(p.name.split(".")[-2] for p in (project / "broker").glob("*.msg"))
+
+
+def test_with_the_store_configured_delay_records_the_saga_before_any_worker_runs(
+    project: Path,
+) -> None:
+    """No worker at all: when ``delay`` returns the saga is in the table with its first step
+    dispatched, and the only message is step 1's, on the service's queue."""
+    result = _python(
+        project,
+        """
+        import shop_celery, sagas
+        from sagas import start_saga
+        from sagas.store.migrate import upgrade
+        upgrade(sagas.get_runtime().store.engine)
+        r = start_saga.delay("shop_order", {"order_id": "o-20"}, saga_id="o-20")
+        print(type(r).__name__, r.get())
+        info = sagas.get("o-20")
+        print(info.state.value, [(s.name, s.state.value) for s in info.steps])
+        """,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines() == [
+        "EagerResult o-20",
+        "pending [('reserve', 'running'), ('charge', 'pending')]",
+    ]
+    assert _queued(project) == ["shop"]
+
+
+def test_an_unreachable_store_or_the_opt_out_sends_the_start_as_a_message(
+    project: Path,
+) -> None:
+    """A store nobody listens on: ``delay`` still returns at once, with the start message on
+    the coordinator's queue and a warning saying so. ``SAGAS_START_IN_CALLER=0``: the message,
+    without touching the store."""
+    script = """
+        import time, shop_celery
+        from sagas import start_saga
+        t0 = time.monotonic()
+        r = start_saga.delay("shop_order", {"order_id": "o-21"}, saga_id="o-21")
+        print(type(r).__name__, time.monotonic() - t0 < 10)
+        """
+    down = _python(project, script, SHOP_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert down.stdout.splitlines() == ["AsyncResult True"]
+    assert "start of shop_order sent as a message" in down.stderr
+    assert _queued(project) == ["shop-coordinator"]
+    opted_out = _python(project, script, SAGAS_START_IN_CALLER="0")
+    assert opted_out.returncode == 0, opted_out.stderr[-3000:]
+    assert opted_out.stdout.splitlines() == ["AsyncResult True"]
+    assert _queued(project) == ["shop-coordinator", "shop-coordinator"]
+    assert not (project / "sagas.db").exists()  # the opt-out never opened the store
 
 
 def test_routes_queues_and_the_sweeper_come_from_install(project: Path) -> None:
