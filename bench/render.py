@@ -71,14 +71,17 @@ LABELS = {
     "sagas_spread_reply": "sagas (a) with SAGAS_LOCAL_TRANSITIONS=false (reply messages)",
     "sagas_spread_direct": "sagas (a) + SAGAS_START_ON_STEP_QUEUE (no coordinator hop)",
     "sagas_inline_direct": "sagas (b) + SAGAS_START_ON_STEP_QUEUE (one task per saga)",
+    "sagas_spread_message": "sagas (a), start by message (SAGAS_START_IN_CALLER=false)",
+    "sagas_inline_message": "sagas (b), start by message (SAGAS_START_IN_CALLER=false)",
     "sagas_spread_caller": "sagas (a) + SAGAS_START_IN_CALLER (the caller records the start)",
     "sagas_inline_caller": "sagas (b) + SAGAS_START_IN_CALLER (the caller records the start)",
     "chain_spread": "raw Celery chain, each task on its own queue and worker (as (a))",
     "chain_pg_spread": "Celery chain + PG per task, each task on its own queue and worker",
 }
 ORDER = ("chain", "chain_pg", "chain_spread", "chain_pg_spread", "sagas_spread", "sagas_inline",
-         "sagas_spread_direct", "sagas_inline_direct", "sagas_spread_caller",
-         "sagas_inline_caller", "sagas_spread_reply")  # fmt: skip
+         "sagas_spread_message", "sagas_inline_message", "sagas_spread_direct",
+         "sagas_inline_direct", "sagas_spread_caller", "sagas_inline_caller",
+         "sagas_spread_reply")  # fmt: skip
 
 
 def render() -> str:  # noqa: C901
@@ -236,8 +239,9 @@ def _targets(broker: str, res: dict[str, Any], dbos_best: float | None) -> list[
     def seq(k: str) -> float | None:
         return ok[k]["sequential"]["e2e_ms"]["p50"] if k in ok else None
 
-    for cfg in ("sagas_spread", "sagas_inline", "sagas_spread_direct", "sagas_inline_direct",
-                "sagas_spread_caller", "sagas_inline_caller"):  # fmt: skip
+    for cfg in ("sagas_spread", "sagas_inline", "sagas_spread_message", "sagas_inline_message",
+                "sagas_spread_direct", "sagas_inline_direct", "sagas_spread_caller",
+                "sagas_inline_caller"):  # fmt: skip
         if cfg not in ok:
             continue
         best = tp(cfg)

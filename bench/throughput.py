@@ -6,15 +6,17 @@
 Configurations (each gets fresh workers and a fresh PostgreSQL database, run in a child process):
 
 - ``sagas_spread``: every step on its own queue; coordinator worker (-Q sagas) + 4 service
-  workers (-Q bench_s1 .. bench_s4).
+  workers (-Q bench_s1 .. bench_s4). Started with the default start: the driver has the store
+  configured, so start_saga.delay records the start itself and publishes step 1 to its queue
+  (no coordinator hop; the caller's CPU per start is ``caller_cpu_ms_per_saga``).
 - ``sagas_inline``: all 4 steps on one queue; coordinator worker + 1 service worker
   (-Q bench_inline): the participant applies the transition and runs the next step inline.
+- ``sagas_spread_message`` / ``sagas_inline_message``: as (a) / (b) with
+  SAGAS_START_IN_CALLER=false: start_saga.delay is a message to the coordinator queue, which
+  records the start (what a caller without the store does).
 - ``sagas_spread_direct`` / ``sagas_inline_direct``: as (a) / (b) with
   SAGAS_START_ON_STEP_QUEUE=true: start_saga.delay is routed to step 1's queue and that worker
   records the start and runs step 1 in the same task (no coordinator hop).
-- ``sagas_spread_caller`` / ``sagas_inline_caller``: as (a) / (b) with SAGAS_START_IN_CALLER=true:
-  start_saga.delay records the start in the calling process and publishes step 1 itself (no
-  coordinator hop; the caller's CPU per start is ``caller_cpu_ms_per_saga``, not in the workers').
 - ``sagas_spread_reply``: as sagas_spread with SAGAS_LOCAL_TRANSITIONS=false (every step
   replies to the coordinator by message: the classic orchestrator path). Not in the default set.
 - ``chain``: a raw Celery chain of 4 no-op tasks; 1 worker (-Q bench_chain).
@@ -24,8 +26,7 @@ Configurations (each gets fresh workers and a fresh PostgreSQL database, run in 
   served by its own worker (4 workers): the Celery floor in sagas (a)'s topology.
 
 All workers: ``celery worker --pool prefork --concurrency 2`` with /work/main/celeryconfig.py.
-Sagas are started with ``sagas.start_saga.delay(name, payload, saga_id=...)`` (a message to the
-coordinator queue, like a web app does).
+Sagas are started with ``sagas.start_saga.delay(name, payload, saga_id=...)``, like a web app.
 
 Burst: the entry queue's consumer is cancelled, all N start messages are published, then the
 consumer is added back: that instant is t0. Throughput = N / (last finish - t0), and
@@ -69,25 +70,27 @@ def _entry_first(workers: list[tuple[str, str]]) -> list[tuple[str, str]]:
     return [workers[1], workers[0], *workers[2:]]
 
 
+# The default start (the driver has SAGAS_DATABASE_URL, so start_saga.delay records the start
+# itself and publishes step 1): the burst holds back step 1's queue.
 SAGA_CONFIGS = {
-    "sagas_spread": {"saga": "bench_spread", "workers": SPREAD_WORKERS, "env": {}},
+    "sagas_spread": {"saga": "bench_spread", "workers": _entry_first(SPREAD_WORKERS), "env": {}},
     "sagas_spread_reply": {
         "saga": "bench_spread",
-        "workers": SPREAD_WORKERS,
+        "workers": _entry_first(SPREAD_WORKERS),
         "env": {"SAGAS_LOCAL_TRANSITIONS": "false"},
     },
-    "sagas_inline": {"saga": "bench_inline", "workers": INLINE_WORKERS, "env": {}},
+    "sagas_inline": {"saga": "bench_inline", "workers": _entry_first(INLINE_WORKERS), "env": {}},
 }
-# SAGAS_START_ON_STEP_QUEUE ("direct"): start_saga.delay goes to step 1's queue and that worker
-# records the start. SAGAS_START_IN_CALLER ("caller"): start_saga.delay records the start in
-# the calling process (this one) and publishes step 1 to its queue.
-for _suffix, _setting in (
-    ("direct", "SAGAS_START_ON_STEP_QUEUE"),
-    ("caller", "SAGAS_START_IN_CALLER"),
+# "message": SAGAS_START_IN_CALLER=false, the start as a message to the coordinator (a caller
+# without the store; the default before 2026-12-03). "direct": SAGAS_START_ON_STEP_QUEUE, the
+# message goes to step 1's queue and that worker records the start.
+for _suffix, _env, _entry in (
+    ("message", {"SAGAS_START_IN_CALLER": "false"}, lambda w: w),
+    ("direct", {"SAGAS_START_ON_STEP_QUEUE": "true"}, _entry_first),
 ):
     for _saga, _workers in (("spread", SPREAD_WORKERS), ("inline", INLINE_WORKERS)):
         SAGA_CONFIGS[f"sagas_{_saga}_{_suffix}"] = {
-            "saga": f"bench_{_saga}", "workers": _entry_first(_workers), "env": {_setting: "true"},
+            "saga": f"bench_{_saga}", "workers": _entry(_workers), "env": _env,
         }  # fmt: skip
 CHAIN_CONFIGS = {
     "chain": "bench.noop",
@@ -103,8 +106,8 @@ CHAIN_CONFIGS.update({f"{k}_defaults": v for k, v in list(CHAIN_CONFIGS.items())
 SPREAD_QUEUES = [("s1", "bench_s1"), ("s2", "bench_s2"), ("s3", "bench_s3"), ("s4", "bench_s4")]
 DEFAULT_CONFIGS = (
     "chain,chain_pg,chain_spread,chain_pg_spread,chain_pg_defaults,chain_pg_spread_defaults,"
-    "sagas_spread,sagas_inline,sagas_spread_direct,sagas_inline_direct,sagas_spread_caller,"
-    "sagas_inline_caller"
+    "sagas_spread,sagas_inline,sagas_spread_message,sagas_inline_message,sagas_spread_direct,"
+    "sagas_inline_direct"
 )
 WARMUP = 20
 TIMEOUT = float(os.environ.get("BENCH_TIMEOUT", "120"))

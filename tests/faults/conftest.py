@@ -333,6 +333,16 @@ class FaultCluster(Cluster):
         sagas.start_saga.delay(name, payload, saga_id=saga_id, **kwargs)
         return saga_id
 
+    def send_start(self, name: str, payload: dict[str, Any], **kwargs: Any) -> str:
+        """Start a saga by message, so the coordinator records it (as for a client without the
+        saga's definition or with ``SAGAS_START_IN_CALLER=0``); ``start`` records it here."""
+        saga_id = kwargs.pop("saga_id", None) or f"ft-{uuid.uuid4().hex}"
+        self.started.append(saga_id)
+        self.app.send_task(
+            "sagas.start_saga", args=[name, payload], kwargs={"saga_id": saga_id, **kwargs}
+        )
+        return saga_id
+
     def get(self, saga_id: str) -> Snapshot | None:
         try:
             return self.store.get(saga_id)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -63,7 +64,7 @@ def test_coordinator_crash_after_commit_is_republished_from_the_outbox(
 ) -> None:
     """The coordinator commits a transition and dies before publishing: either f1's reply
     (arriving by message) — "f1 succeeded, dispatch f2" — or a new saga's start — "dispatch
-    f1". A second coordinator (started beforehand, not consuming until the crash, so its
+    f1" (started by message). A second coordinator (started beforehand, not consuming until the crash, so its
     start-up time does not count) re-publishes the outbox from its sweeper within the outbox
     grace + one sweeper period, and the step runs once."""
     name = ("f1", "f2", "f3")[step]
@@ -74,7 +75,8 @@ def test_coordinator_crash_after_commit_is_republished_from_the_outbox(
     )
     standby = [fc.procs["sagas2"].nodename]
     fc.app.control.cancel_consumer("sagas", destination=standby, reply=True, timeout=5)
-    sid = fc.start("fprobe", {})
+    # A start in the caller never reaches the coordinator: the start point needs the message.
+    sid = (fc.send_start if point == "coordinator.start_after_commit" else fc.start)("fprobe", {})
     assert poll(lambda: not fc.procs["sagas"].alive(), 30), fc.log_tails()
     record, status, _ = fc.store.get(sid)
     assert record.outbox and record.outbox_at is not None, record
@@ -243,49 +245,62 @@ def test_postgresql_restarted_during_a_wait(fc: FaultCluster) -> None:
 def test_broker_down_when_a_saga_is_started(fc: FaultCluster, capsys: Any) -> None:
     """With the broker down:
 
-    - ``start_saga.delay(...)`` raises ``kombu.exceptions.OperationalError`` once kombu's publish
-      retries are spent: nothing was written, the web request fails and its retry (same
-      ``saga_id``) starts the saga once.
-    - ``fprobe.start(...)`` in-process commits the saga row (first command in its outbox) and then
-      cannot publish. What the caller sees is recorded below; the saga itself is recovered by the
-      sweeper re-publishing the outbox once the broker is back.
+    - ``start_saga.delay(...)`` from a process with the store (the default: the start is
+      recorded in the caller) and ``fprobe.start(...)`` in-process both commit the saga row
+      (first command in its outbox) and then cannot publish. What each caller sees is recorded
+      below; the sagas are recovered by the sweeper re-publishing the outbox once the broker
+      is back.
+    - A start by message (a client without the saga's definition or the store) raises
+      ``kombu.exceptions.OperationalError`` once kombu's publish retries are spent: nothing was
+      written, the web request fails and its retry (same ``saga_id``) starts the saga once.
     """
     by_delay, in_process = f"ft-delay-{uuid.uuid4().hex}", f"ft-inproc-{uuid.uuid4().hex}"
-    fc.started += [by_delay, in_process]
+    by_message = f"ft-message-{uuid.uuid4().hex}"
+    fc.started += [by_delay, in_process, by_message]
     seen: dict[str, Any] = {}
+    starts: list[tuple[str, str, Callable[[str], Any]]] = [
+        ("delay", by_delay, lambda sid: sagas.start_saga.delay("fprobe", DELAY, saga_id=sid)),
+        ("start", in_process, lambda sid: fprobe.start({"tag": "inproc"}, saga_id=sid)),
+    ]
     with outage(fc.broker):
+        for label, saga_id, call in starts:
+            t0 = time.monotonic()
+            try:
+                seen[label] = ("returned", type(call(saga_id)).__name__)
+            except Exception as exc:  # noqa: BLE001 - recording what the caller sees
+                seen[label] = ("raised", type(exc).__name__, str(exc)[:120])
+            seen[f"{label}_seconds"] = round(time.monotonic() - t0, 1)
+            record = fc.store.get(saga_id)[0]  # committed although nothing was published
+            assert record.outbox and record.outbox_at is not None
         t0 = time.monotonic()
         with pytest.raises(OperationalError) as raised:
-            sagas.start_saga.delay("fprobe", {"tag": "delay"}, saga_id=by_delay)
-        seen["delay"] = (type(raised.value).__name__, round(time.monotonic() - t0, 1))
-        t0 = time.monotonic()
-        try:
-            seen["start"] = ("returned", fprobe.start({"tag": "inproc"}, saga_id=in_process))
-        except Exception as exc:  # noqa: BLE001 - recording what the caller sees
-            seen["start"] = ("raised", type(exc).__name__, str(exc)[:120])
-        seen["start_seconds"] = round(time.monotonic() - t0, 1)
-        record = fc.store.get(in_process)[0]  # committed although nothing was published
-        assert record.outbox and record.outbox_at is not None
-        assert fc.saga_rows(by_delay) == 0
+            fc.app.send_task(
+                "sagas.start_saga", args=["fprobe", DELAY], kwargs={"saga_id": by_message}
+            )
+        seen["message"] = (type(raised.value).__name__, round(time.monotonic() - t0, 1))
+        assert fc.saga_rows(by_message) == 0
     with capsys.disabled():
         print(f"\n[{fc.broker}] broker down at start: {seen}")
     fc.supervise = True  # see _all_completed
 
-    record, status, history = fc.wait_for(in_process, TERMINAL, timeout=60)
+    for saga_id in (in_process, by_delay):
+        record, status, history = fc.wait_for(saga_id, TERMINAL, timeout=60)
+        assert record.state is SagaState.COMPLETED
+        # The sweeper re-publishes the outbox — or, when the workers took longer to reconnect
+        # than f1's step timeout, fires the timeout first and retries (the entry is then stale).
+        republished = kinds(history, HistoryKind.COMMANDS_REPUBLISHED)
+        timed_out = [(h.step, h.attempt) for h in kinds(history, HistoryKind.STEP_TIMED_OUT)]
+        assert len(republished) == 1 or timed_out == [("f1", 1)], report.timeline(
+            record, status, history
+        )
+        assert [r.attempt for r in fc.runs(saga_id, "f1")] == [status.steps[0].attempt]
+    fc.start("fprobe", DELAY, saga_id=by_message)  # the web request's retry
+    record, _, _ = fc.wait_for(by_message, TERMINAL, timeout=60)
     assert record.state is SagaState.COMPLETED
-    # The sweeper re-publishes the outbox — or, when the workers took longer to reconnect than
-    # f1's step timeout, fires the timeout first and retries (the outbox entry is then stale).
-    republished = kinds(history, HistoryKind.COMMANDS_REPUBLISHED)
-    timed_out = [(h.step, h.attempt) for h in kinds(history, HistoryKind.STEP_TIMED_OUT)]
-    assert len(republished) == 1 or timed_out == [("f1", 1)], report.timeline(
-        record, status, history
-    )
-    assert [r.attempt for r in fc.runs(in_process, "f1")] == [status.steps[0].attempt]
-    fc.start("fprobe", {"tag": "delay"}, saga_id=by_delay)  # the web request's retry
-    record, _, _ = fc.wait_for(by_delay, TERMINAL, timeout=60)
-    assert record.state is SagaState.COMPLETED
-    # ``Saga.start`` returned the id, or raised after committing: the second is a trap for a
-    # caller that did not pass ``saga_id`` (it cannot know the id of the saga that will run).
-    assert seen["start"][0] == "returned", (
-        f"Saga.start raised {seen['start'][1:]} although the saga was committed and will run"
-    )
+    # Both callers got the id, not an error, for a saga that was committed and will run: an
+    # error would be a trap for a caller without its own saga_id (it cannot know the id).
+    assert seen["delay"] == ("returned", "EagerResult"), seen
+    assert seen["start"] == ("returned", "SagaHandle"), seen
+
+
+DELAY = {"tag": "delay"}
