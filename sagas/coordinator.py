@@ -345,16 +345,23 @@ def handle_remote_reply(reply: StepReply, *, rt: Runtime | None = None) -> Appli
 
 
 def heartbeat(
-    saga_id: str, step: str, attempt: int, details: Any, *, rt: Runtime | None = None
+    saga_id: str,
+    step: str,
+    attempt: int,
+    details: Any,
+    *,
+    rt: Runtime | None = None,
+    started: bool = False,
 ) -> bool:
-    """Record a forward attempt's heartbeat (its deadline moves on, its details are kept).
+    """Record a forward attempt's heartbeat (its deadline moves on, its details are kept;
+    ``started``: the worker's mark that the attempt began, which keeps the earlier progress).
     Returns whether the attempt is still the saga's open one: False once it is fenced (and
     for an unknown saga or step)."""
     check_json(details, field="heartbeat details")
 
     def event(now: datetime, saga: Saga[Any]) -> Event | None:
         try:
-            return Heartbeat(saga.plan.index(step), attempt, now, details)
+            return Heartbeat(saga.plan.index(step), attempt, now, details, started)
         except KeyError:
             return None
 

@@ -350,12 +350,14 @@ class Rerun:
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
-    """Forward attempt ``attempt`` of step ``step`` is alive (``details``: its progress)."""
+    """Forward attempt ``attempt`` of step ``step`` is alive (``details``: its progress).
+    ``started``: the worker's mark that the attempt began, which keeps the progress."""
 
     step: int
     attempt: int
     at: datetime
     details: Any = None
+    started: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -508,7 +510,8 @@ def _heartbeat(b: _Builder, ev: Heartbeat) -> None:
     deadline = s.deadline_at
     if plan.heartbeat is not None and s.timeout_at is not None:
         deadline = min(ev.at + timedelta(seconds=plan.heartbeat), s.timeout_at)
-    b.set_step(ev.step, heartbeat_at=ev.at, progress=ev.details, deadline_at=deadline)
+    progress = s.progress if ev.started else ev.details
+    b.set_step(ev.step, heartbeat_at=ev.at, progress=progress, deadline_at=deadline)
     b.touched = True
 
 
@@ -1120,16 +1123,17 @@ class _Builder:
         if action is Action.FORWARD:
             attempt = old.attempt + 1
             deadline = at + timedelta(seconds=plan.timeout)
-            # With a heartbeat interval the attempt must show life within it; each heartbeat
-            # moves that deadline on, up to the hard one.
-            beat_by = None if plan.heartbeat is None else at + timedelta(seconds=plan.heartbeat)
+            # With a heartbeat interval the heartbeat clock starts at the attempt's first sign
+            # of life (the worker marks the start), not here: a command still queued behind
+            # other work, or waiting for a worker to boot, has not missed a heartbeat. Until
+            # then only the hard deadline holds; each heartbeat moves the deadline on.
             self.set_step(
                 index,
                 state=StepState.RUNNING,
                 attempt=attempt,
                 started_at=old.started_at or at,
-                deadline_at=deadline if beat_by is None else min(beat_by, deadline),
-                timeout_at=None if beat_by is None else deadline,
+                deadline_at=deadline,
+                timeout_at=None if plan.heartbeat is None else deadline,
                 heartbeat_at=None,
                 next_attempt_at=None,
             )

@@ -88,6 +88,8 @@ def _attempt(saga: Saga[Any], step: StepDef, fn: StepFn, command: StepCommand) -
         rt = get_runtime()
         current = partial(still_open, rt, step, command)
         beat = Heartbeats(rt, command) if command.action is Action.FORWARD else None
+        if beat is not None and command.heartbeat is not None:
+            beat.start()
         ctx = step_context(saga.payload_model, command, current, beat)
         result = fn(ctx)
     except PermanentError as exc:
@@ -234,6 +236,17 @@ class Heartbeats:
         self.gap = command.heartbeat / 3 if command.heartbeat else 1.0
         self.sent: float | None = None
         self.open = True
+
+    def start(self) -> None:
+        """Mark in the store that the attempt began: its heartbeat clock starts now. Without
+        the store the first ``ctx.heartbeat`` starts it (the hard timeout holds until then)."""
+        c = self.command
+        try:
+            self.open = coordinator.heartbeat(
+                c.saga_id, c.step, c.attempt, None, rt=self.rt, started=True
+            )
+        except StoreError as exc:
+            log.warning("attempt start not marked (%s)", escape(type(exc).__name__))
 
     def __call__(self, details: Any) -> bool:
         check_json(details, field="heartbeat details")

@@ -18,7 +18,14 @@ import pytest
 
 from sagas import SagaState, StepState, report
 from sagas.state import HistoryKind
-from tests.faults.conftest import TERMINAL, FaultCluster, Spec, faketime_env, poll
+from tests.faults.conftest import (
+    SWEEP_INTERVAL,
+    TERMINAL,
+    FaultCluster,
+    Spec,
+    faketime_env,
+    poll,
+)
 from tests.faults.fprobe import (
     FAST_RETRY,
     HEARTBEAT,
@@ -153,7 +160,9 @@ def test_a_dead_worker_is_found_by_its_missed_heartbeats(fc: FaultCluster) -> No
     recovered = time.monotonic() - killed
     assert record.state is SagaState.COMPLETED
     assert recovered < HEARTBEAT_TIMEOUT / 4, recovered
-    [timed_out] = kinds(history, HistoryKind.STEP_TIMED_OUT)
+    timed_out_ = kinds(history, HistoryKind.STEP_TIMED_OUT)
+    assert len(timed_out_) == 1, report.timeline(record, status, history)
+    [timed_out] = timed_out_
     assert (timed_out.step, timed_out.attempt) == ("b2", 1)
     assert timed_out.detail["heartbeat"] == HEARTBEAT
     assert [r.attempt for r in fc.runs(sid, "b2")] == [1, 2]
@@ -161,6 +170,31 @@ def test_a_dead_worker_is_found_by_its_missed_heartbeats(fc: FaultCluster) -> No
     assert result["attempt"] == 2 and result["took_effect"], result
     assert reported <= result["resumed_at"] < PAGES, (reported, result)
     assert fc.fx(sid) == [("b1", "forward", 1), ("b2", "forward", 2), ("b3", "forward", 1)]
+
+
+def test_a_queued_heartbeat_step_is_not_timed_out_before_it_runs(fc: FaultCluster) -> None:
+    """b2's command waits in the payment queue, with no payment worker, for three heartbeat
+    intervals (a worker still booting, or a backlog). The heartbeat clock starts when a worker
+    begins the attempt, not at dispatch: nothing times out, and attempt 1 runs once a worker
+    is there."""
+    fc.configure(payment=None)
+    sid = fc.start("fprobe_heartbeat", {})
+    fc.wait_for_history(
+        sid,
+        lambda h: any(e.kind == "step_dispatched" and e.step == "b2" for e in h),
+        what="b2 dispatched",
+    )
+    time.sleep(3 * HEARTBEAT + 2 * SWEEP_INTERVAL)  # the wait for a worker is the scenario
+    record, status, history = fc.store.get(sid)
+    assert not kinds(history, HistoryKind.STEP_TIMED_OUT), report.timeline(record, status, history)
+    assert status.steps[1].state is StepState.RUNNING and status.steps[1].attempt == 1
+    fc.configure()
+    record, status, history = fc.wait_for(sid, TERMINAL)
+    assert record.state is SagaState.COMPLETED, report.timeline(record, status, history)
+    assert not kinds(history, HistoryKind.STEP_TIMED_OUT)
+    assert [r.attempt for r in fc.runs(sid, "b2")] == [1]
+    # The worker's start mark was the attempt's first sign of life.
+    assert status.steps[1].heartbeat_at is not None
 
 
 def _kill_node(fc: FaultCluster, name: str) -> list[int]:

@@ -51,13 +51,32 @@ def started(p: Plan) -> SagaStatus:
     return decide(p, new_status("s-1", p, None), Start(BASE)).status
 
 
-def test_dispatch_sets_the_heartbeat_deadline_and_keeps_the_hard_one() -> None:
+def test_dispatch_keeps_the_hard_deadline_until_the_attempt_shows_life() -> None:
     p = plan()
     d = decide(p, new_status("s-1", p, None), Start(BASE))
     step = d.status.steps[0]
-    assert step.deadline_at == at(10) and step.timeout_at == at(300)
+    assert step.deadline_at == at(300) and step.timeout_at == at(300)
     (dispatch,) = [c for c in d.commands if isinstance(c, Dispatch)]
     assert dispatch.deadline_at == at(300)  # what the step is told: its hard deadline
+    # Still queued (no worker has it yet) long past one heartbeat interval: nothing is due.
+    assert decide(p, d.status, Wake(at(60))).history == ()
+
+
+def test_the_start_mark_starts_the_heartbeat_clock_and_keeps_the_earlier_progress() -> None:
+    p, status = plan(), started(plan())
+    status = decide(p, status, Heartbeat(0, 1, at(5), {"page": 3})).status
+    timed_out = decide(p, status, Wake(at(15))).status
+    retried = decide(p, timed_out, Wake(timed_out.steps[0].next_attempt_at or at(0))).status
+    assert retried.steps[0].attempt == 2 and retried.steps[0].deadline_at == at(316)
+    # Attempt 2 waits 40 s in the queue; its worker marks the start: the clock runs from there.
+    d = decide(p, retried, Heartbeat(0, 2, at(56), None, started=True))
+    assert d.changed and d.touched and d.history == ()
+    step = d.status.steps[0]
+    assert step.deadline_at == at(66) and step.heartbeat_at == at(56)
+    assert step.progress == {"page": 3}  # what attempt 2 resumes from is not wiped
+    d = decide(p, d.status, Wake(at(66)))
+    (timed_out_2,) = [h for h in d.history if h.kind is HistoryKind.STEP_TIMED_OUT]
+    assert timed_out_2.attempt == 2 and timed_out_2.detail["heartbeat"] == 10.0
 
 
 def test_each_heartbeat_moves_the_deadline_up_to_the_hard_one() -> None:
