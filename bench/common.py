@@ -235,6 +235,8 @@ def worker_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 POOL = os.environ.get("BENCH_POOL", "prefork")
+# Processes (or threads) per worker; 2, one per core, unless BENCH_CONCURRENCY says otherwise.
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "2"))
 
 
 def start_workers(
@@ -242,7 +244,7 @@ def start_workers(
     specs: Sequence[tuple[str, str]],
     env: dict[str, str],
     *,
-    concurrency: int = 2,
+    concurrency: int = CONCURRENCY,
     tag: str = "bench",
     logdir: Path | None = None,
     loglevel: str = "WARNING",
@@ -322,7 +324,7 @@ def running_workers(
     env: dict[str, str],
     *,
     tag: str,
-    concurrency: int = 2,
+    concurrency: int = CONCURRENCY,
     **kwargs: Any,
 ) -> Iterator[WorkerSet]:
     ws = start_workers(app_module, specs, env, concurrency=concurrency, tag=tag, **kwargs)

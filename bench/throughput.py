@@ -175,7 +175,7 @@ def run_one(config: str, broker: str, n: int, seq_n: int) -> dict[str, Any]:
             "n": n,
             "seq_n": seq_n,
             "workers": [f"-Q {q}" for _, q in specs],
-            "worker_cmd": f"celery -A bench.app worker --pool {common.POOL} --concurrency 2 "
+            "worker_cmd": f"celery -A bench.app worker --pool {common.POOL} --concurrency {common.CONCURRENCY} "
             "--without-gossip --without-mingle",
             "celery_settings": "defaults" if config.endswith("_defaults") else "celeryconfig.py",
             "start": "sagas.start_saga.delay" if config in SAGA_CONFIGS else "chain.apply_async",

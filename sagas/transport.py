@@ -230,33 +230,51 @@ class InlineTask:
 def announce_inline(app: CeleryApp, tasks: list[InlineTask]) -> None:
     """Send received/started/succeeded|failed|retried task events for steps a worker ran in
     the same task as another (no message of their own, so Celery sent no events for them).
-    Only when the app sends task events (``worker_send_task_events``), as Flower needs."""
-    if not app.conf.worker_send_task_events:
+    Only when the app sends task events (``worker_send_task_events``), as Flower needs.
+
+    All of them go in one ``task.multi`` message, the batch Celery's own worker sends and
+    every event receiver (Flower, ``celery events``) unpacks: one publish per task instead of
+    three per inline step, which on Redis was a third of an inline worker's CPU."""
+    if not app.conf.worker_send_task_events or not tasks:
         return
-    with app.events.default_dispatcher() as dispatcher:
-        for t in tasks:
-            uuid = str(_uuid.uuid4())
-            dispatcher.send(
-                "task-received",
-                uuid=uuid,
-                name=t.name,
-                args=t.describe,
-                kwargs="{}",
-                retries=t.attempt - 1,
-                eta=None,
-                expires=None,
-                root_id=uuid,
-                parent_id=None,
-            )
-            dispatcher.send("task-started", uuid=uuid)
-            if t.ok:
+    with app.amqp.producer_pool.acquire(block=True) as producer:
+        dispatcher = app.events.Dispatcher(
+            producer.connection,
+            channel=producer.channel,
+            buffer_while_offline=False,
+            buffer_group=["task"],
+            buffer_limit=3 * len(tasks) + 1,  # never flushed half-way
+        )
+        with dispatcher:
+            for t in tasks:
+                uuid = str(_uuid.uuid4())
                 dispatcher.send(
-                    "task-succeeded", uuid=uuid, result=repr(t.result)[:200], runtime=t.seconds
+                    "task-received",
+                    uuid=uuid,
+                    name=t.name,
+                    args=t.describe,
+                    kwargs="{}",
+                    retries=t.attempt - 1,
+                    eta=None,
+                    expires=None,
+                    root_id=uuid,
+                    parent_id=None,
                 )
-            elif t.retried:
-                dispatcher.send("task-retried", uuid=uuid, exception=t.error[:500], traceback="")
-            else:
-                dispatcher.send("task-failed", uuid=uuid, exception=t.error[:500], traceback="")
+                dispatcher.send("task-started", uuid=uuid)
+                if t.ok:
+                    dispatcher.send(
+                        "task-succeeded",
+                        uuid=uuid,
+                        result=repr(t.result)[:200],
+                        runtime=t.seconds,
+                    )
+                elif t.retried:
+                    dispatcher.send(
+                        "task-retried", uuid=uuid, exception=t.error[:500], traceback=""
+                    )
+                else:
+                    dispatcher.send("task-failed", uuid=uuid, exception=t.error[:500], traceback="")
+            dispatcher.flush(errors=False, groups=True)
 
 
 # -- the choreography event bus -----------------------------------------------------------------

@@ -21,7 +21,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.events.event import get_exchange
+from kombu import Queue
 
+from sagas.transport import InlineTask, announce_inline
+from tests.services import AMQP_URL
 from tests.wheelhouse import spawn, stop_group
 
 pytestmark = [pytest.mark.integration, pytest.mark.workers]
@@ -210,3 +214,66 @@ def test_step_tasks_report_failure_retry_and_inline_steps(
         [inline] = notify(sid)
         assert inline["types"][:2] == ["task-received", "task-started"]
         assert inline["types"][-1] == "task-succeeded"
+
+
+@pytest.mark.parametrize("broker", [BROKER, AMQP_URL], ids=["redis", "rabbitmq"])
+def test_steps_run_inline_are_announced_in_one_message(broker: str) -> None:
+    """Three events per inline step were three publishes each; now one ``task.multi`` message
+    per task carries them all, in order, the batch a receiver unpacks (above, the real one)."""
+    app = Celery("announce_probe", broker=broker)
+    app.conf.worker_send_task_events = True
+    mark = f"probe-{os.getpid()}-{time.monotonic_ns()}"
+    got: list[tuple[str, Any]] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        got.append((message.delivery_info["routing_key"], body))
+        message.ack()
+
+    with app.connection_for_read() as conn:
+        exchange = get_exchange(conn, name=app.conf.event_exchange)
+        queue = Queue(mark, exchange, routing_key="#", auto_delete=True, exclusive=True)
+        with conn.Consumer(queue, callbacks=[on_message], accept=["json"]):
+            # Wait until the subscription is live (Redis fanout is pub/sub: a message published
+            # before it is not kept): a worker-style sentinel comes back through it.
+            with app.events.default_dispatcher() as d:
+                deadline = time.monotonic() + 20
+                while not any(_events_named(body, mark) for _, body in got):
+                    assert time.monotonic() < deadline, "the probe's queue never got an event"
+                    d.send("worker-probe", note=mark)
+                    _drain(conn, 0.2)
+            got.clear()
+            announce_inline(
+                app,
+                [
+                    InlineTask(f"{mark}.a", "a", 1, True, False, "", {"x": 1}, 0.01),
+                    InlineTask(f"{mark}.b", "b", 2, False, True, "E: later", None, 0.02),
+                    InlineTask(f"{mark}.c", "c", 1, False, False, "E: no", None, 0.03),
+                ],
+            )
+            deadline = time.monotonic() + 10
+            while not got and time.monotonic() < deadline:
+                _drain(conn, 0.2)
+            _drain(conn, 0.5)  # anything else it sent arrives by now
+    mine = [(key, body) for key, body in got if _events_named(body, mark)]
+    assert [key for key, _ in mine] == ["task.multi"], got
+    events = mine[0][1]
+    assert [e["type"] for e in events] == [
+        "task-received", "task-started", "task-succeeded",
+        "task-received", "task-started", "task-retried",
+        "task-received", "task-started", "task-failed",
+    ]  # fmt: skip
+    assert [e.get("name") for e in events[::3]] == [f"{mark}.a", f"{mark}.b", f"{mark}.c"]
+    assert len({e["uuid"] for e in events}) == 3
+    assert events[5]["exception"] == "E: later" and events[8]["exception"] == "E: no"
+
+
+def _events_named(body: Any, mark: str) -> bool:
+    items = body if isinstance(body, list) else [body]
+    return any(mark in str(e.get("name", "")) or e.get("note") == mark for e in items)
+
+
+def _drain(conn: Any, seconds: float) -> None:
+    try:
+        conn.drain_events(timeout=seconds)
+    except TimeoutError:
+        pass
