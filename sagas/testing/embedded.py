@@ -59,21 +59,32 @@ def embedded(
     *,
     database_url: str | None = None,
     queues: Iterable[str] | None = None,
-    sweep_interval: float = 0.25,
+    sweep_interval: float | None = None,
     concurrency: int = 4,
     settings: Settings | None = None,
 ) -> Iterator[Runtime]:
     """Configure sagas on ``app`` with an in-memory broker and run a worker and a sweeper.
 
     ``database_url`` (or ``settings.database_url``) None or in-memory: a temporary SQLite file,
-    private to this call and deleted on exit."""
+    private to this call and deleted on exit. The sweeper passes every ``sweep_interval``
+    seconds: the argument if given, else ``settings.sweep_interval``, else 0.25 s (a test's
+    timers fire promptly); the runtime's settings say the period it runs at."""
+    if sweep_interval is not None and not sweep_interval > 0:
+        raise ValueError(f"sweep_interval must be > 0 seconds, got {sweep_interval!r}")
     with private_database(settings.database_url if settings else database_url) as url:
         if settings is None:
-            settings = Settings(database_url=url, sweep_interval=sweep_interval)
+            period = FAST_SWEEP if sweep_interval is None else sweep_interval
+            settings = Settings(database_url=url, sweep_interval=period)
         else:
-            settings = settings.model_copy(update={"database_url": url})
-        with _embedded(app, settings, queues, sweep_interval, concurrency) as rt:
+            update: dict[str, Any] = {"database_url": url}
+            if sweep_interval is not None:
+                update["sweep_interval"] = sweep_interval
+            settings = settings.model_copy(update=update)
+        with _embedded(app, settings, queues, settings.sweep_interval, concurrency) as rt:
             yield rt
+
+
+FAST_SWEEP = 0.25
 
 
 @contextmanager

@@ -25,7 +25,9 @@ from workers.app import app
 @pytest.fixture(scope="module")
 def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     db = tmp_path_factory.mktemp("joined") / "sagas.db"
-    with embedded(app, settings=Settings(database_url=f"sqlite:///{db}")) as runtime:
+    with embedded(
+        app, settings=Settings(database_url=f"sqlite:///{db}", sweep_interval=0.25)
+    ) as runtime:
         yield runtime
 
 
