@@ -42,6 +42,9 @@ if os.environ.get("BENCH_NO_EVENTS"):
     # Variant: Celery task events off (celeryconfig turns them on for Flower).
     app.conf.worker_send_task_events = False
     app.conf.task_send_sent_event = False
+if os.environ.get("BENCH_NO_SENT_EVENT"):
+    # Variant: no task-sent event per publish (worker task events stay on).
+    app.conf.task_send_sent_event = False
 app.conf.imports = ["bench.saga_defs", "bench.baseline_tasks"]
 if os.environ.get("BENCH_SQL_COUNT"):
     app.conf.imports.append("bench.sqlcount")
