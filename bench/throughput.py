@@ -487,26 +487,28 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     results: dict[str, Any] = {}
-    for config in args.configs.split(","):
-        runs = []
-        for rep in range(args.repeat):
-            log(f"{config} on {args.broker} (run {rep + 1}/{args.repeat}), load {common.uptime()}")
-            cmd = [sys.executable, "-m", "bench.throughput", "--one", config,
-                   "--broker", args.broker, "--n", str(args.n), "--seq-n", str(args.seq_n)]  # fmt: skip
-            proc = subprocess.run(
-                cmd, cwd=common.ROOT, env=common.worker_env({}), capture_output=True, text=True,
-                timeout=900,
-            )  # fmt: skip
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode != 0 or not lines:
-                log(f"{config} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-                runs.append({"config": config, "broker": args.broker, "error": proc.stderr[-500:]})
-                continue
-            runs.append(json.loads(lines[-1][len("RESULT ") :]))
-            r = runs[-1]
-            log(
-                f"  burst {r['burst']['sagas_per_s']}/s, seq p50 {r['sequential']['e2e_ms']['p50']} ms"
-            )
+    configs = args.configs.split(",")
+    by_config: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
+    # Repeats interleave (every configuration once per round): a shared host's speed drifts
+    # over minutes, and a drift then moves every configuration alike.
+    for rep, config in ((rep, c) for rep in range(args.repeat) for c in configs):
+        runs = by_config[config]
+        log(f"{config} on {args.broker} (run {rep + 1}/{args.repeat}), load {common.uptime()}")
+        cmd = [sys.executable, "-m", "bench.throughput", "--one", config,
+               "--broker", args.broker, "--n", str(args.n), "--seq-n", str(args.seq_n)]  # fmt: skip
+        proc = subprocess.run(
+            cmd, cwd=common.ROOT, env=common.worker_env({}), capture_output=True, text=True,
+            timeout=900,
+        )  # fmt: skip
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode != 0 or not lines:
+            log(f"{config} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+            runs.append({"config": config, "broker": args.broker, "error": proc.stderr[-500:]})
+            continue
+        runs.append(json.loads(lines[-1][len("RESULT ") :]))
+        r = runs[-1]
+        log(f"  burst {r['burst']['sagas_per_s']}/s, seq p50 {r['sequential']['e2e_ms']['p50']} ms")
+    for config, runs in by_config.items():
         ok = [r for r in runs if "error" not in r]
         if ok:
             ok.sort(key=lambda r: r["burst"]["sagas_per_s"])
