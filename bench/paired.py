@@ -8,7 +8,9 @@ DBOS mode ran 199/s and 158/s twenty minutes apart here) moves both sides of a r
 A pair is ``<broker>:<config>/<baseline>``: the baseline is another ``bench.throughput``
 configuration on the same broker, or ``dbos:<mode>`` (``bench.dbos_bench``'s direct mode with
 that many processes). ``<config>@4`` runs that configuration's workers with 4 processes each
-(``BENCH_CONCURRENCY`` for that run only). Every figure of every round is kept; the ratio reported is the median of
+(``BENCH_CONCURRENCY`` for that run only). ``before:<config>`` is that configuration on the same
+broker run from another checkout (``--before-tree``, e.g. a worktree of the previous commit):
+the before/after of a change, measured in the same rounds. Every figure of every round is kept; the ratio reported is the median of
 the per-round ratios, beside the median of each side. ``BENCH_CONCURRENCY`` applies to the
 Celery workers as in ``bench.throughput``. Writes bench/results/paired<label>.json.
 """
@@ -35,13 +37,17 @@ DEFAULT_PAIRS = (
 )
 
 
-def _throughput(config: str, broker: str, n: int, seq_n: int) -> dict[str, Any]:
+def _throughput(
+    config: str, broker: str, n: int, seq_n: int, tree: str | None = None
+) -> dict[str, Any]:
     config, _, concurrency = config.partition("@")
     extra = {"BENCH_CONCURRENCY": concurrency} if concurrency else {}
+    if tree:
+        extra["PYTHONPATH"] = tree
     cmd = [sys.executable, "-m", "bench.throughput", "--one", config, "--broker", broker,
            "--n", str(n), "--seq-n", str(seq_n)]  # fmt: skip
     proc = subprocess.run(
-        cmd, cwd=common.ROOT, env=common.worker_env(extra), capture_output=True, text=True,
+        cmd, cwd=tree or common.ROOT, env=common.worker_env(extra), capture_output=True, text=True,
         timeout=900, check=False,
     )  # fmt: skip
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -64,6 +70,7 @@ def _figure(r: dict[str, Any]) -> dict[str, Any]:
     return {
         "sagas_per_s": b["sagas_per_s"],
         "cpu_ms_per_saga": round(b["cpu_s_per_saga"] * 1000, 2),
+        "seq_client_e2e_p50_ms": (r.get("sequential", {}).get("client_e2e_ms") or {}).get("p50"),
         "load_before": r.get("load_before"),
     }
 
@@ -75,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--seq-n", type=int, default=100)
     ap.add_argument("--label", default="")
+    ap.add_argument("--before-tree", help="checkout that before:<config> runs from")
     args = ap.parse_args(argv)
 
     pairs = []
@@ -98,9 +106,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"round {rnd + 1}/{args.rounds}: {broker}:{config}, load {common.uptime()}")
             if broker == "rabbitmq":
                 common.ensure_rabbit_vhost()
-            r = _dbos(config, args.n) if broker == "dbos" else _throughput(
-                config, broker, args.n, args.seq_n
-            )  # fmt: skip
+            if broker == "dbos":
+                r = _dbos(config, args.n)
+            elif config.startswith("before:"):
+                if not args.before_tree:
+                    raise SystemExit(f"{config}: needs --before-tree")
+                r = _throughput(config[7:], broker, args.n, args.seq_n, args.before_tree)
+            else:
+                r = _throughput(config, broker, args.n, args.seq_n)
             figures[f"{broker}:{config}"].append(_figure(r))
             log(f"  {r['burst']['sagas_per_s']}/s")
 
@@ -121,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratio_per_round": per_round, "ratio_median": statistics.median(per_round),
         })  # fmt: skip
     out = {
+        "before_tree": args.before_tree,
         "rounds": args.rounds, "n": args.n, "seq_n": args.seq_n,
         "concurrency": common.CONCURRENCY, "pool": common.POOL,
         "machine": common.machine(), "versions": common.versions(),
