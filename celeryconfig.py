@@ -30,8 +30,9 @@ task_track_started = False
 # Flower and `celery events` see the task names and argsrepr (saga, step, attempt).
 worker_send_task_events = True
 # No "task-sent" event per publish: it is a second publish (confirmed, on RabbitMQ) for every
-# step, ~13 % of a spread saga's throughput there, and shows only that a task is still queued,
-# which the saga's own record (dispatched, not started) and Flower's Broker page already say.
+# step, ~10 % of a spread step worker's CPU there (bench/README.md, 2026-12-04), and shows only
+# that a task is still queued, which the saga's own record (dispatched, not started) and
+# Flower's Broker page already say.
 task_send_sent_event = os.environ.get("CELERY_TASK_SEND_SENT_EVENT", "").lower() in {"1", "true"}
 
 broker_connection_retry_on_startup = True
